@@ -1,0 +1,1 @@
+"""Core vocabulary: errors, events, states and their transitions, settings."""

@@ -1,0 +1,51 @@
+"""User-facing session settings, shared by the blocking and asyncio APIs."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from ppcp.handshake.machine import PROTOCOL_VERSIONS, HandshakeConfig
+from ppcp.key_exchange.ecdh import RandomSource
+from ppcp.transport.connection import (
+    DEFAULT_MAX_MESSAGE,
+    DEFAULT_REKEY_BYTES,
+    DEFAULT_REKEY_RECORDS,
+    ConnectionConfig,
+)
+
+DEFAULT_PORT = 9000
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_MAX_UNAUTHENTICATED = 64
+# Capabilities this implementation understands (RFC "Capability registry").
+SUPPORTED_CAPABILITIES: tuple[str, ...] = ("msg",)
+
+
+def default_name() -> str:
+    name = socket.gethostname().strip() or "ppcp"
+    return name.encode("utf-8")[:64].decode("utf-8", "ignore")
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Settings for one end of a session.  Every limit has a safe default."""
+
+    name: str = field(default_factory=default_name)
+    capabilities: tuple[str, ...] = SUPPORTED_CAPABILITIES
+    versions: tuple[int, ...] = PROTOCOL_VERSIONS
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    max_message_size: int = DEFAULT_MAX_MESSAGE
+    rekey_after_records: int = DEFAULT_REKEY_RECORDS
+    rekey_after_bytes: int = DEFAULT_REKEY_BYTES
+    # Bytes of received-but-unread messages before we stop reading the socket.
+    receive_buffer: int = 4 << 20
+    rng: RandomSource = os.urandom
+
+    def connection_config(self) -> ConnectionConfig:
+        return ConnectionConfig(
+            HandshakeConfig(self.name, self.versions, self.capabilities),
+            max_message_size=self.max_message_size,
+            rekey_after_records=self.rekey_after_records,
+            rekey_after_bytes=self.rekey_after_bytes,
+        )

@@ -1,0 +1,63 @@
+"""AES-256-GCM record protection with per-direction counter nonces.
+
+Nonce = IV XOR (4 zero bytes || u64 sequence number), as in TLS 1.3.  The
+sequence number counts records under the current key; it is never reused
+(it only moves forward after a successful operation) and never wraps: the
+hard limit :data:`MAX_RECORDS_PER_KEY` closes the session before it could.
+"""
+
+from __future__ import annotations
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ppcp.core.errors import DecryptionError, ProtocolError
+from ppcp.crypto.schedule import TrafficKeys
+
+TAG_LEN = 16
+# A receiver refuses the 2**32-th record under one key: far inside the GCM
+# bounds, and the 64-bit counter can never approach its wrap.
+MAX_RECORDS_PER_KEY = 1 << 32
+
+
+class RecordCipher:
+    """One direction's AEAD state.  Only moves forward on success."""
+
+    __slots__ = ("_aead", "_iv", "bytes_under_key", "keys", "max_records", "seq")
+
+    def __init__(self, keys: TrafficKeys, max_records: int = MAX_RECORDS_PER_KEY) -> None:
+        self.max_records = max_records
+        self._install(keys)
+
+    def _install(self, keys: TrafficKeys) -> None:
+        self.keys = keys
+        self._aead = AESGCM(keys.key)
+        self._iv = int.from_bytes(keys.iv, "big")
+        self.seq = 0
+        self.bytes_under_key = 0
+
+    def _nonce(self) -> bytes:
+        if self.seq >= self.max_records:
+            raise ProtocolError("record sequence limit reached without a key update")
+        return (self._iv ^ self.seq).to_bytes(12, "big")
+
+    def seal(self, header: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
+        out = self._aead.encrypt(self._nonce(), plaintext, header)
+        self.seq += 1
+        self.bytes_under_key += len(plaintext)
+        return out
+
+    def open(self, header: bytes, ciphertext: bytes | memoryview) -> bytes:
+        try:
+            out = self._aead.decrypt(self._nonce(), ciphertext, header)
+        except InvalidTag:
+            raise DecryptionError(
+                f"record {self.seq} failed authentication (tampered, replayed, reordered "
+                "or sent with another key)"
+            ) from None
+        self.seq += 1
+        self.bytes_under_key += len(out)
+        return out
+
+    def update(self) -> None:
+        self._install(self.keys.updated())

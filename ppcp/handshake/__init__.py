@@ -1,0 +1,1 @@
+"""The handshake orchestrator (hello -> ECDH -> AUTH) and its message codecs."""

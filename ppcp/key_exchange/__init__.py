@@ -1,0 +1,1 @@
+"""Ephemeral ECDH P-256 key pairs and peer point validation."""

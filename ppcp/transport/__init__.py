@@ -1,0 +1,1 @@
+"""Frames, the sans-I/O connection, and the asyncio and blocking drivers."""

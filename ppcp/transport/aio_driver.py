@@ -1,0 +1,314 @@
+"""The asyncio driver: moves bytes between a socket and a :class:`Connection`.
+
+It holds no protocol logic.  It feeds received bytes to the connection,
+writes what the connection wants written, turns events into futures and
+queues, and applies backpressure in both directions.  The blocking API runs
+this same driver on a background event loop (see :mod:`ppcp.transport.blocking`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from ppcp.core.config import SessionConfig
+from ppcp.core.errors import (
+    CloseCode,
+    ConnectionLost,
+    HandshakeTimeout,
+    PPCPError,
+    SessionClosed,
+    map_exception,
+)
+from ppcp.core.events import ConnectionClosed, Event, HandshakeComplete, MessageReceived
+from ppcp.core.states import Role
+from ppcp.crypto.psk import derive_psk_key
+from ppcp.transport.connection import Connection
+
+CLOSE_TIMEOUT = 5.0
+
+
+def set_nodelay(sock: Any) -> None:
+    """Disable Nagle before the first handshake byte (saves ~40 ms per connect)."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _SessionProtocol(asyncio.Protocol):
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        set_nodelay(transport.get_extra_info("socket"))
+        self.session._attach(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.session._on_data(data)
+
+    def eof_received(self) -> bool | None:
+        self.session._on_data(b"")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session._on_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.session._writable.clear()
+
+    def resume_writing(self) -> None:
+        self.session._writable.set()
+
+
+class AsyncSession:
+    """An authenticated, encrypted PPCP session (asyncio API).
+
+    ``await send(data)`` / ``await recv()`` exchange whole messages; the
+    session is an async context manager and an async iterator of messages.
+    """
+
+    def __init__(self, role: Role, psk_key: bytes, config: SessionConfig) -> None:
+        self.role = role
+        self.config = config
+        self._loop = asyncio.get_running_loop()
+        self._conn = Connection(role, psk_key, config.connection_config(), config.rng)
+        self._transport: asyncio.Transport | None = None
+        self._established: asyncio.Future[HandshakeComplete] = self._loop.create_future()
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._inbox: collections.deque[bytes] = collections.deque()
+        self._inbox_bytes = 0
+        self._inbox_ready = asyncio.Event()
+        self._error: PPCPError | None = None
+        self._reading_paused = False
+        self.peer_address: Any = None
+        # Extra event consumers (the channel layer) register here.
+        self.event_handlers: list[Callable[[Event], bool]] = []
+
+    # -- identity ------------------------------------------------------------
+
+    @property
+    def _info(self) -> HandshakeComplete:
+        if not self._established.done() or self._established.exception() is not None:
+            raise PPCPError("the session is not established")
+        return self._established.result()
+
+    @property
+    def peer_name(self) -> str:
+        """The name the peer announced in its (authenticated) hello."""
+        return self._info.peer_name
+
+    @property
+    def client_id(self) -> str:
+        """The client's announced name (the seed API's ``session.client_id``)."""
+        return self.peer_name if self.role is Role.SERVER else self.config.name
+
+    @property
+    def server_name(self) -> str:
+        return self.peer_name if self.role is Role.CLIENT else self.config.name
+
+    @property
+    def version(self) -> int:
+        return self._info.version
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        return self._info.capabilities
+
+    @property
+    def session_id(self) -> str:
+        return self._info.session_id.hex()
+
+    @property
+    def connection(self) -> Connection:
+        return self._conn
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed.done()
+
+    # -- transport callbacks ---------------------------------------------------
+
+    def _attach(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.peer_address = transport.get_extra_info("peername")
+        self._conn.initiate()
+        self._flush()
+
+    def _flush(self) -> None:
+        data = self._conn.data_to_send()
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _on_data(self, data: bytes) -> None:
+        try:
+            events = self._conn.receive_data(data)
+        except PPCPError as exc:
+            self._terminate(exc)
+            return
+        self._flush()
+        for event in events:
+            self._dispatch(event)
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, MessageReceived):
+            self._inbox.append(event.data)
+            self._inbox_bytes += len(event.data)
+            self._inbox_ready.set()
+            if self._inbox_bytes > self.config.receive_buffer and self._transport is not None:
+                self._transport.pause_reading()
+                self._reading_paused = True
+        elif isinstance(event, HandshakeComplete):
+            if not self._established.done():
+                self._established.set_result(event)
+        elif isinstance(event, ConnectionClosed):
+            self._terminate(event.error)
+            return
+        for handler in self.event_handlers:
+            if handler(event):
+                break
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            error = map_exception(exc)
+        else:
+            error = self._conn.error or ConnectionLost("the connection closed")
+        self._terminate(error, transport_gone=True)
+
+    def _terminate(self, error: PPCPError, *, transport_gone: bool = False) -> None:
+        """Single exit path: remember why, tell the peer, release every waiter."""
+        if self._error is None:
+            self._error = error
+            self._conn.fail(error)
+            self._flush()
+        if self._transport is not None and not transport_gone:
+            self._transport.close()
+        if not self._established.done():
+            self._established.set_exception(self._error)
+            # The caller may already have given up (timeout); avoid "never retrieved".
+            self._established.exception()
+        self._inbox_ready.set()
+        self._writable.set()
+        if transport_gone and not self._closed.done():
+            self._closed.set_result(None)
+        for handler in self.event_handlers:
+            handler(ConnectionClosed(int(self._error.code), self._error.message, self._error))
+
+    # -- API ---------------------------------------------------------------------
+
+    async def wait_established(self, timeout: float | None) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._established), timeout)
+        except TimeoutError:
+            self._terminate(HandshakeTimeout(f"handshake did not complete within {timeout:g} s"))
+            await self._wait_transport_closed()
+            raise self._error from None  # type: ignore[misc]
+        except PPCPError:
+            await self._wait_transport_closed()
+            raise
+
+    def raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    async def drain(self) -> None:
+        self._flush()
+        await self._writable.wait()
+        self.raise_if_failed()
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Send one message (any size up to ``max_message_size``)."""
+        self.raise_if_failed()
+        self._conn.send_message(data)
+        await self.drain()
+
+    async def recv(self) -> bytes:
+        """The next message; raises :class:`SessionClosed` (or the error) at the end."""
+        while not self._inbox:
+            self.raise_if_failed()
+            self._inbox_ready.clear()
+            await self._inbox_ready.wait()
+        data = self._inbox.popleft()
+        self._inbox_bytes -= len(data)
+        if (
+            self._reading_paused
+            and self._inbox_bytes <= self.config.receive_buffer // 2
+            and self._transport is not None
+        ):
+            self._reading_paused = False
+            self._transport.resume_reading()
+        return data
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close in order: send CLOSE, wait (bounded) for the peer's, drop the socket."""
+        if self._transport is None or self._closed.done():
+            return
+        if self._error is None:
+            self._conn.close(code, reason)
+            self._flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._closed_or_error()), CLOSE_TIMEOUT)
+            if self._error is None:
+                self._error = SessionClosed("the session was closed locally")
+        self._transport.close()
+        await self._wait_transport_closed()
+
+    async def _closed_or_error(self) -> None:
+        while self._error is None:
+            self._inbox_ready.clear()
+            await self._inbox_ready.wait()
+
+    async def _wait_transport_closed(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._closed), CLOSE_TIMEOUT)
+
+    def abort(self) -> None:
+        """Drop the connection at once, without a close exchange."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                yield await self.recv()
+            except SessionClosed:
+                return
+
+
+def session_protocol(session: AsyncSession) -> asyncio.Protocol:
+    return _SessionProtocol(session)
+
+
+async def open_session(
+    role: Role,
+    psk: bytes | str,
+    config: SessionConfig,
+    start: Callable[[Callable[[], asyncio.Protocol]], Any],
+) -> AsyncSession:
+    """Run a handshake over the transport ``start`` creates; return the open session."""
+    session = AsyncSession(role, derive_psk_key(psk), config)
+    try:
+        await start(lambda: _SessionProtocol(session))
+    except OSError as exc:
+        raise map_exception(exc) from exc
+    await session.wait_established(config.handshake_timeout)
+    return session

@@ -1,0 +1,318 @@
+"""The sans-I/O PPCP connection: handshake, record layer and close.
+
+``receive_data(bytes)`` returns events; ``data_to_send()`` returns the bytes
+the driver must write.  No sockets, clocks, threads or global randomness: the
+random source is a constructor argument.  Any error moves the connection to
+FAILED, queues an alert (handshake) or CLOSE record (after it) telling the
+peer why, and is raised; every later call raises it again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ppcp.core.errors import (
+    CloseCode,
+    ConnectionLost,
+    MessageTooLarge,
+    PPCPError,
+    ProtocolError,
+    SessionClosed,
+    error_for_code,
+)
+from ppcp.core.events import ConnectionClosed, Event, HandshakeComplete, MessageReceived
+from ppcp.core.states import HANDSHAKE_STATES, INITIAL_STATE, Role, State, next_state
+from ppcp.crypto.aead import MAX_RECORDS_PER_KEY, RecordCipher
+from ppcp.handshake.machine import HandshakeConfig, HandshakeMachine, HandshakeResult
+from ppcp.handshake.messages import MAX_REASON_BYTES, Alert
+from ppcp.key_exchange.ecdh import RandomSource
+from ppcp.transport.frames import (
+    FLAG_MORE,
+    MAX_RECORD_PLAINTEXT,
+    Frame,
+    FrameBuffer,
+    FrameType,
+    encode_frame,
+    encode_header,
+)
+from ppcp.utils.codec import Reader, Writer, clip_text
+
+MESSAGE_CHUNK = 1 << 20
+DEFAULT_MAX_MESSAGE = 16 << 20
+# Sender-side key update thresholds (RFC "Key update").  Receivers enforce
+# only the hard limit MAX_RECORDS_PER_KEY.
+DEFAULT_REKEY_RECORDS = 1 << 24
+DEFAULT_REKEY_BYTES = 1 << 32
+
+RecordHandler = Callable[[Frame, bytes], list[Event]]
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    handshake: HandshakeConfig
+    max_message_size: int = DEFAULT_MAX_MESSAGE
+    rekey_after_records: int = DEFAULT_REKEY_RECORDS
+    rekey_after_bytes: int = DEFAULT_REKEY_BYTES
+    max_records_per_key: int = MAX_RECORDS_PER_KEY
+
+    def __post_init__(self) -> None:
+        if not 0 < self.rekey_after_records < self.max_records_per_key:
+            raise ValueError("rekey_after_records must be positive and below the hard limit")
+        if self.max_message_size <= 0 or self.rekey_after_bytes <= 0:
+            raise ValueError("limits must be positive")
+
+
+class Connection:
+    def __init__(
+        self,
+        role: Role,
+        psk_key: bytes,
+        config: ConnectionConfig,
+        rng: RandomSource = os.urandom,
+    ) -> None:
+        self.role = role
+        self.config = config
+        self.state = INITIAL_STATE[role]
+        self.result: HandshakeResult | None = None
+        self._handshake = HandshakeMachine(role, psk_key, config.handshake, rng)
+        self._frames = FrameBuffer()
+        self._out: list[bytes] = []
+        self._send: RecordCipher | None = None
+        self._recv: RecordCipher | None = None
+        self._fragments: list[bytes] = []
+        self._fragment_bytes = 0
+        self._error: PPCPError | None = None
+        self._close_sent = False
+        # The channel layer registers here; the connection only moves records.
+        self.record_handler: RecordHandler | None = None
+
+    # -- outbound -------------------------------------------------------------
+
+    def initiate(self) -> None:
+        """Client: queue CLIENT_HELLO.  Server: nothing (it waits)."""
+        if self.role is Role.CLIENT and self.state is State.START:
+            self._out.append(self._handshake.client_hello())
+            self.state = State.WAIT_SERVER_HELLO
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def send_message(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue an application message (fragmented into records if large)."""
+        self._check_can_send()
+        view = memoryview(data)
+        if len(view) > self.config.max_message_size:
+            raise MessageTooLarge(
+                f"message of {len(view)} bytes exceeds max_message_size "
+                f"({self.config.max_message_size})"
+            )
+        offset = 0
+        while True:
+            chunk = view[offset : offset + MESSAGE_CHUNK]
+            offset += len(chunk)
+            more = offset < len(view)
+            self.send_record(FrameType.MESSAGE, chunk, FLAG_MORE if more else 0)
+            if not more:
+                return
+
+    def send_record(
+        self, frame_type: int, plaintext: bytes | bytearray | memoryview, flags: int = 0
+    ) -> None:
+        """Encrypt and queue one record; rotate the key first if it is due."""
+        self._check_can_send()
+        cipher = self._send
+        assert cipher is not None
+        if len(plaintext) > MAX_RECORD_PLAINTEXT:
+            raise ValueError(f"record of {len(plaintext)} bytes exceeds {MAX_RECORD_PLAINTEXT}")
+        if (
+            cipher.seq >= self.config.rekey_after_records
+            or cipher.bytes_under_key >= self.config.rekey_after_bytes
+        ):
+            self._seal(cipher, FrameType.KEY_UPDATE, 0, b"")
+            cipher.update()
+        self._seal(cipher, frame_type, flags, plaintext)
+
+    def _seal(
+        self,
+        cipher: RecordCipher,
+        frame_type: int,
+        flags: int,
+        plaintext: bytes | bytearray | memoryview,
+    ) -> None:
+        header = encode_header(frame_type, flags, len(plaintext) + 16)
+        self._out.append(header)
+        self._out.append(cipher.seal(header, plaintext))
+
+    def _check_can_send(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self.state is not State.OPEN:
+            raise ProtocolError(f"cannot send records in state {self.state.value}")
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Queue an orderly CLOSE (or, mid-handshake, an alert)."""
+        if self.state is State.OPEN:
+            self._send_close(code, reason)
+            self.state = State.CLOSING
+        elif self.state in HANDSHAKE_STATES:
+            self._send_alert(code, reason or "closed during handshake")
+            self.state = State.CLOSED
+
+    def fail(self, error: PPCPError) -> PPCPError:
+        """Record a local error, tell the peer if the state allows, and return it."""
+        if self._error is None:
+            self._error = error
+            if not error.remote and error.code != CloseCode.CONNECTION_LOST:
+                if self.state in HANDSHAKE_STATES:
+                    self._send_alert(error.code, error.message)
+                elif self.state is State.OPEN or (
+                    self.state is State.CLOSING and not self._close_sent
+                ):
+                    self._send_close(error.code, error.message)
+            self.state = State.FAILED
+        return self._error
+
+    def _send_alert(self, code: int, reason: str) -> None:
+        self._out.append(encode_frame(FrameType.ALERT, Alert(code, reason).encode()))
+
+    def _send_close(self, code: int, reason: str) -> None:
+        if self._close_sent or self._send is None:
+            return
+        body = Writer().u16(code).text8(clip_text(reason, MAX_REASON_BYTES)).getvalue()
+        self._seal(self._send, FrameType.CLOSE, 0, body)
+        self._close_sent = True
+
+    # -- inbound --------------------------------------------------------------
+
+    @property
+    def error(self) -> PPCPError | None:
+        return self._error
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Feed received bytes (``b""`` = end of stream); return the events they complete."""
+        if self._error is not None:
+            raise self._error
+        events: list[Event] = []
+        try:
+            if data:
+                self._frames.feed(data)
+            else:
+                self._frames.feed_eof()
+            while self.state not in (State.CLOSED, State.FAILED):
+                frame = self._frames.next_frame()
+                if frame is None:
+                    break
+                events.extend(self._on_frame(frame))
+            if not data and self.state not in (State.CLOSED, State.FAILED):
+                self._frames.check_eof()
+                raise ConnectionLost(
+                    "the peer ended the connection without a close message "
+                    f"(state {self.state.value}; the stream may have been truncated)"
+                )
+        except PPCPError as exc:
+            raise self.fail(exc) from None
+        return events
+
+    def _on_frame(self, frame: Frame) -> list[Event]:
+        target = next_state(self.role, self.state, frame.type)
+        if target is None:
+            raise ProtocolError(
+                f"unexpected frame type 0x{frame.type:02x} in state {self.state.value}"
+            )
+        if frame.type == FrameType.ALERT:
+            alert = Alert.decode(frame.body)
+            raise error_for_code(alert.code, alert.reason)
+        if self.state in HANDSHAKE_STATES:
+            if frame.flags:
+                raise ProtocolError("handshake frames carry no flags")
+            return self._on_handshake_frame(frame, target)
+        return self._on_record(frame, target)
+
+    def _on_handshake_frame(self, frame: Frame, target: State) -> list[Event]:
+        hs = self._handshake
+        if frame.type == FrameType.SERVER_HELLO:
+            self._out.append(hs.on_server_hello(frame))
+            self.state = target
+            return []
+        if frame.type == FrameType.CLIENT_HELLO:
+            self._out.append(hs.on_client_hello(frame))
+            self.state = target
+            return []
+        if frame.type == FrameType.CLIENT_AUTH:
+            wire, result = hs.on_client_auth(frame)
+            self._out.append(wire)
+        else:
+            result = hs.on_server_auth(frame)
+        self.result = result
+        self._send = RecordCipher(result.send_keys, self.config.max_records_per_key)
+        self._recv = RecordCipher(result.recv_keys, self.config.max_records_per_key)
+        self.state = target
+        return [
+            HandshakeComplete(
+                result.version, result.capabilities, result.peer_name, result.session_id
+            )
+        ]
+
+    def _on_record(self, frame: Frame, target: State) -> list[Event]:
+        assert self._recv is not None
+        if len(frame.body) < 16:
+            raise ProtocolError("record shorter than its authentication tag")
+        plaintext = self._recv.open(frame.header, frame.body)
+        ftype = frame.type
+        if ftype != FrameType.MESSAGE and ftype != FrameType.CHANNEL and frame.flags:
+            raise ProtocolError(f"unexpected flags 0x{frame.flags:02x} on record 0x{ftype:02x}")
+        events: list[Event] = []
+        if ftype == FrameType.MESSAGE:
+            events = self._on_message_fragment(frame.flags, plaintext)
+        elif ftype == FrameType.KEY_UPDATE:
+            if plaintext:
+                raise ProtocolError("KEY_UPDATE carries no payload")
+            self._recv.update()
+        elif ftype == FrameType.CLOSE:
+            events = self._on_close(plaintext)
+        elif ftype == FrameType.CHANNEL:
+            if self.record_handler is None:
+                raise ProtocolError("channel record received but no channel layer is active")
+            events = self.record_handler(frame, plaintext)
+        self.state = target
+        return events
+
+    def _on_message_fragment(self, flags: int, plaintext: bytes) -> list[Event]:
+        if flags & ~FLAG_MORE:
+            raise ProtocolError(f"unknown MESSAGE flags 0x{flags:02x}")
+        self._fragment_bytes += len(plaintext)
+        if self._fragment_bytes > self.config.max_message_size:
+            raise MessageTooLarge(
+                f"incoming message exceeds max_message_size ({self.config.max_message_size})"
+            )
+        self._fragments.append(plaintext)
+        if flags & FLAG_MORE:
+            return []
+        data = b"".join(self._fragments) if len(self._fragments) > 1 else self._fragments[0]
+        self._fragments.clear()
+        self._fragment_bytes = 0
+        return [MessageReceived(data)]
+
+    def _on_close(self, plaintext: bytes) -> list[Event]:
+        r = Reader(plaintext, "CLOSE")
+        code = r.u16()
+        reason = r.text8("close reason")
+        r.end()
+        if self._fragments:
+            raise ProtocolError("CLOSE arrived in the middle of a fragmented message")
+        # Answer an orderly close so the peer knows nothing was truncated.
+        self._send_close(CloseCode.NORMAL, "")
+        if code in (CloseCode.NORMAL, CloseCode.GOING_AWAY):
+            error: PPCPError = SessionClosed(reason or "the peer closed the session", remote=True)
+        else:
+            error = error_for_code(code, reason)
+        self._error = error
+        return [ConnectionClosed(code, reason, error)]
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is State.OPEN
