@@ -6,6 +6,8 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from ppcp.control.channels import MuxConfig
+from ppcp.control.heartbeat import DEFAULT_INTERVAL, DEFAULT_MAX_MISSED
 from ppcp.handshake.machine import PROTOCOL_VERSIONS, HandshakeConfig
 from ppcp.key_exchange.ecdh import RandomSource
 from ppcp.transport.connection import (
@@ -19,7 +21,7 @@ DEFAULT_PORT = 9000
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_UNAUTHENTICATED = 64
 # Capabilities this implementation understands (RFC "Capability registry").
-SUPPORTED_CAPABILITIES: tuple[str, ...] = ("msg",)
+SUPPORTED_CAPABILITIES: tuple[str, ...] = ("msg", "channels", "heartbeat")
 
 
 def default_name() -> str:
@@ -40,6 +42,11 @@ class SessionConfig:
     rekey_after_bytes: int = DEFAULT_REKEY_BYTES
     # Bytes of received-but-unread messages before we stop reading the socket.
     receive_buffer: int = 4 << 20
+    # Seconds between heartbeats (0 disables them); the peer is declared dead
+    # after heartbeat_max_missed unanswered ones.
+    heartbeat_interval: float = DEFAULT_INTERVAL
+    heartbeat_max_missed: int = DEFAULT_MAX_MISSED
+    mux: MuxConfig = field(default_factory=MuxConfig)
     rng: RandomSource = os.urandom
 
     def connection_config(self) -> ConnectionConfig:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 
-from ppcp.transport.frames import FrameType
+from ppcp.transport.frames import MUX_TYPES, FrameType
 
 
 class Role(enum.Enum):
@@ -44,7 +44,13 @@ F = FrameType
 
 # Records allowed once both sides are authenticated, in OPEN and CLOSING alike
 # (frames the peer sent before it saw our CLOSE are still delivered).
-_RECORDS = {F.MESSAGE: None, F.KEY_UPDATE: None, F.CHANNEL: None, F.CLOSE: State.CLOSED}
+# The channel layer (ppcp/control/channels.py) has its own per-channel table.
+_RECORDS: dict[FrameType, State | None] = {
+    F.MESSAGE: None,
+    F.KEY_UPDATE: None,
+    **{t: None for t in sorted(MUX_TYPES)},
+    F.CLOSE: State.CLOSED,
+}
 
 
 def _established(state: State) -> dict[FrameType, State]:

@@ -12,14 +12,19 @@ import asyncio
 import collections
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from ppcp.control import channels as mux_events
+from ppcp.control.aio_channel import AsyncChannel
+from ppcp.control.channels import ChannelMux
+from ppcp.control.heartbeat import HeartbeatMonitor
 from ppcp.core.config import SessionConfig
 from ppcp.core.errors import (
     CloseCode,
     ConnectionLost,
     HandshakeTimeout,
+    HeartbeatTimeout,
     PPCPError,
     SessionClosed,
     map_exception,
@@ -90,8 +95,12 @@ class AsyncSession:
         self._error: PPCPError | None = None
         self._reading_paused = False
         self.peer_address: Any = None
-        # Extra event consumers (the channel layer) register here.
-        self.event_handlers: list[Callable[[Event], bool]] = []
+        self.mux = ChannelMux(self._conn, config.mux)
+        self.channels: dict[int, AsyncChannel] = {}
+        # Called (as a task) for every channel the peer opens; None = refuse all.
+        self.channel_handler: Callable[[AsyncChannel], Awaitable[None]] | None = None
+        self.heartbeat: HeartbeatMonitor | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- identity ------------------------------------------------------------
 
@@ -141,9 +150,9 @@ class AsyncSession:
         self._transport = transport
         self.peer_address = transport.get_extra_info("peername")
         self._conn.initiate()
-        self._flush()
+        self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         data = self._conn.data_to_send()
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
@@ -154,7 +163,7 @@ class AsyncSession:
         except PPCPError as exc:
             self._terminate(exc)
             return
-        self._flush()
+        self.flush()
         for event in events:
             self._dispatch(event)
 
@@ -169,12 +178,106 @@ class AsyncSession:
         elif isinstance(event, HandshakeComplete):
             if not self._established.done():
                 self._established.set_result(event)
+                self._start_heartbeats(event)
         elif isinstance(event, ConnectionClosed):
             self._terminate(event.error)
+        else:
+            self._dispatch_channel_event(event)
+
+    def _dispatch_channel_event(self, event: Event) -> None:
+        if isinstance(event, mux_events.HeartbeatReceived):
+            if self.heartbeat is not None:
+                self.heartbeat.answered(event.heartbeat_id, self._loop.time())
             return
-        for handler in self.event_handlers:
-            if handler(event):
-                break
+        if isinstance(event, mux_events.ChannelOpenRequested):
+            channel = AsyncChannel(self, event.channel_id, event.kind)
+            channel.open_payload = event.payload
+            self.channels[event.channel_id] = channel
+            handler = self.channel_handler
+            if handler is None:
+                self.mux.reject(
+                    event.channel_id,
+                    CloseCode.POLICY_DENIED,
+                    f"this endpoint accepts no {event.kind!r} channels",
+                )
+                del self.channels[event.channel_id]
+                return
+            self.spawn(self._run_channel_handler(handler, channel))
+            return
+        channel_id = getattr(event, "channel_id", None)
+        ch = self.channels.get(channel_id) if channel_id is not None else None
+        if ch is None:
+            return
+        if isinstance(event, mux_events.ChannelAccepted):
+            ch._on_accepted(event.payload)
+        elif isinstance(event, mux_events.ChannelData):
+            ch._on_data(event.stream, event.data)
+        elif isinstance(event, mux_events.ChannelEOF):
+            ch._on_eof()
+        elif isinstance(event, mux_events.ChannelRequest):
+            ch._on_request(event.name, event.payload)
+        elif isinstance(event, mux_events.ChannelRefused | mux_events.ChannelClosed):
+            del self.channels[ch.channel_id]
+            ch._on_closed(
+                event.code, event.reason, refused=isinstance(event, mux_events.ChannelRefused)
+            )
+        elif isinstance(event, mux_events.WindowOpened):
+            ch._wake()
+
+    async def _run_channel_handler(
+        self, handler: Callable[[AsyncChannel], Awaitable[None]], channel: AsyncChannel
+    ) -> None:
+        try:
+            await handler(channel)
+        except PPCPError as exc:
+            await channel.close(int(exc.code) if exc.code else CloseCode.CHANNEL_ERROR, exc.message)
+        except Exception as exc:
+            await channel.close(CloseCode.CHANNEL_ERROR, f"internal error: {type(exc).__name__}")
+            raise
+        else:
+            await channel.close()
+
+    def spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        """Run a task that dies with the session."""
+        task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _start_heartbeats(self, info: HandshakeComplete) -> None:
+        interval = self.config.heartbeat_interval
+        if interval and "heartbeat" in info.capabilities:
+            self.heartbeat = HeartbeatMonitor(interval, self.config.heartbeat_max_missed)
+            self.heartbeat.start(self._loop.time())
+            self.spawn(self._heartbeat_loop(self.heartbeat))
+
+    async def _heartbeat_loop(self, monitor: HeartbeatMonitor) -> None:
+        while self._error is None:
+            now = self._loop.time()
+            if monitor.dead(now):
+                self._terminate(
+                    HeartbeatTimeout(
+                        f"the peer answered no heartbeat for {now - monitor.last_answer:.1f} s "
+                        f"({monitor.max_missed} missed at {monitor.interval:g} s intervals)"
+                    )
+                )
+                return
+            try:
+                self.mux.send_heartbeat(monitor.due(now))
+            except PPCPError:
+                return
+            self.flush()
+            await asyncio.sleep(monitor.interval)
+
+    async def open_channel(self, kind: str, payload: bytes = b"") -> AsyncChannel:
+        """Open a channel and wait until the peer accepts it (or raise why not)."""
+        self.raise_if_failed()
+        channel_id = self.mux.open_channel(kind, payload)
+        channel = AsyncChannel(self, channel_id, kind)
+        self.channels[channel_id] = channel
+        self.flush()
+        channel.open_payload = await channel.wait_accepted()
+        return channel
 
     def _on_lost(self, exc: Exception | None) -> None:
         if exc is not None:
@@ -188,7 +291,7 @@ class AsyncSession:
         if self._error is None:
             self._error = error
             self._conn.fail(error)
-            self._flush()
+            self.flush()
         if self._transport is not None and not transport_gone:
             self._transport.close()
         if not self._established.done():
@@ -199,8 +302,13 @@ class AsyncSession:
         self._writable.set()
         if transport_gone and not self._closed.done():
             self._closed.set_result(None)
-        for handler in self.event_handlers:
-            handler(ConnectionClosed(int(self._error.code), self._error.message, self._error))
+        for channel in list(self.channels.values()):
+            channel._on_session_failed(self._error)
+        self.channels.clear()
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
 
     # -- API ---------------------------------------------------------------------
 
@@ -220,7 +328,7 @@ class AsyncSession:
             raise self._error
 
     async def drain(self) -> None:
-        self._flush()
+        self.flush()
         await self._writable.wait()
         self.raise_if_failed()
 
@@ -253,7 +361,7 @@ class AsyncSession:
             return
         if self._error is None:
             self._conn.close(code, reason)
-            self._flush()
+            self.flush()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._closed_or_error()), CLOSE_TIMEOUT)
             if self._error is None:

@@ -31,6 +31,7 @@ from ppcp.key_exchange.ecdh import RandomSource
 from ppcp.transport.frames import (
     FLAG_MORE,
     MAX_RECORD_PLAINTEXT,
+    MUX_TYPES,
     Frame,
     FrameBuffer,
     FrameType,
@@ -263,7 +264,7 @@ class Connection:
             raise ProtocolError("record shorter than its authentication tag")
         plaintext = self._recv.open(frame.header, frame.body)
         ftype = frame.type
-        if ftype != FrameType.MESSAGE and ftype != FrameType.CHANNEL and frame.flags:
+        if ftype != FrameType.MESSAGE and ftype not in MUX_TYPES and frame.flags:
             raise ProtocolError(f"unexpected flags 0x{frame.flags:02x} on record 0x{ftype:02x}")
         events: list[Event] = []
         if ftype == FrameType.MESSAGE:
@@ -274,7 +275,7 @@ class Connection:
             self._recv.update()
         elif ftype == FrameType.CLOSE:
             events = self._on_close(plaintext)
-        elif ftype == FrameType.CHANNEL:
+        elif ftype in MUX_TYPES:
             if self.record_handler is None:
                 raise ProtocolError("channel record received but no channel layer is active")
             events = self.record_handler(frame, plaintext)

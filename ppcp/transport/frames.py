@@ -28,7 +28,8 @@ MAX_HANDSHAKE_BODY = 1024
 MAX_RECORD_PLAINTEXT = (1 << 20) + 1024
 MAX_RECORD_BODY = MAX_RECORD_PLAINTEXT + 16
 
-FLAG_MORE = 0x01
+FLAG_MORE = 0x01  # MESSAGE: more fragments follow
+FLAG_REPLY = 0x01  # HEARTBEAT: this is the answer to a heartbeat
 
 
 class FrameType(enum.IntEnum):
@@ -41,8 +42,16 @@ class FrameType(enum.IntEnum):
     MESSAGE = 0x10
     CLOSE = 0x11
     KEY_UPDATE = 0x12
+    HEARTBEAT = 0x13
     # Channel layer (docs/rfc.md section "Channels").
-    CHANNEL = 0x20
+    CHANNEL_OPEN = 0x20
+    CHANNEL_ACCEPT = 0x21
+    CHANNEL_REJECT = 0x22
+    CHANNEL_DATA = 0x23
+    CHANNEL_EOF = 0x24
+    CHANNEL_CLOSE = 0x25
+    WINDOW_ADJUST = 0x26
+    CHANNEL_REQUEST = 0x27
 
 
 HANDSHAKE_TYPES = frozenset(
@@ -52,6 +61,22 @@ HANDSHAKE_TYPES = frozenset(
         FrameType.CLIENT_AUTH,
         FrameType.SERVER_AUTH,
         FrameType.ALERT,
+    }
+)
+
+
+# Record types the connection hands to the channel layer.
+MUX_TYPES = frozenset(
+    {
+        FrameType.HEARTBEAT,
+        FrameType.CHANNEL_OPEN,
+        FrameType.CHANNEL_ACCEPT,
+        FrameType.CHANNEL_REJECT,
+        FrameType.CHANNEL_DATA,
+        FrameType.CHANNEL_EOF,
+        FrameType.CHANNEL_CLOSE,
+        FrameType.WINDOW_ADJUST,
+        FrameType.CHANNEL_REQUEST,
     }
 )
 

@@ -1,0 +1,206 @@
+"""asyncio channel objects: waiting on the sans-I/O channel multiplexer.
+
+An :class:`AsyncChannel` only buffers what the mux delivered and waits for
+window; every protocol decision stays in :mod:`ppcp.control.channels`.
+Received data is returned to the peer's window only when the application
+reads it, so a slow reader applies backpressure all the way to the sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+from typing import TYPE_CHECKING, Any
+
+from ppcp.control.channels import STREAM_STDOUT, ChannelMux
+from ppcp.core.errors import (
+    ChannelError,
+    CloseCode,
+    PPCPError,
+    error_for_code,
+)
+
+if TYPE_CHECKING:
+    from ppcp.transport.aio_driver import AsyncSession
+
+
+class AsyncChannel:
+    def __init__(self, session: AsyncSession, channel_id: int, kind: str) -> None:
+        self.session = session
+        self.channel_id = channel_id
+        self.kind = kind
+        self.open_payload = b""
+        self._loop = asyncio.get_running_loop()
+        self._accepted: asyncio.Future[bytes] = self._loop.create_future()
+        self._data: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._requests: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._changed = asyncio.Event()
+        self._eof = False
+        self._close: tuple[int, str] | None = None
+        self._error: PPCPError | None = None
+
+    @property
+    def _mux(self) -> ChannelMux:
+        return self.session.mux
+
+    # -- called by the session's dispatcher ------------------------------------
+
+    def _wake(self) -> None:
+        self._changed.set()
+
+    def _on_accepted(self, payload: bytes) -> None:
+        if not self._accepted.done():
+            self._accepted.set_result(payload)
+
+    def _on_data(self, stream: int, data: bytes) -> None:
+        self._data.append((stream, data))
+        self._wake()
+
+    def _on_eof(self) -> None:
+        self._eof = True
+        self._wake()
+
+    def _on_request(self, name: str, payload: bytes) -> None:
+        self._requests.append((name, payload))
+        self._wake()
+
+    def _on_closed(self, code: int, reason: str, *, refused: bool = False) -> None:
+        self._close = (code, reason)
+        if code != CloseCode.NORMAL or refused:
+            self._error = error_for_code(code, reason)
+        if not self._accepted.done():
+            self._accepted.set_exception(
+                self._error or ChannelError(f"channel closed: {reason}", remote=True)
+            )
+            self._accepted.exception()
+        self._wake()
+
+    def _on_session_failed(self, error: PPCPError) -> None:
+        if self._close is None:
+            self._close = (int(error.code), error.message)
+            self._error = error
+        if not self._accepted.done():
+            self._accepted.set_exception(error)
+            self._accepted.exception()
+        self._wake()
+
+    # -- API ------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._close is not None
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof and not self._data
+
+    async def wait_accepted(self) -> bytes:
+        return await self._accepted
+
+    def accept(self, payload: bytes = b"") -> None:
+        """Accept a channel the peer opened (server side of a service)."""
+        self._mux.accept(self.channel_id, payload)
+        self.session.flush()
+        self._on_accepted(b"")
+
+    def reject(self, code: int, reason: str) -> None:
+        if self._close is None and not self.session.is_closed:
+            self._mux.reject(self.channel_id, code, reason)
+            self.session.flush()
+            self.session.channels.pop(self.channel_id, None)
+        self._close = (code, reason)
+        self._wake()
+
+    async def _wait_change(self) -> None:
+        self._changed.clear()
+        await self._changed.wait()
+
+    def _raise_if_dead(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._close is not None:
+            raise ChannelError(f"channel {self.channel_id} is closed")
+
+    async def read(self) -> tuple[int, bytes] | None:
+        """Next (stream, bytes) chunk, or None at EOF / close."""
+        while not self._data:
+            if self._eof or self._close is not None:
+                if self._error is not None and not self._eof:
+                    raise self._error
+                return None
+            await self._wait_change()
+        stream, data = self._data.popleft()
+        if self._close is None:
+            self._mux.consume(self.channel_id, len(data))
+            self.session.flush()
+        return stream, data
+
+    async def write(
+        self, data: bytes | bytearray | memoryview, stream: int = STREAM_STDOUT
+    ) -> None:
+        """Send all of ``data``, waiting for window as needed."""
+        view = memoryview(data)
+        while view:
+            self._raise_if_dead()
+            sent = self._mux.send_data(self.channel_id, view, stream)
+            view = view[sent:]
+            if sent:
+                await self.session.drain()
+            if view:
+                await self._wait_change()
+
+    async def send_eof(self) -> None:
+        if self._close is None:
+            self._mux.send_eof(self.channel_id)
+            await self.session.drain()
+
+    async def send_request(self, name: str, payload: bytes = b"") -> None:
+        self._raise_if_dead()
+        self._mux.send_request(self.channel_id, name, payload)
+        await self.session.drain()
+
+    async def send_json(self, name: str, obj: dict[str, Any]) -> None:
+        await self.send_request(name, encode_json(obj))
+
+    async def next_request(self) -> tuple[str, bytes] | None:
+        """Next in-channel request, or None once the channel is closed."""
+        while not self._requests:
+            if self._close is not None:
+                return None
+            await self._wait_change()
+        return self._requests.popleft()
+
+    def pending_request(self) -> tuple[str, bytes] | None:
+        return self._requests.popleft() if self._requests else None
+
+    async def wait_closed(self) -> tuple[int, str]:
+        while self._close is None:
+            await self._wait_change()
+        return self._close
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        if self._close is None and not self.session.is_closed:
+            try:
+                self._mux.close_channel(self.channel_id, code, reason)
+                self.session.flush()
+            except PPCPError:
+                return
+        if self._close is None:
+            self._close = (code, reason)
+            self._wake()
+
+
+def encode_json(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def decode_json(payload: bytes, what: str) -> dict[str, Any]:
+    """A JSON object from the peer; anything else is a channel error."""
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ChannelError(f"malformed {what}: not UTF-8 JSON") from None
+    if not isinstance(obj, dict):
+        raise ChannelError(f"malformed {what}: not a JSON object")
+    return obj

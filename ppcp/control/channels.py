@@ -1,0 +1,455 @@
+"""The channel multiplexer: many flow-controlled channels over one session (sans-I/O).
+
+It plugs into :class:`~ppcp.transport.connection.Connection` as its record
+handler: received channel records become events, and calls such as
+:meth:`ChannelMux.send_data` become encrypted records in the connection's
+output.  No sockets, clocks or threads: heartbeat timing is the driver's.
+
+Each channel has a tiny state machine (:data:`CHANNEL_TRANSITIONS`, h2-style):
+a channel record not allowed in the channel's current state, or naming an
+unknown channel, is a session-level protocol error.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ppcp.core.errors import (
+    ChannelError,
+    CloseCode,
+    FlowControlError,
+    ProtocolError,
+)
+from ppcp.core.events import Event
+from ppcp.core.states import Role
+from ppcp.handshake.messages import MAX_REASON_BYTES
+from ppcp.transport.connection import Connection
+from ppcp.transport.frames import FLAG_REPLY, MAX_RECORD_PLAINTEXT, Frame, FrameType
+from ppcp.utils.codec import Reader, Writer, clip_text
+
+MAX_CHANNEL_ID = 0xFFFFFFFF
+MAX_WINDOW = (1 << 31) - 1
+DEFAULT_WINDOW = 4 << 20
+DEFAULT_MAX_PACKET = 1 << 20
+MIN_MAX_PACKET = 1024
+DEFAULT_MAX_CHANNELS = 256
+MAX_PAYLOAD = 64 * 1024
+MAX_KIND_BYTES = 32
+DATA_HEADER = 5  # u32 channel id + u8 stream
+
+STREAM_STDOUT = 0
+STREAM_STDERR = 1
+MAX_STREAM = 1
+
+
+class ChannelState(enum.Enum):
+    OPENING = "OPENING"  # we sent CHANNEL_OPEN
+    ACCEPTING = "ACCEPTING"  # the peer sent CHANNEL_OPEN; we have not answered
+    OPEN = "OPEN"
+    CLOSING = "CLOSING"  # we sent CHANNEL_CLOSE; waiting for the peer's
+
+
+F = FrameType
+_OPEN_ROW = {
+    F.CHANNEL_DATA: ChannelState.OPEN,
+    F.CHANNEL_EOF: ChannelState.OPEN,
+    F.CHANNEL_REQUEST: ChannelState.OPEN,
+    F.WINDOW_ADJUST: ChannelState.OPEN,
+    F.CHANNEL_CLOSE: None,  # None: the channel is gone
+}
+
+# CHANNEL_TRANSITIONS[state][received record type] -> next state (None = freed).
+CHANNEL_TRANSITIONS: dict[ChannelState, dict[FrameType, ChannelState | None]] = {
+    ChannelState.OPENING: {F.CHANNEL_ACCEPT: ChannelState.OPEN, F.CHANNEL_REJECT: None},
+    # The opener may not close before our answer, so nothing may arrive here.
+    ChannelState.ACCEPTING: {},
+    ChannelState.OPEN: dict(_OPEN_ROW),
+    # Records the peer sent before it saw our CLOSE are discarded, not errors.
+    ChannelState.CLOSING: {
+        F.CHANNEL_DATA: ChannelState.CLOSING,
+        F.CHANNEL_EOF: ChannelState.CLOSING,
+        F.CHANNEL_REQUEST: ChannelState.CLOSING,
+        F.WINDOW_ADJUST: ChannelState.CLOSING,
+        F.CHANNEL_CLOSE: None,
+    },
+}
+
+
+# -- events ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelOpenRequested(Event):
+    channel_id: int
+    kind: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelAccepted(Event):
+    channel_id: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRefused(Event):
+    channel_id: int
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelData(Event):
+    channel_id: int
+    stream: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelEOF(Event):
+    channel_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRequest(Event):
+    channel_id: int
+    name: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelClosed(Event):
+    channel_id: int
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class WindowOpened(Event):
+    """The peer granted more send window on this channel."""
+
+    channel_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReceived(Event):
+    """A heartbeat answer arrived (requests are answered by the mux itself)."""
+
+    heartbeat_id: int
+
+
+# -- channel bookkeeping -----------------------------------------------------------
+
+
+@dataclass
+class Channel:
+    channel_id: int
+    kind: str
+    state: ChannelState
+    local_window_size: int
+    recv_window: int  # bytes the peer may still send us
+    send_window: int = 0  # bytes we may still send
+    send_max_packet: int = MIN_MAX_PACKET
+    local_eof: bool = False
+    remote_eof: bool = False
+    unacked: int = 0  # consumed bytes not yet returned as WINDOW_ADJUST
+    close_pending: tuple[int, str] | None = None
+
+
+@dataclass(frozen=True)
+class MuxConfig:
+    window: int = DEFAULT_WINDOW
+    max_packet: int = DEFAULT_MAX_PACKET
+    max_channels: int = DEFAULT_MAX_CHANNELS
+
+    def __post_init__(self) -> None:
+        if not 0 < self.window <= MAX_WINDOW:
+            raise ValueError(f"window must be in 1..{MAX_WINDOW}")
+        if not MIN_MAX_PACKET <= self.max_packet <= MAX_RECORD_PLAINTEXT - DATA_HEADER:
+            raise ValueError("max_packet out of range")
+        if self.max_channels <= 0:
+            raise ValueError("max_channels must be positive")
+
+
+class ChannelMux:
+    def __init__(self, conn: Connection, config: MuxConfig | None = None) -> None:
+        self.conn = conn
+        self.config = config or MuxConfig()
+        self.channels: dict[int, Channel] = {}
+        # Client-opened channels are odd, server-opened even: no id collisions
+        # without any negotiation.
+        self._next_id = 1 if conn.role is Role.CLIENT else 2
+        conn.record_handler = self.handle_record
+
+    # -- local actions ----------------------------------------------------------------
+
+    def open_channel(self, kind: str, payload: bytes = b"") -> int:
+        if len(self.channels) >= self.config.max_channels:
+            raise ChannelError(f"too many open channels (limit {self.config.max_channels})")
+        _check_kind(kind)
+        _check_payload(payload)
+        if self._next_id > MAX_CHANNEL_ID:
+            raise ChannelError("channel ids exhausted for this session")
+        channel_id = self._next_id
+        self._next_id += 2
+        cfg = self.config
+        self.channels[channel_id] = Channel(
+            channel_id, kind, ChannelState.OPENING, cfg.window, cfg.window
+        )
+        body = (
+            Writer()
+            .u32(channel_id)
+            .u32(cfg.window)
+            .u32(cfg.max_packet)
+            .text8(kind)
+            .raw(payload)
+            .getvalue()
+        )
+        self.conn.send_record(F.CHANNEL_OPEN, body)
+        return channel_id
+
+    def accept(self, channel_id: int, payload: bytes = b"") -> None:
+        ch = self._local(channel_id, ChannelState.ACCEPTING)
+        _check_payload(payload)
+        ch.state = ChannelState.OPEN
+        cfg = self.config
+        body = Writer().u32(channel_id).u32(cfg.window).u32(cfg.max_packet).raw(payload)
+        self.conn.send_record(F.CHANNEL_ACCEPT, body.getvalue())
+
+    def reject(self, channel_id: int, code: int, reason: str) -> None:
+        self._local(channel_id, ChannelState.ACCEPTING)
+        del self.channels[channel_id]
+        self.conn.send_record(F.CHANNEL_REJECT, _code_reason(channel_id, code, reason))
+
+    def sendable(self, channel_id: int) -> int:
+        """Bytes that :meth:`send_data` would accept right now."""
+        ch = self.channels.get(channel_id)
+        if ch is None or ch.state is not ChannelState.OPEN or ch.local_eof:
+            return 0
+        return ch.send_window
+
+    def send_data(
+        self, channel_id: int, data: bytes | bytearray | memoryview, stream: int = STREAM_STDOUT
+    ) -> int:
+        """Send as much of ``data`` as the window allows; return the byte count sent."""
+        ch = self._local(channel_id, ChannelState.OPEN)
+        if ch.local_eof:
+            raise ChannelError("cannot send data after EOF")
+        if not 0 <= stream <= MAX_STREAM:
+            raise ValueError(f"unknown stream {stream}")
+        view = memoryview(data)
+        sent = 0
+        while sent < len(view) and ch.send_window > 0:
+            n = min(len(view) - sent, ch.send_window, ch.send_max_packet)
+            header = channel_id.to_bytes(4, "big") + bytes((stream,))
+            self.conn.send_record(F.CHANNEL_DATA, header + bytes(view[sent : sent + n]))
+            ch.send_window -= n
+            sent += n
+        return sent
+
+    def send_eof(self, channel_id: int) -> None:
+        ch = self._local(channel_id, ChannelState.OPEN)
+        if not ch.local_eof:
+            ch.local_eof = True
+            self.conn.send_record(F.CHANNEL_EOF, channel_id.to_bytes(4, "big"))
+
+    def send_request(self, channel_id: int, name: str, payload: bytes = b"") -> None:
+        self._local(channel_id, ChannelState.OPEN)
+        _check_kind(name)
+        _check_payload(payload)
+        self.conn.send_record(
+            F.CHANNEL_REQUEST, Writer().u32(channel_id).text8(name).raw(payload).getvalue()
+        )
+
+    def close_channel(
+        self, channel_id: int, code: int = CloseCode.NORMAL, reason: str = ""
+    ) -> None:
+        """Start closing; the id is freed when the peer's CHANNEL_CLOSE arrives."""
+        ch = self.channels.get(channel_id)
+        if ch is None or ch.state is ChannelState.CLOSING:
+            return
+        if ch.state is ChannelState.OPENING:
+            # A CLOSE may not cross the peer's ACCEPT/REJECT: remember it and
+            # send it once the answer is in (or drop it if the answer is REJECT).
+            ch.close_pending = (code, reason)
+            return
+        if ch.state is ChannelState.ACCEPTING:
+            self.reject(channel_id, code or CloseCode.CHANNEL_REJECTED, reason)
+            return
+        ch.state = ChannelState.CLOSING
+        if self.conn.is_open:
+            self.conn.send_record(F.CHANNEL_CLOSE, _code_reason(channel_id, code, reason))
+
+    def consume(self, channel_id: int, n: int) -> None:
+        """The application has processed ``n`` received bytes: reopen the window.
+
+        WINDOW_ADJUST goes out once half the window is consumed, so a bulk
+        transfer costs one small record per half-window, not one per chunk.
+        """
+        ch = self.channels.get(channel_id)
+        if ch is None or ch.state is not ChannelState.OPEN:
+            return
+        ch.unacked += n
+        if ch.unacked >= ch.local_window_size // 2 and not ch.remote_eof:
+            increment, ch.unacked = ch.unacked, 0
+            ch.recv_window += increment
+            self.conn.send_record(
+                F.WINDOW_ADJUST, Writer().u32(channel_id).u32(increment).getvalue()
+            )
+
+    def send_heartbeat(self, heartbeat_id: int) -> None:
+        self.conn.send_record(F.HEARTBEAT, heartbeat_id.to_bytes(8, "big"))
+
+    def _local(self, channel_id: int, state: ChannelState) -> Channel:
+        ch = self.channels.get(channel_id)
+        if ch is None:
+            raise ChannelError(f"channel {channel_id} is not open")
+        if ch.state is not state:
+            raise ChannelError(f"channel {channel_id} is {ch.state.value}, not {state.value}")
+        return ch
+
+    # -- received records ----------------------------------------------------------------
+
+    def handle_record(self, frame: Frame, plaintext: bytes) -> list[Event]:
+        ftype = frame.type
+        if ftype == F.HEARTBEAT:
+            return self._on_heartbeat(frame.flags, plaintext)
+        if frame.flags:
+            raise ProtocolError(f"unexpected flags on channel record 0x{ftype:02x}")
+        r = Reader(plaintext, FrameType(ftype).name)
+        channel_id = r.u32()
+        if ftype == F.CHANNEL_OPEN:
+            return self._on_open(channel_id, r)
+        ch = self.channels.get(channel_id)
+        if ch is None:
+            raise ProtocolError(f"{FrameType(ftype).name} for unknown channel {channel_id}")
+        row = CHANNEL_TRANSITIONS[ch.state]
+        if ftype not in row:
+            raise ProtocolError(
+                f"{FrameType(ftype).name} not allowed on channel {channel_id} in state "
+                f"{ch.state.value}"
+            )
+        target = row[FrameType(ftype)]
+        before = ch.state
+        discarding = before is ChannelState.CLOSING and target is ChannelState.CLOSING
+        events = self._on_channel_record(ch, ftype, r, discarding)
+        if target is None:
+            self.channels.pop(channel_id, None)
+        elif ch.state is before:  # a handler may already have moved it on
+            ch.state = target
+        return events
+
+    def _on_heartbeat(self, flags: int, plaintext: bytes) -> list[Event]:
+        if flags & ~FLAG_REPLY or len(plaintext) != 8:
+            raise ProtocolError("malformed HEARTBEAT")
+        if flags & FLAG_REPLY:
+            return [HeartbeatReceived(int.from_bytes(plaintext, "big"))]
+        self.conn.send_record(F.HEARTBEAT, plaintext, FLAG_REPLY)
+        return []
+
+    def _on_open(self, channel_id: int, r: Reader) -> list[Event]:
+        window, max_packet = r.u32(), r.u32()
+        kind = r.text8("channel kind")
+        payload = r.rest()
+        if len(kind.encode()) > MAX_KIND_BYTES:
+            raise ProtocolError("channel kind too long")
+        if len(payload) > MAX_PAYLOAD:
+            raise ProtocolError("CHANNEL_OPEN payload too large")
+        expected_parity = 0 if self.conn.role is Role.CLIENT else 1
+        if channel_id % 2 != expected_parity or channel_id == 0:
+            raise ProtocolError(f"peer opened channel {channel_id} with the wrong parity")
+        if channel_id in self.channels:
+            raise ProtocolError(f"peer reopened channel {channel_id}")
+        if window > MAX_WINDOW or max_packet < MIN_MAX_PACKET:
+            raise ProtocolError("CHANNEL_OPEN window or packet size out of range")
+        cfg = self.config
+        ch = Channel(channel_id, kind, ChannelState.ACCEPTING, cfg.window, cfg.window)
+        ch.send_window = window
+        ch.send_max_packet = min(max_packet, MAX_RECORD_PLAINTEXT - DATA_HEADER)
+        if len(self.channels) >= cfg.max_channels:
+            # Over the cap the channel is refused, but the session lives on.
+            self.conn.send_record(
+                F.CHANNEL_REJECT,
+                _code_reason(
+                    channel_id,
+                    CloseCode.CHANNEL_REJECTED,
+                    f"too many open channels (limit {cfg.max_channels})",
+                ),
+            )
+            return []
+        self.channels[channel_id] = ch
+        return [ChannelOpenRequested(channel_id, kind, payload)]
+
+    def _on_channel_record(
+        self, ch: Channel, ftype: int, r: Reader, discarding: bool
+    ) -> list[Event]:
+        cid = ch.channel_id
+        if ftype == F.CHANNEL_ACCEPT:
+            window, max_packet = r.u32(), r.u32()
+            payload = r.rest()
+            if window > MAX_WINDOW or max_packet < MIN_MAX_PACKET:
+                raise ProtocolError("CHANNEL_ACCEPT window or packet size out of range")
+            ch.send_window = window
+            ch.send_max_packet = min(max_packet, MAX_RECORD_PLAINTEXT - DATA_HEADER)
+            if ch.close_pending is not None:
+                ch.state = ChannelState.OPEN
+                self.close_channel(cid, *ch.close_pending)  # moves it to CLOSING
+                return []
+            return [ChannelAccepted(cid, payload)]
+        if ftype in (F.CHANNEL_REJECT, F.CHANNEL_CLOSE):
+            code = r.u16()
+            reason = r.text8("channel close reason")
+            r.end()
+            if ftype == F.CHANNEL_REJECT:
+                return [ChannelRefused(cid, code, reason)]
+            if ch.state is not ChannelState.CLOSING and self.conn.is_open:
+                self.conn.send_record(F.CHANNEL_CLOSE, _code_reason(cid, CloseCode.NORMAL, ""))
+            return [ChannelClosed(cid, code, reason)]
+        if ftype == F.WINDOW_ADJUST:
+            increment = r.u32()
+            r.end()
+            if increment == 0 or ch.send_window + increment > MAX_WINDOW:
+                raise FlowControlError(f"invalid window increment on channel {cid}")
+            ch.send_window += increment
+            return [] if discarding else [WindowOpened(cid)]
+        if ftype == F.CHANNEL_DATA:
+            stream = r.u8()
+            data = r.rest()
+            if stream > MAX_STREAM:
+                raise ProtocolError(f"unknown stream {stream} on channel {cid}")
+            if ch.remote_eof:
+                raise ProtocolError(f"data after EOF on channel {cid}")
+            if len(data) > ch.recv_window:
+                raise FlowControlError(
+                    f"channel {cid}: peer sent {len(data)} bytes with {ch.recv_window} of window"
+                )
+            ch.recv_window -= len(data)
+            return [] if discarding else [ChannelData(cid, stream, data)]
+        if ftype == F.CHANNEL_EOF:
+            r.end()
+            if ch.remote_eof:
+                raise ProtocolError(f"second EOF on channel {cid}")
+            ch.remote_eof = True
+            return [] if discarding else [ChannelEOF(cid)]
+        # CHANNEL_REQUEST
+        name = r.text8("channel request name")
+        payload = r.rest()
+        if len(payload) > MAX_PAYLOAD:
+            raise ProtocolError("CHANNEL_REQUEST payload too large")
+        return [] if discarding else [ChannelRequest(cid, name, payload)]
+
+
+def _check_kind(kind: str) -> None:
+    raw = kind.encode("utf-8")
+    if not raw or len(raw) > MAX_KIND_BYTES:
+        raise ValueError(f"channel kind / request name must be 1..{MAX_KIND_BYTES} bytes")
+
+
+def _check_payload(payload: bytes) -> None:
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"channel payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+
+
+def _code_reason(channel_id: int, code: int, reason: str) -> bytes:
+    return Writer().u32(channel_id).u16(code).text8(clip_text(reason, MAX_REASON_BYTES)).getvalue()
