@@ -10,10 +10,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
 
+from ppcp.control.router import ServerPolicy, route
 from ppcp.core.config import DEFAULT_MAX_UNAUTHENTICATED, DEFAULT_PORT, SessionConfig
 from ppcp.core.errors import CloseCode, PPCPError, ServerBusy, map_exception
 from ppcp.core.states import Role
@@ -92,13 +94,15 @@ class Server:
     def __init__(
         self,
         psk: bytes | str,
-        handler: Handler,
+        handler: Handler | None,
         config: SessionConfig,
         max_unauthenticated: int,
+        policy: ServerPolicy | None = None,
     ) -> None:
         self._psk_key = derive_psk_key(psk)
-        self._handler = handler
+        self._handler = handler or _serve_channels_only
         self.config = config
+        self.policy = policy or ServerPolicy()
         self.max_unauthenticated = max_unauthenticated
         self.handshaking = 0
         self.sessions: set[AsyncSession] = set()
@@ -126,6 +130,9 @@ class Server:
         if self.handshaking >= self.max_unauthenticated:
             return _RefuseProtocol(self.handshaking)
         session = AsyncSession(Role.SERVER, self._psk_key, self.config)
+        # Set before any byte arrives: a client may open channels in the same
+        # segment as its proof.  The mux only delivers them once authenticated.
+        session.channel_handler = functools.partial(route, policy=self.policy)
         self.handshaking += 1
         task = asyncio.get_running_loop().create_task(self._serve_one(session))
         self._tasks.add(task)
@@ -202,6 +209,10 @@ class _RefuseProtocol(asyncio.Protocol):
         transport.close()
 
 
+async def _serve_channels_only(session: AsyncSession) -> None:
+    await session.wait_closed()
+
+
 def _peer(session: AsyncSession) -> str:
     addr = session.peer_address
     return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
@@ -211,14 +222,20 @@ async def serve(
     host: str | None,
     port: int,
     psk: bytes | str,
-    handler: Handler,
+    handler: Handler | None = None,
     *,
     config: SessionConfig | None = None,
+    policy: ServerPolicy | None = None,
     sock: socket.socket | None = None,
     max_unauthenticated: int = DEFAULT_MAX_UNAUTHENTICATED,
 ) -> Server:
-    """Start a PPCP server calling ``await handler(session)`` for each authenticated client."""
-    server = Server(psk, handler, config or SessionConfig(), max_unauthenticated)
+    """Start a PPCP server.
+
+    Each authenticated client gets the services ``policy`` allows (exec,
+    shell, files, messages), and ``await handler(session)`` runs for it if
+    given; the session is closed when the handler returns.
+    """
+    server = Server(psk, handler, config or SessionConfig(), max_unauthenticated, policy)
     await server.start(host, port, sock)
     return server
 
@@ -226,6 +243,7 @@ async def serve(
 __all__ = [
     "AsyncSession",
     "Server",
+    "ServerPolicy",
     "Session",
     "client_connect",
     "connect",

@@ -18,7 +18,11 @@ from typing import Any
 from ppcp.control import channels as mux_events
 from ppcp.control.aio_channel import AsyncChannel
 from ppcp.control.channels import ChannelMux
+from ppcp.control.exec import ExecMixin
+from ppcp.control.files import FilesMixin
 from ppcp.control.heartbeat import HeartbeatMonitor
+from ppcp.control.messages import MessagesMixin
+from ppcp.control.shell import ShellMixin
 from ppcp.core.config import SessionConfig
 from ppcp.core.errors import (
     CloseCode,
@@ -72,7 +76,7 @@ class _SessionProtocol(asyncio.Protocol):
         self.session._writable.set()
 
 
-class AsyncSession:
+class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
     """An authenticated, encrypted PPCP session (asyncio API).
 
     ``await send(data)`` / ``await recv()`` exchange whole messages; the
@@ -373,6 +377,10 @@ class AsyncSession:
         while self._error is None:
             self._inbox_ready.clear()
             await self._inbox_ready.wait()
+
+    async def wait_closed(self) -> None:
+        """Wait until the session has ended, for whatever reason."""
+        await asyncio.shield(self._closed)
 
     async def _wait_transport_closed(self) -> None:
         if self._transport is not None:

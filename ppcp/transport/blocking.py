@@ -17,6 +17,10 @@ from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 from ppcp import aio
+from ppcp.control.exec import SyncExecMixin
+from ppcp.control.files import SyncFilesMixin
+from ppcp.control.messages import SyncMessagesMixin
+from ppcp.control.shell import SyncShellMixin
 from ppcp.core.config import DEFAULT_PORT, SessionConfig
 from ppcp.core.errors import CloseCode, PPCPError, SessionClosed
 from ppcp.transport.aio_driver import AsyncSession
@@ -72,7 +76,7 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         raise
 
 
-class Session:
+class Session(SyncExecMixin, SyncShellMixin, SyncFilesMixin, SyncMessagesMixin):
     """An authenticated, encrypted session (blocking API).
 
     ``send(data)`` and ``recv()`` exchange whole messages.  Use it as a

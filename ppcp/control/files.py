@@ -1,0 +1,25 @@
+"""Files service: server handler and client API (being written)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ppcp.control.aio_channel import AsyncChannel
+    from ppcp.control.router import ServerPolicy
+
+
+class FilesMixin:
+    """asyncio client methods mixed into :class:`ppcp.aio.AsyncSession`."""
+
+
+class SyncFilesMixin:
+    """Blocking client methods mixed into :class:`ppcp.Session`."""
+
+
+async def serve_put(channel: AsyncChannel, policy: ServerPolicy) -> None:
+    channel.reject(0x0102, "file service not available yet")
+
+
+async def serve_get(channel: AsyncChannel, policy: ServerPolicy) -> None:
+    channel.reject(0x0102, "file service not available yet")

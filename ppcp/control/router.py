@@ -1,0 +1,53 @@
+"""Server side: which services a session offers, and under which policy.
+
+Every channel the client opens is routed here by kind.  Nothing is routed
+before the handshake has authenticated the client: channels only exist on
+an OPEN connection (see ppcp/core/states.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ppcp.control.aio_channel import AsyncChannel
+from ppcp.core.errors import CloseCode
+
+ServiceHandler = Callable[[AsyncChannel, "ServerPolicy"], Awaitable[None]]
+
+# kind -> "module:function"; modules are imported on first use.
+SERVICES: dict[str, str] = {
+    "exec": "ppcp.control.exec:serve_exec",
+    "shell": "ppcp.control.shell:serve_shell",
+    "file-put": "ppcp.control.files:serve_put",
+    "file-get": "ppcp.control.files:serve_get",
+    "message": "ppcp.control.messages:serve_message",
+}
+
+
+@dataclass(frozen=True)
+class ServerPolicy:
+    """What an authenticated client may do.  Safe defaults, all configurable."""
+
+    allow_exec: bool = True
+    # None: any command.  Otherwise the program name (argv[0], or the first
+    # word of a shell string) must be in this list, and shell strings are refused.
+    exec_allowlist: tuple[str, ...] | None = None
+    allow_shell: bool = True
+    allow_files: bool = True
+    # Every path from the network is confined to this directory.
+    root: Path = field(default_factory=Path.cwd)
+    allow_messages: bool = True
+    max_exec_seconds: float | None = None
+
+
+async def route(channel: AsyncChannel, policy: ServerPolicy) -> None:
+    target = SERVICES.get(channel.kind)
+    if target is None:
+        channel.reject(CloseCode.CHANNEL_REJECTED, f"unknown service {channel.kind!r}")
+        return
+    module_name, func_name = target.split(":")
+    handler: ServiceHandler = getattr(importlib.import_module(module_name), func_name)
+    await handler(channel, policy)
