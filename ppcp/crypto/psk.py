@@ -13,6 +13,7 @@ Two kinds of PSK exist (RFC section "Pre-shared key"):
 from __future__ import annotations
 
 import functools
+import re
 import secrets
 import warnings
 
@@ -24,6 +25,7 @@ PBKDF2_ITERATIONS = 600_000
 PBKDF2_SALT = b"ppcp/v1 passphrase"
 MIN_PASSPHRASE_CHARS = 20
 MIN_DISTINCT_CHARS = 10
+_HEX_KEY = re.compile(rb"[0-9a-fA-F]{%d}" % (2 * KEY_BYTES))
 
 
 class WeakPSKWarning(UserWarning):
@@ -61,10 +63,8 @@ def derive_psk_key(psk: bytes | str) -> bytes:
         raise InvalidPSK("the pre-shared key is empty")
     if raw.startswith(KEY_PREFIX.encode()):
         body = raw[len(KEY_PREFIX) :]
-        try:
-            key = bytes.fromhex(body.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            key = b""
+        # Exactly 64 hex digits: bytes.fromhex alone would also accept inner whitespace.
+        key = bytes.fromhex(body.decode("ascii")) if _HEX_KEY.fullmatch(body) else b""
         if len(key) != KEY_BYTES:
             raise InvalidPSK(
                 f"malformed generated key: expected {KEY_PREFIX!r} followed by "
