@@ -8,6 +8,9 @@ control for the machines on your LAN.  The seed's API::
 The asyncio twin lives in :mod:`ppcp.aio`.
 """
 
+from ppcp.control.exec import AsyncProcess, ExecResult, Process
+from ppcp.control.messages import MessageChannel, MessageInbox, SyncMessageChannel
+from ppcp.control.shell import AsyncShell, Shell
 from ppcp.core.config import DEFAULT_PORT, SessionConfig
 from ppcp.core.errors import (
     AuthenticationError,
@@ -35,6 +38,7 @@ from ppcp.core.errors import (
     VersionMismatch,
 )
 from ppcp.crypto.psk import InvalidPSK, WeakPSKWarning, generate_psk
+from ppcp.discovery import ServerInfo, discover, find_server
 from ppcp.transport.blocking import (
     Session,
     client_connect,
@@ -47,6 +51,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_PORT",
+    "AsyncProcess",
+    "AsyncShell",
     "AuthenticationError",
     "ChannelError",
     "ChannelRejected",
@@ -54,6 +60,7 @@ __all__ = [
     "ConnectionLost",
     "DecryptionError",
     "DiscoveryError",
+    "ExecResult",
     "FlowControlError",
     "FrameTooLarge",
     "HandshakeError",
@@ -61,16 +68,22 @@ __all__ = [
     "HeartbeatTimeout",
     "InvalidKeyShare",
     "InvalidPSK",
+    "MessageChannel",
+    "MessageInbox",
     "MessageTooLarge",
     "PPCPError",
     "PolicyDenied",
+    "Process",
     "ProtocolError",
     "RateLimited",
     "RemotePathError",
     "ServerBusy",
+    "ServerInfo",
     "Session",
     "SessionClosed",
     "SessionConfig",
+    "Shell",
+    "SyncMessageChannel",
     "TransferError",
     "VersionMismatch",
     "WeakPSKWarning",
@@ -78,6 +91,8 @@ __all__ = [
     "client_connect",
     "connect",
     "create_tcp_server",
+    "discover",
+    "find_server",
     "generate_psk",
     "server_accept",
 ]

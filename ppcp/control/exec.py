@@ -1,21 +1,724 @@
-"""Exec service: server handler and client API (being written)."""
+"""Exec service: run a command on the server, stream its I/O, report how it ended.
+
+Wire schema (docs/rfc-channels.md, "exec"):
+
+* channel kind ``"exec"``; open payload, a JSON object: ``{"command": str}`` (run
+  by the server user's shell, ``$SHELL -c``) or ``{"argv": [str, ...]}`` (run
+  directly), plus optional ``"cwd"``, ``"env"`` (merged into the server's
+  environment) and ``"timeout"`` (seconds);
+* accept payload ``{"pid": int}``: the channel is accepted once the process runs;
+  a program that cannot be started (argv form) is a CHANNEL_REJECT with
+  CHANNEL_ERROR and the OS error as reason;
+* client -> server data is stdin (stream 0); the client's EOF closes stdin;
+* server -> client data is stdout (stream 0) and stderr (stream 1), as produced;
+* requests to the server: ``"signal" {"signal": n}`` (to the process group) and
+  ``"cancel" {}`` (SIGTERM to the group, SIGKILL after :data:`KILL_GRACE` s);
+* the server ends with EOF, then ``"exit-status" {"exit_code", "signal",
+  "timed_out"}``, then CHANNEL_CLOSE.
+
+The process runs in a new session (its own process group).  Whatever ends the
+channel early (the client closes it, the session dies, the handler task is
+cancelled) kills the whole group with SIGKILL.  Output is read in chunks of at
+most :data:`CHUNK` bytes and written with flow control, so a fast producer
+blocks on its pipe instead of filling the server's memory.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import pwd
+import re
+import shlex
+import signal as _signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ppcp.control.aio_channel import AsyncChannel, decode_json, encode_json
+from ppcp.control.channels import STREAM_STDERR, STREAM_STDOUT
+from ppcp.core.errors import (
+    ChannelError,
+    CloseCode,
+    PolicyDenied,
+    PPCPError,
+    error_for_code,
+)
 
 if TYPE_CHECKING:
-    from ppcp.control.aio_channel import AsyncChannel
+    from collections.abc import Coroutine
+
     from ppcp.control.router import ServerPolicy
+    from ppcp.transport.aio_driver import AsyncSession
+    from ppcp.transport.blocking import Session
+
+log = logging.getLogger("ppcp.server")
+
+T = TypeVar("T")
+KIND = "exec"
+CAPABILITY = "exec"
+CHUNK = 64 * 1024
+KILL_GRACE = 2.0
+MAX_ARGS = 4096
+# With an allow-list, a command string is accepted only if it is plain words
+# (no quoting, expansion, redirection, pipes, globs...): it is then split on
+# whitespace and run without a shell.
+_PLAIN_COMMAND = re.compile(r"^[A-Za-z0-9_./:=,+@%-]+( +[A-Za-z0-9_./:=,+@%-]+)*$")
+
+
+# -- results ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """How a remote command ended (and, from :meth:`exec`, what it printed).
+
+    Exactly one of ``exit_code`` and ``signal`` is set.  ``timed_out`` is
+    True when the server stopped the command because its timeout passed.
+    """
+
+    stdout: bytes
+    stderr: bytes
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool = False
+
+    @property
+    def returncode(self) -> int:
+        """subprocess-style code: the exit code, or ``-signal``."""
+        if self.exit_code is not None:
+            return self.exit_code
+        return -(self.signal or 0)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class ExecSpec:
+    """A validated exec request (the open payload)."""
+
+    argv: tuple[str, ...] | None = None
+    command: str | None = None
+    cwd: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.argv is None) == (self.command is None):
+            raise ChannelError("exec: exactly one of argv and command is required")
+        if self.argv is not None:
+            if not self.argv or len(self.argv) > MAX_ARGS:
+                raise ChannelError(f"exec: argv must hold 1..{MAX_ARGS} strings")
+            if not self.argv[0]:
+                raise ChannelError("exec: empty program name")
+            for arg in self.argv:
+                _check_text(arg, "argument")
+        if self.command is not None:
+            if not self.command.strip():
+                raise ChannelError("exec: empty command")
+            _check_text(self.command, "command")
+        if self.cwd is not None:
+            _check_text(self.cwd, "cwd")
+        for key, value in self.env:
+            if not key or "=" in key:
+                raise ChannelError(f"exec: invalid environment variable name {key!r}")
+            _check_text(key, "environment name")
+            _check_text(value, "environment value")
+        if self.timeout is not None and not (0 < self.timeout and math.isfinite(self.timeout)):
+            raise ChannelError("exec: timeout must be a positive number of seconds")
+
+    @classmethod
+    def build(
+        cls,
+        command: str | Sequence[str],
+        cwd: str | None,
+        env: Mapping[str, str] | None,
+        timeout: float | None,
+    ) -> ExecSpec:
+        env_items = tuple(sorted((env or {}).items()))
+        if isinstance(command, str):
+            return cls(None, command, cwd, env_items, timeout)
+        return cls(tuple(command), None, cwd, env_items, timeout)
+
+    def encode(self) -> bytes:
+        obj: dict[str, Any] = {}
+        if self.argv is not None:
+            obj["argv"] = list(self.argv)
+        else:
+            obj["command"] = self.command
+        if self.cwd is not None:
+            obj["cwd"] = self.cwd
+        if self.env:
+            obj["env"] = dict(self.env)
+        if self.timeout is not None:
+            obj["timeout"] = self.timeout
+        return encode_json(obj)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> ExecSpec:
+        obj = decode_json(payload, "exec request")
+        unknown = set(obj) - {"argv", "command", "cwd", "env", "timeout"}
+        if unknown:
+            raise ChannelError(f"exec: unknown fields {sorted(unknown)}")
+        argv = obj.get("argv")
+        if argv is not None and not (
+            isinstance(argv, list) and all(isinstance(a, str) for a in argv)
+        ):
+            raise ChannelError("exec: argv must be a list of strings")
+        command = obj.get("command")
+        if command is not None and not isinstance(command, str):
+            raise ChannelError("exec: command must be a string")
+        cwd = obj.get("cwd")
+        if cwd is not None and not isinstance(cwd, str):
+            raise ChannelError("exec: cwd must be a string")
+        env = obj.get("env", {})
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise ChannelError("exec: env must map strings to strings")
+        timeout = obj.get("timeout")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float)
+        ):
+            raise ChannelError("exec: timeout must be a number")
+        return cls(
+            tuple(argv) if argv is not None else None,
+            command,
+            cwd,
+            tuple(sorted(env.items())),
+            float(timeout) if timeout is not None else None,
+        )
+
+
+def _check_text(value: str, what: str) -> None:
+    if "\x00" in value:
+        raise ChannelError(f"exec: {what} contains a NUL byte")
+
+
+def decode_exit_status(payload: bytes) -> tuple[int | None, int | None, bool]:
+    """``(exit_code, signal, timed_out)`` from an exit-status request."""
+    obj = decode_json(payload, "exit-status")
+    code, sig, timed_out = obj.get("exit_code"), obj.get("signal"), obj.get("timed_out", False)
+    for value in (code, sig):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ChannelError("malformed exit-status: codes must be integers")
+    if (code is None) == (sig is None) or not isinstance(timed_out, bool):
+        raise ChannelError("malformed exit-status")
+    return code, sig, timed_out
+
+
+def encode_exit_status(returncode: int, timed_out: bool) -> bytes:
+    if returncode < 0:
+        return encode_json({"exit_code": None, "signal": -returncode, "timed_out": timed_out})
+    return encode_json({"exit_code": returncode, "signal": None, "timed_out": timed_out})
+
+
+def require_capability(session: AsyncSession, capability: str) -> None:
+    session.raise_if_failed()
+    if capability not in session.capabilities:
+        raise ChannelError(f"the peer does not offer {capability!r} (no such capability)")
+
+
+# -- client -------------------------------------------------------------------------
+
+
+class AsyncProcess:
+    """A remote command started with :meth:`ExecMixin.start_exec` (asyncio).
+
+    ``async for stream, data in proc`` yields output as it is produced
+    (stream 0 is stdout, 1 stderr) until the command's output ends.  Use it
+    as an async context manager: leaving the block early closes the channel,
+    and the server kills the command's process group.
+    """
+
+    def __init__(self, channel: AsyncChannel) -> None:
+        self._channel = channel
+        self.pid: int | None = None
+        try:
+            accepted = decode_json(channel.open_payload, "exec accept")
+            pid = accepted.get("pid")
+            self.pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+        except ChannelError:
+            pass
+        self._result: ExecResult | None = None
+
+    @property
+    def channel(self) -> AsyncChannel:
+        return self._channel
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._result.exit_code if self._result else None
+
+    @property
+    def signal_number(self) -> int | None:
+        return self._result.signal if self._result else None
+
+    @property
+    def timed_out(self) -> bool:
+        return self._result.timed_out if self._result else False
+
+    @property
+    def finished(self) -> bool:
+        return self._result is not None
+
+    def __aiter__(self) -> AsyncProcess:
+        return self
+
+    async def __anext__(self) -> tuple[int, bytes]:
+        item = await self.read()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+    async def read(self) -> tuple[int, bytes] | None:
+        """The next ``(stream, data)`` chunk, or None once the output has ended."""
+        return await self._channel.read()
+
+    async def write_stdin(self, data: bytes | bytearray | memoryview) -> None:
+        """Send bytes to the command's stdin (waits for flow-control window)."""
+        await self._channel.write(data)
+
+    async def close_stdin(self) -> None:
+        """End the command's stdin (it reads EOF)."""
+        await self._channel.send_eof()
+
+    async def signal(self, signum: int) -> None:
+        """Send a signal to the command's process group."""
+        await self._channel.send_json("signal", {"signal": int(signum)})
+
+    async def cancel(self) -> None:
+        """Stop the command: SIGTERM to its group, SIGKILL if it is still alive later."""
+        await self._channel.send_json("cancel", {})
+
+    async def wait(self) -> ExecResult:
+        """Wait for the exit status; unread output is discarded."""
+        if self._result is not None:
+            return self._result
+        while await self._channel.read() is not None:
+            pass
+        while True:
+            request = await self._channel.next_request()
+            if request is None:
+                break
+            name, payload = request
+            if name == "exit-status":
+                code, sig, timed_out = decode_exit_status(payload)
+                self._result = ExecResult(b"", b"", code, sig, timed_out)
+                return self._result
+        self._channel.session.raise_if_failed()
+        code_, reason = await self._channel.wait_closed()
+        if code_ != CloseCode.NORMAL:
+            raise error_for_code(code_, reason)
+        raise ChannelError("the remote command ended without an exit status", remote=True)
+
+    async def close(self) -> None:
+        """Close the channel; a command still running is killed by the server."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncProcess:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
 
 class ExecMixin:
     """asyncio client methods mixed into :class:`ppcp.aio.AsyncSession`."""
 
+    async def start_exec(
+        self: AsyncSession,
+        command: str | Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncProcess:
+        """Start ``command`` on the server and return it for streaming I/O.
+
+        A string runs through the server user's shell (as ``ssh host 'cmd'``
+        does); a sequence is an argv run directly.  Raises
+        :class:`~ppcp.PolicyDenied` if the server's policy refuses it and
+        :class:`~ppcp.ChannelError` if the program cannot be started.
+        """
+        spec = ExecSpec.build(command, cwd, env, timeout)
+        require_capability(self, CAPABILITY)
+        channel = await self.open_channel(KIND, spec.encode())
+        return AsyncProcess(channel)
+
+    async def exec(
+        self: AsyncSession,
+        command: str | Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        """Run ``command`` on the server and collect its output and exit status."""
+        proc = await self.start_exec(command, cwd=cwd, env=env, timeout=timeout)
+        async with proc:
+            feeder = self.spawn(_feed_stdin(proc, stdin))
+            stdout, stderr = bytearray(), bytearray()
+            try:
+                async for stream, data in proc:
+                    (stderr if stream == STREAM_STDERR else stdout).extend(data)
+                result = await proc.wait()
+            finally:
+                feeder.cancel()
+        return ExecResult(
+            bytes(stdout), bytes(stderr), result.exit_code, result.signal, result.timed_out
+        )
+
+
+async def _feed_stdin(proc: AsyncProcess, data: bytes | None) -> None:
+    # The command may exit before it read everything: that is not an error.
+    with contextlib.suppress(ChannelError):
+        if data:
+            await proc.write_stdin(data)
+        await proc.close_stdin()
+
+
+class Process:
+    """Blocking twin of :class:`AsyncProcess` (from :meth:`SyncExecMixin.start_exec`)."""
+
+    def __init__(self, inner: AsyncProcess) -> None:
+        self._inner = inner
+
+    @property
+    def aio(self) -> AsyncProcess:
+        return self._inner
+
+    @property
+    def pid(self) -> int | None:
+        return self._inner.pid
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._inner.exit_code
+
+    @property
+    def signal_number(self) -> int | None:
+        return self._inner.signal_number
+
+    @property
+    def timed_out(self) -> bool:
+        return self._inner.timed_out
+
+    def __iter__(self) -> Process:
+        return self
+
+    def __next__(self) -> tuple[int, bytes]:
+        item = self.read()
+        if item is None:
+            raise StopIteration
+        return item
+
+    def read(self, timeout: float | None = None) -> tuple[int, bytes] | None:
+        from ppcp.transport.blocking import run
+
+        return run(_with_timeout(self._inner.read(), timeout))
+
+    def write_stdin(self, data: bytes | bytearray | memoryview) -> None:
+        from ppcp.transport.blocking import run
+
+        run(self._inner.write_stdin(bytes(data)))
+
+    def close_stdin(self) -> None:
+        from ppcp.transport.blocking import run
+
+        run(self._inner.close_stdin())
+
+    def signal(self, signum: int) -> None:
+        from ppcp.transport.blocking import run
+
+        run(self._inner.signal(signum))
+
+    def cancel(self) -> None:
+        from ppcp.transport.blocking import run
+
+        run(self._inner.cancel())
+
+    def wait(self, timeout: float | None = None) -> ExecResult:
+        from ppcp.transport.blocking import run
+
+        return run(_with_timeout(self._inner.wait(), timeout))
+
+    def close(self) -> None:
+        from ppcp.transport.blocking import run
+
+        run(self._inner.close())
+
+    def __enter__(self) -> Process:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+async def _with_timeout(aw: Coroutine[Any, Any, T], timeout: float | None) -> T:
+    return await asyncio.wait_for(aw, timeout)
+
 
 class SyncExecMixin:
     """Blocking client methods mixed into :class:`ppcp.Session`."""
 
+    def exec(
+        self: Session,
+        command: str | Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        """Run ``command`` on the server; see :meth:`ExecMixin.exec`."""
+        from ppcp.transport.blocking import run
+
+        return run(self.aio.exec(command, stdin=stdin, cwd=cwd, env=env, timeout=timeout))
+
+    def start_exec(
+        self: Session,
+        command: str | Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Process:
+        """Start ``command`` for streaming I/O; see :meth:`ExecMixin.start_exec`."""
+        from ppcp.transport.blocking import run
+
+        return Process(run(self.aio.start_exec(command, cwd=cwd, env=env, timeout=timeout)))
+
+
+# -- server -------------------------------------------------------------------------
+
+
+def user_shell() -> str:
+    """The server user's shell: ``$SHELL``, else the passwd entry, else /bin/sh."""
+    shell = os.environ.get("SHELL")
+    if not shell:
+        with contextlib.suppress(KeyError):
+            shell = pwd.getpwuid(os.getuid()).pw_shell
+    return shell or "/bin/sh"
+
+
+def home_directory() -> str:
+    home = os.path.expanduser("~")
+    return home if os.path.isdir(home) else os.getcwd()
+
+
+def resolve_argv(spec: ExecSpec, policy: ServerPolicy) -> list[str]:
+    """The argv to run for ``spec`` under ``policy`` (raise PolicyDenied if refused)."""
+    allow = policy.exec_allowlist
+    if allow is None:
+        if spec.argv is not None:
+            return list(spec.argv)
+        assert spec.command is not None
+        return [user_shell(), "-c", spec.command]
+    if spec.env:
+        raise PolicyDenied("environment overrides are not allowed with an exec allow-list")
+    if spec.argv is not None:
+        argv = list(spec.argv)
+    else:
+        assert spec.command is not None
+        if not _PLAIN_COMMAND.match(spec.command.strip()):
+            raise PolicyDenied(
+                "shell syntax is not allowed with an exec allow-list; send plain words or an argv"
+            )
+        argv = shlex.split(spec.command)
+    if argv[0] not in allow:
+        raise PolicyDenied(f"command {argv[0]!r} is not on the server's allow-list")
+    return argv
+
+
+def effective_timeout(requested: float | None, limit: float | None) -> float | None:
+    if requested is None:
+        return limit
+    return requested if limit is None else min(requested, limit)
+
+
+def killpg(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+async def terminate_group(proc: asyncio.subprocess.Process, grace: float = KILL_GRACE) -> None:
+    """SIGTERM the process group; SIGKILL it after ``grace`` seconds."""
+    killpg(proc.pid, _signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), grace)
+    killpg(proc.pid, _signal.SIGKILL)
+
+
+def valid_signal(payload: bytes) -> int:
+    obj = decode_json(payload, "signal request")
+    signum = obj.get("signal")
+    if (
+        isinstance(signum, bool)
+        or not isinstance(signum, int)
+        or signum <= 0
+        or signum not in {int(s) for s in _signal.valid_signals()}
+    ):
+        raise ChannelError(f"invalid signal {signum!r}")
+    return signum
+
+
+def close_subprocess_transport(proc: asyncio.subprocess.Process) -> None:
+    transport = getattr(proc, "_transport", None)
+    if transport is not None:
+        transport.close()
+
 
 async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
-    channel.reject(0x0102, "exec service not available yet")
+    if not policy.allow_exec:
+        channel.reject(CloseCode.POLICY_DENIED, "exec is disabled on this server")
+        return
+    try:
+        spec = ExecSpec.decode(channel.open_payload)
+        argv = resolve_argv(spec, policy)
+    except ChannelError as exc:
+        channel.reject(exc.code, exc.message)
+        return
+    env = dict(os.environ)
+    env.update(spec.env)
+    home = home_directory()
+    cwd = os.path.join(home, spec.cwd) if spec.cwd else home
+    peer = channel.session.peer_name
+    log.info("exec for %s: %s", peer, shlex.join(argv))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if getattr(exc, "filename", None) == cwd:
+            message = f"cannot use working directory {cwd!r}: {reason}"
+        else:
+            message = f"cannot execute {argv[0]!r}: {reason}"
+        channel.reject(CloseCode.CHANNEL_ERROR, message)
+        return
+    completed = False
+    try:
+        channel.accept(encode_json({"pid": proc.pid}))
+        completed = await _supervise(
+            channel, proc, effective_timeout(spec.timeout, policy.max_exec_seconds)
+        )
+    finally:
+        if not completed:
+            killpg(proc.pid, _signal.SIGKILL)
+        if proc.returncode is None:
+            killpg(proc.pid, _signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                await proc.wait()
+        close_subprocess_transport(proc)
+
+
+async def _supervise(
+    channel: AsyncChannel, proc: asyncio.subprocess.Process, timeout: float | None
+) -> bool:
+    """Run the command to its end; True if it ended and its status was sent."""
+    assert proc.stdout is not None and proc.stderr is not None
+    timed_out = asyncio.Event()
+    background: set[asyncio.Task[Any]] = set()
+    control = asyncio.ensure_future(_control(channel, proc, background))
+    feeder = asyncio.ensure_future(_pump_stdin(channel, proc))
+    outputs = asyncio.ensure_future(
+        asyncio.gather(
+            _pump_output(channel, proc.stdout, STREAM_STDOUT),
+            _pump_output(channel, proc.stderr, STREAM_STDERR),
+            proc.wait(),
+        )
+    )
+    timer = asyncio.ensure_future(_deadline(proc, timeout, timed_out)) if timeout else None
+    try:
+        await asyncio.wait({control, outputs}, return_when=asyncio.FIRST_COMPLETED)
+        if not outputs.done() or outputs.exception() is not None or channel.closed:
+            return False
+        assert proc.returncode is not None
+        await channel.send_eof()
+        await channel.send_request(
+            "exit-status", encode_exit_status(proc.returncode, timed_out.is_set())
+        )
+        return True
+    except PPCPError:
+        return False
+    finally:
+        tasks = [control, feeder, outputs, *background]
+        if timer is not None:
+            tasks.append(timer)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _pump_output(channel: AsyncChannel, reader: asyncio.StreamReader, stream: int) -> None:
+    while True:
+        data = await reader.read(CHUNK)
+        if not data:
+            return
+        await channel.write(data, stream)
+
+
+async def _pump_stdin(channel: AsyncChannel, proc: asyncio.subprocess.Process) -> None:
+    stdin = proc.stdin
+    assert stdin is not None
+    broken = False
+    try:
+        while True:
+            item = await channel.read()
+            if item is None:
+                break
+            if broken:
+                continue  # keep reading so the client's writes complete
+            try:
+                stdin.write(item[1])
+                await stdin.drain()
+            except ConnectionError:
+                broken = True
+    except PPCPError:
+        pass
+    finally:
+        stdin.close()
+
+
+async def _control(
+    channel: AsyncChannel, proc: asyncio.subprocess.Process, background: set[asyncio.Task[Any]]
+) -> None:
+    """Handle the client's requests; return when the channel is closed."""
+    while True:
+        request = await channel.next_request()
+        if request is None:
+            return
+        name, payload = request
+        try:
+            if name == "signal":
+                killpg(proc.pid, valid_signal(payload))
+            elif name == "cancel":
+                task = asyncio.ensure_future(terminate_group(proc))
+                background.add(task)
+                task.add_done_callback(background.discard)
+            else:
+                log.debug("exec: ignoring unknown request %r", name)
+        except ChannelError as exc:
+            log.info("exec: bad %r request: %s", name, exc)
+
+
+async def _deadline(
+    proc: asyncio.subprocess.Process, timeout: float, timed_out: asyncio.Event
+) -> None:
+    await asyncio.sleep(timeout)
+    if proc.returncode is None:
+        timed_out.set()
+        await terminate_group(proc)

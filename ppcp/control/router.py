@@ -16,6 +16,8 @@ from ppcp.control.aio_channel import AsyncChannel
 from ppcp.core.errors import CloseCode
 
 ServiceHandler = Callable[[AsyncChannel, "ServerPolicy"], Awaitable[None]]
+# on_message(peer_name, topic, data) -> reply (bytes) or None, possibly awaitable.
+MessageHook = Callable[[str, str, bytes], Awaitable[bytes | None] | bytes | None]
 
 # kind -> "module:function"; modules are imported on first use.
 SERVICES: dict[str, str] = {
@@ -32,8 +34,10 @@ class ServerPolicy:
     """What an authenticated client may do.  Safe defaults, all configurable."""
 
     allow_exec: bool = True
-    # None: any command.  Otherwise the program name (argv[0], or the first
-    # word of a shell string) must be in this list, and shell strings are refused.
+    # None: any command.  Otherwise argv[0] must be in this list (exact match),
+    # a command string is accepted only if it is plain words (no shell syntax)
+    # and is then run without a shell, env overrides are refused, and
+    # interactive shells are refused.
     exec_allowlist: tuple[str, ...] | None = None
     allow_shell: bool = True
     allow_files: bool = True
@@ -41,6 +45,9 @@ class ServerPolicy:
     root: Path = field(default_factory=Path.cwd)
     allow_messages: bool = True
     max_exec_seconds: float | None = None
+    # Called for every message received on a message channel (after it is
+    # logged at INFO on "ppcp.server"); a returned reply goes back on the channel.
+    on_message: MessageHook | None = None
 
 
 async def route(channel: AsyncChannel, policy: ServerPolicy) -> None:

@@ -1,21 +1,586 @@
-"""Shell service: server handler and client API (being written)."""
+"""Shell service: an interactive PTY session on the server, and the client's terminal.
+
+Wire schema (docs/rfc-channels.md, "shell"):
+
+* channel kind ``"shell"``; open payload ``{"term": str, "cols": int, "rows": int,
+  "command": str | null}``: the server allocates a pseudo-terminal of that size,
+  sets ``TERM`` and runs ``command`` through the user's shell, or, if null, the
+  user's login shell; accept payload ``{"pid": int}``;
+* data in both directions is stream 0 (keystrokes in, terminal output out);
+  the client's EOF makes the server type the terminal's EOF character;
+* requests to the server: ``"resize" {"cols", "rows"}`` (TIOCSWINSZ, which
+  sends SIGWINCH to the foreground job) and ``"signal" {"signal"}``;
+* the server ends with EOF, ``"exit-status"`` (as for exec), CHANNEL_CLOSE.
+
+A shell can run any command, so the server refuses it when exec is disabled
+or restricted to an allow-list, as well as when ``allow_shell`` is False.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import signal as _signal
+import struct
+import sys
+import termios
+import threading
+import tty
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ppcp.control.aio_channel import AsyncChannel, decode_json, encode_json
+from ppcp.control.exec import (
+    close_subprocess_transport,
+    decode_exit_status,
+    encode_exit_status,
+    home_directory,
+    killpg,
+    require_capability,
+    user_shell,
+    valid_signal,
+)
+from ppcp.core.errors import ChannelError, CloseCode, PPCPError, error_for_code
+from ppcp.utils.codec import has_control_chars
 
 if TYPE_CHECKING:
-    from ppcp.control.aio_channel import AsyncChannel
+    from collections.abc import Coroutine
+
     from ppcp.control.router import ServerPolicy
+    from ppcp.transport.aio_driver import AsyncSession
+    from ppcp.transport.blocking import Session
+
+log = logging.getLogger("ppcp.server")
+
+T = TypeVar("T")
+KIND = "shell"
+CAPABILITY = "shell"
+CHUNK = 64 * 1024
+MAX_TERM_BYTES = 64
+MAX_DIMENSION = 0xFFFF
+DEFAULT_TERM = "xterm-256color"
+# After the shell exits, output still in the pty is drained until the pty
+# reports end of file, or until it has been quiet this long (a background job
+# may keep the terminal open forever).
+DRAIN_QUIET = 0.5
+
+
+@dataclass(frozen=True)
+class ShellSpec:
+    term: str = DEFAULT_TERM
+    cols: int = 80
+    rows: int = 24
+    command: str | None = None
+
+    def __post_init__(self) -> None:
+        raw = self.term.encode("utf-8")
+        if not raw or len(raw) > MAX_TERM_BYTES or has_control_chars(self.term):
+            raise ChannelError(f"shell: invalid terminal type {self.term!r}")
+        check_size(self.cols, self.rows)
+        if self.command is not None and (not self.command.strip() or "\x00" in self.command):
+            raise ChannelError("shell: invalid command")
+
+    def encode(self) -> bytes:
+        return encode_json(
+            {"term": self.term, "cols": self.cols, "rows": self.rows, "command": self.command}
+        )
+
+    @classmethod
+    def decode(cls, payload: bytes) -> ShellSpec:
+        obj = decode_json(payload, "shell request")
+        term = obj.get("term", DEFAULT_TERM)
+        command = obj.get("command")
+        if not isinstance(term, str) or (command is not None and not isinstance(command, str)):
+            raise ChannelError("shell: term and command must be strings")
+        cols, rows = _size(obj)
+        return cls(term, cols, rows, command)
+
+
+def check_size(cols: int, rows: int) -> None:
+    for value in (cols, rows):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ChannelError("terminal size must be integers")
+        if not 1 <= value <= MAX_DIMENSION:
+            raise ChannelError(f"terminal size out of range: {cols}x{rows}")
+
+
+def _size(obj: dict[str, Any]) -> tuple[int, int]:
+    cols, rows = obj.get("cols", 80), obj.get("rows", 24)
+    check_size(cols, rows)
+    return cols, rows
+
+
+def decode_resize(payload: bytes) -> tuple[int, int]:
+    return _size(decode_json(payload, "resize request"))
+
+
+def set_winsize(fd: int, cols: int, rows: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+# -- client -------------------------------------------------------------------------
+
+
+class AsyncShell:
+    """An interactive shell on the server (asyncio API).
+
+    :meth:`read` returns terminal output as it arrives; :meth:`write` types.
+    """
+
+    def __init__(self, channel: AsyncChannel) -> None:
+        self._channel = channel
+        self.pid: int | None = None
+        with contextlib.suppress(ChannelError):
+            pid = decode_json(channel.open_payload, "shell accept").get("pid")
+            self.pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+        self.exit_code: int | None = None
+        self.signal_number: int | None = None
+        self._done = False
+
+    @property
+    def channel(self) -> AsyncChannel:
+        return self._channel
+
+    async def read(self) -> bytes | None:
+        """The next chunk of terminal output, or None once it has ended."""
+        item = await self._channel.read()
+        return None if item is None else item[1]
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        await self._channel.write(data)
+
+    async def send_eof(self) -> None:
+        """The server types the terminal's EOF character (usually ^D)."""
+        await self._channel.send_eof()
+
+    async def resize(self, cols: int, rows: int) -> None:
+        check_size(cols, rows)
+        await self._channel.send_json("resize", {"cols": cols, "rows": rows})
+
+    async def signal(self, signum: int) -> None:
+        """Signal the shell's process group."""
+        await self._channel.send_json("signal", {"signal": int(signum)})
+
+    async def wait(self) -> int:
+        """The shell's exit code (128 + n if signal n killed it); unread output is dropped."""
+        if not self._done:
+            while await self._channel.read() is not None:
+                pass
+            while True:
+                request = await self._channel.next_request()
+                if request is None:
+                    self._channel.session.raise_if_failed()
+                    code, reason = await self._channel.wait_closed()
+                    if code != CloseCode.NORMAL:
+                        raise error_for_code(code, reason)
+                    raise ChannelError("the shell ended without an exit status", remote=True)
+                if request[0] == "exit-status":
+                    self.exit_code, self.signal_number, _ = decode_exit_status(request[1])
+                    self._done = True
+                    break
+        if self.exit_code is not None:
+            return self.exit_code
+        return 128 + (self.signal_number or 0)
+
+    async def close(self) -> None:
+        """Close the channel (the server hangs up the shell's terminal)."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncShell:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
 
 class ShellMixin:
     """asyncio client methods mixed into :class:`ppcp.aio.AsyncSession`."""
 
+    async def open_shell(
+        self: AsyncSession,
+        *,
+        term: str = DEFAULT_TERM,
+        cols: int = 80,
+        rows: int = 24,
+        command: str | None = None,
+    ) -> AsyncShell:
+        """Start a shell on a server-side PTY of ``cols`` x ``rows``.
+
+        ``command`` (run by the user's shell) replaces the login shell.
+        """
+        spec = ShellSpec(term, cols, rows, command)
+        require_capability(self, CAPABILITY)
+        return AsyncShell(await self.open_channel(KIND, spec.encode()))
+
+
+class Shell:
+    """Blocking twin of :class:`AsyncShell`."""
+
+    def __init__(self, inner: AsyncShell) -> None:
+        self._inner = inner
+
+    @property
+    def aio(self) -> AsyncShell:
+        return self._inner
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._inner.exit_code
+
+    @property
+    def signal_number(self) -> int | None:
+        return self._inner.signal_number
+
+    def read(self, timeout: float | None = None) -> bytes | None:
+        return _run(_timed(self._inner.read(), timeout))
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        _run(self._inner.write(bytes(data)))
+
+    def send_eof(self) -> None:
+        _run(self._inner.send_eof())
+
+    def resize(self, cols: int, rows: int) -> None:
+        _run(self._inner.resize(cols, rows))
+
+    def signal(self, signum: int) -> None:
+        _run(self._inner.signal(signum))
+
+    def wait(self, timeout: float | None = None) -> int:
+        return _run(_timed(self._inner.wait(), timeout))
+
+    def close(self) -> None:
+        _run(self._inner.close())
+
+    def __enter__(self) -> Shell:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    from ppcp.transport.blocking import run
+
+    return run(coro)
+
+
+async def _timed(aw: Coroutine[Any, Any, T], timeout: float | None) -> T:
+    return await asyncio.wait_for(aw, timeout)
+
 
 class SyncShellMixin:
     """Blocking client methods mixed into :class:`ppcp.Session`."""
 
+    def open_shell(
+        self: Session,
+        *,
+        term: str = DEFAULT_TERM,
+        cols: int = 80,
+        rows: int = 24,
+        command: str | None = None,
+    ) -> Shell:
+        """A shell for programs and tests; see :meth:`ShellMixin.open_shell`."""
+        return Shell(_run(self.aio.open_shell(term=term, cols=cols, rows=rows, command=command)))
+
+    def shell(
+        self: Session,
+        command: str | None = None,
+        *,
+        term: str | None = None,
+        stdin: int | None = None,
+        stdout: int | None = None,
+    ) -> int:
+        """Attach the local terminal to a remote shell; return the remote exit code.
+
+        The local terminal is put in raw mode for the session and always
+        restored, whatever ends it.  Window size changes (SIGWINCH, when
+        called from the main thread) are forwarded.  ``stdin``/``stdout``
+        are file descriptors (default: those of ``sys.stdin``/``sys.stdout``).
+        """
+        in_fd = sys.stdin.fileno() if stdin is None else stdin
+        out_fd = sys.stdout.fileno() if stdout is None else stdout
+        term = term or os.environ.get("TERM") or DEFAULT_TERM
+        cols, rows = _terminal_size(out_fd)
+        sh = self.open_shell(term=term, cols=cols, rows=rows, command=command)
+        return _attach(sh, in_fd, out_fd)
+
+
+def _terminal_size(fd: int) -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(fd)
+    except OSError:
+        return 80, 24
+    return max(1, size.columns), max(1, size.lines)
+
+
+def _attach(sh: Shell, in_fd: int, out_fd: int) -> int:
+    from ppcp.transport.blocking import _LoopThread
+
+    loop = _LoopThread.get().loop
+    saved = termios.tcgetattr(in_fd) if os.isatty(in_fd) else None
+    previous_handler: Any = None
+    watching_winch = threading.current_thread() is threading.main_thread()
+    forwarder: Any = None
+    try:
+        if saved is not None:
+            tty.setraw(in_fd)
+        if watching_winch:
+
+            def on_winch(signum: int, frame: object) -> None:
+                cols, rows = _terminal_size(out_fd)
+                asyncio.run_coroutine_threadsafe(_quiet(sh.aio.resize(cols, rows)), loop)
+
+            previous_handler = _signal.signal(_signal.SIGWINCH, on_winch)
+        forwarder = asyncio.run_coroutine_threadsafe(_forward_input(sh.aio, in_fd), loop)
+        while True:
+            data = sh.read()
+            if data is None:
+                break
+            _write_all(out_fd, data)
+        return sh.wait()
+    finally:
+        if forwarder is not None:
+            forwarder.cancel()
+        if watching_winch:
+            _signal.signal(_signal.SIGWINCH, previous_handler or _signal.SIG_DFL)
+        if saved is not None:
+            termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
+        with contextlib.suppress(PPCPError):
+            sh.close()
+
+
+async def _quiet(coro: Coroutine[Any, Any, None]) -> None:
+    with contextlib.suppress(PPCPError):
+        await coro
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+async def _forward_input(sh: AsyncShell, fd: int) -> None:
+    """Local keystrokes -> the remote terminal, until local EOF or the channel ends."""
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            try:
+                await _readable(loop, fd)
+                data = os.read(fd, CHUNK)
+            except PermissionError:  # not pollable (a regular file): read in a thread
+                data = await loop.run_in_executor(None, os.read, fd, CHUNK)
+            if not data:
+                await sh.send_eof()
+                return
+            await sh.write(data)
+    except (PPCPError, OSError):
+        return
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    future: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        await future
+    finally:
+        loop.remove_reader(fd)
+
+
+# -- server -------------------------------------------------------------------------
+
+
+def _become_terminal_owner() -> None:  # runs in the child between fork and exec
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
 
 async def serve_shell(channel: AsyncChannel, policy: ServerPolicy) -> None:
-    channel.reject(0x0102, "shell service not available yet")
+    if not policy.allow_shell or not policy.allow_exec or policy.exec_allowlist is not None:
+        channel.reject(
+            CloseCode.POLICY_DENIED,
+            "interactive shells are disabled on this server"
+            if not policy.allow_shell
+            else "interactive shells are disabled by the server's exec policy",
+        )
+        return
+    try:
+        spec = ShellSpec.decode(channel.open_payload)
+    except ChannelError as exc:
+        channel.reject(exc.code, exc.message)
+        return
+    shell = user_shell()
+    if spec.command is None:
+        argv = ["-" + os.path.basename(shell)]  # a login shell, as sshd starts it
+    else:
+        argv = [shell, "-c", spec.command]
+    env = dict(os.environ)
+    env["TERM"] = spec.term
+    master, slave = os.openpty()
+    try:
+        set_winsize(slave, spec.cols, spec.rows)
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            executable=shell,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            cwd=home_directory(),
+            env=env,
+            start_new_session=True,
+            preexec_fn=_become_terminal_owner,
+        )
+    except BaseException as exc:
+        os.close(master)
+        if not isinstance(exc, OSError):
+            raise
+        channel.reject(CloseCode.CHANNEL_ERROR, f"cannot start {shell}: {exc.strerror or exc}")
+        return
+    finally:
+        os.close(slave)
+    log.info("shell for %s: %s (%dx%d)", channel.session.peer_name, argv, spec.cols, spec.rows)
+    completed = False
+    try:
+        os.set_blocking(master, False)
+        channel.accept(encode_json({"pid": proc.pid}))
+        completed = await _supervise(channel, proc, master)
+    finally:
+        if not completed or proc.returncode is None:
+            killpg(proc.pid, _signal.SIGHUP)
+            killpg(proc.pid, _signal.SIGKILL)
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                await proc.wait()
+        os.close(master)
+        close_subprocess_transport(proc)
+
+
+async def _supervise(channel: AsyncChannel, proc: asyncio.subprocess.Process, master: int) -> bool:
+    exited = asyncio.Event()
+    output = asyncio.ensure_future(_pump_output(channel, master, exited))
+    control = asyncio.ensure_future(_control(channel, proc, master))
+    keys = asyncio.ensure_future(_pump_input(channel, master))
+    waiter = asyncio.ensure_future(proc.wait())
+    waiter.add_done_callback(lambda _: exited.set())
+    finished = asyncio.ensure_future(asyncio.gather(output, waiter))
+    try:
+        await asyncio.wait({control, finished}, return_when=asyncio.FIRST_COMPLETED)
+        if not finished.done() or finished.exception() is not None or channel.closed:
+            return False
+        assert proc.returncode is not None
+        await channel.send_eof()
+        await channel.send_request("exit-status", encode_exit_status(proc.returncode, False))
+        return True
+    except PPCPError:
+        return False
+    finally:
+        for task in (output, control, keys, waiter, finished):
+            task.cancel()
+        await asyncio.gather(output, control, keys, waiter, finished, return_exceptions=True)
+
+
+async def _pump_output(channel: AsyncChannel, master: int, exited: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            data = os.read(master, CHUNK)
+        except BlockingIOError:
+            if exited.is_set():
+                # The shell is gone: drain what is left, bounded by a quiet period.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(_readable(loop, master), DRAIN_QUIET)
+                    continue
+                return
+            await _first(_readable(loop, master), exited.wait())
+            continue
+        except OSError as exc:
+            if exc.errno == errno.EIO:  # every slave fd closed: end of output
+                return
+            raise
+        if not data:
+            return
+        await channel.write(data)
+
+
+async def _first(*aws: Coroutine[Any, Any, Any]) -> None:
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _pump_input(channel: AsyncChannel, master: int) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            item = await channel.read()
+            if item is None:
+                break
+            await _write_master(loop, master, item[1])
+        # The client's EOF: type the terminal's EOF character (^D by default).
+        with contextlib.suppress(termios.error):
+            veof = termios.tcgetattr(master)[6][termios.VEOF]
+            await _write_master(loop, master, veof if isinstance(veof, bytes) else b"\x04")
+    except (PPCPError, OSError):
+        return
+
+
+async def _write_master(loop: asyncio.AbstractEventLoop, master: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(master, view) :]
+        except BlockingIOError:
+            await _writable(loop, master)
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    future: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    loop.add_writer(fd, ready)
+    try:
+        await future
+    finally:
+        loop.remove_writer(fd)
+
+
+async def _control(channel: AsyncChannel, proc: asyncio.subprocess.Process, master: int) -> None:
+    while True:
+        request = await channel.next_request()
+        if request is None:
+            return
+        name, payload = request
+        try:
+            if name == "resize":
+                set_winsize(master, *decode_resize(payload))
+            elif name == "signal":
+                killpg(proc.pid, valid_signal(payload))
+            else:
+                log.debug("shell: ignoring unknown request %r", name)
+        except (ChannelError, OSError) as exc:
+            log.info("shell: bad %r request: %s", name, exc)
+
+
+__all__ = [
+    "AsyncShell",
+    "Shell",
+    "ShellMixin",
+    "SyncShellMixin",
+    "serve_shell",
+]

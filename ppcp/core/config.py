@@ -21,7 +21,7 @@ DEFAULT_PORT = 9000
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_UNAUTHENTICATED = 64
 # Capabilities this implementation understands (RFC "Capability registry").
-SUPPORTED_CAPABILITIES: tuple[str, ...] = ("msg", "channels", "heartbeat")
+SUPPORTED_CAPABILITIES: tuple[str, ...] = ("msg", "channels", "heartbeat", "exec", "shell")
 
 
 def default_name() -> str:

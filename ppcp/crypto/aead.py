@@ -15,8 +15,8 @@ from ppcp.core.errors import DecryptionError, ProtocolError
 from ppcp.crypto.schedule import TrafficKeys
 
 TAG_LEN = 16
-# A receiver refuses the 2**32-th record under one key: far inside the GCM
-# bounds, and the 64-bit counter can never approach its wrap.
+# At most 2**32 records (sequence numbers 0 .. 2**32-1) under one key: far
+# inside the GCM bounds, and the 64-bit counter can never approach its wrap.
 MAX_RECORDS_PER_KEY = 1 << 32
 
 

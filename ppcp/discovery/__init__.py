@@ -1,1 +1,44 @@
-"""discovery"""
+"""Discovery: find PPCP servers on the LAN (RFC draft docs/rfc-discovery.md).
+
+Two paths, merged by server id:
+
+* PING/PONG over UDP (broadcast, directed broadcast, ``ff02::1``, static
+  targets, cached addresses).  PONGs carry an HMAC tag keyed by the PSK and
+  bound to the PING's nonce: ``verified=True``.
+* mDNS / DNS-SD (``_ppcp._tcp.local.``): unauthenticated hints,
+  ``verified=False``.
+
+Either way discovery is only a hint; the handshake is the authentication.
+
+Layout: :mod:`.wire` (codec), :mod:`.abuse` (responder decisions and limits)
+and :mod:`.collect` (scanner bookkeeping) are sans-I/O; :mod:`.responder`,
+:mod:`.scanner` and :mod:`.mdns` are the asyncio drivers; :mod:`.api` holds
+the public calls; :mod:`.netif` and :mod:`.state` the interfaces and files.
+"""
+
+from ppcp.discovery.abuse import ResponderLimits
+from ppcp.discovery.api import aio_discover, aio_find_server, discover, find_server
+from ppcp.discovery.collect import ServerInfo
+from ppcp.discovery.config import DiscoveryConfig
+from ppcp.discovery.mdns import SERVICE_TYPE
+from ppcp.discovery.responder import (
+    Advertisement,
+    DiscoveryService,
+    advertise,
+    start_server_discovery,
+)
+
+__all__ = [
+    "SERVICE_TYPE",
+    "Advertisement",
+    "DiscoveryConfig",
+    "DiscoveryService",
+    "ResponderLimits",
+    "ServerInfo",
+    "advertise",
+    "aio_discover",
+    "aio_find_server",
+    "discover",
+    "find_server",
+    "start_server_discovery",
+]

@@ -14,6 +14,8 @@ from ppcp.core.errors import AuthenticationError, ProtocolError, VersionMismatch
 from ppcp.core.states import Role
 from ppcp.crypto.schedule import HandshakeSecrets, TrafficKeys, proofs_equal, transcript_hash
 from ppcp.handshake.messages import (
+    MAX_CAPABILITIES,
+    MAX_VERSIONS,
     RANDOM_LEN,
     ClientHello,
     ServerHello,
@@ -21,25 +23,39 @@ from ppcp.handshake.messages import (
     decode_proof,
     valid_capability,
 )
-from ppcp.key_exchange.ecdh import EphemeralKey, RandomSource
-from ppcp.transport.frames import Frame, FrameType, encode_frame
+from ppcp.key_exchange.ecdh import POINT_LEN, EphemeralKey, RandomSource
+from ppcp.transport.frames import MAX_HANDSHAKE_BODY, Frame, FrameType, encode_frame
 
 PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
+# The record features every PPCP 1 connection offers unless told otherwise.
+CORE_CAPABILITIES: tuple[str, ...] = ("msg", "channels", "heartbeat")
 
 
 @dataclass(frozen=True)
 class HandshakeConfig:
     name: str
     versions: tuple[int, ...] = PROTOCOL_VERSIONS
-    capabilities: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = CORE_CAPABILITIES
 
     def __post_init__(self) -> None:
         check_name(self.name)
-        if not self.versions or any(not 0 < v < 256 for v in self.versions):
-            raise ValueError("versions must be a non-empty list of integers in 1..255")
+        if not 0 < len(self.versions) <= MAX_VERSIONS or any(
+            not 0 < v < 256 for v in self.versions
+        ):
+            raise ValueError(f"versions must be 1..{MAX_VERSIONS} integers in 1..255")
+        if len(self.capabilities) > MAX_CAPABILITIES:
+            raise ValueError(f"at most {MAX_CAPABILITIES} capabilities")
         for cap in self.capabilities:
             if not valid_capability(cap):
                 raise ValueError(f"malformed capability name {cap!r}")
+        if len(set(self.capabilities)) != len(self.capabilities):
+            raise ValueError("duplicate capability")
+        # The largest hello this config can produce must fit one handshake frame.
+        probe = ClientHello(
+            self.versions, bytes(RANDOM_LEN), bytes(POINT_LEN), self.name, self.capabilities
+        )
+        if len(probe.encode()) > MAX_HANDSHAKE_BODY:
+            raise ValueError("name and capabilities do not fit in one handshake frame")
 
 
 @dataclass(frozen=True)
@@ -134,8 +150,7 @@ class HandshakeMachine:
         self._transcript.append(frame.header + frame.body)
         self._fresh()
         assert self._ephemeral is not None
-        # Validating the client's point before answering means an invalid
-        # share never costs us a key pair's worth of work on the wire.
+        # The client's point is validated here, before anything is sent back.
         ecdh_secret = self._ephemeral.exchange(hello.key_share)
         offered = set(hello.capabilities)
         reply = ServerHello(

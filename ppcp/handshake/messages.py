@@ -19,11 +19,11 @@ MAX_VERSIONS = 16
 MAX_CAPABILITIES = 32
 MAX_NAME_BYTES = 64
 MAX_REASON_BYTES = 255
-_CAPABILITY_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,31}$")
+_CAPABILITY_RE = re.compile(r"[a-z0-9][a-z0-9.-]{0,31}")
 
 
 def valid_capability(name: str) -> bool:
-    return bool(_CAPABILITY_RE.match(name))
+    return bool(_CAPABILITY_RE.fullmatch(name))
 
 
 def check_name(name: str) -> str:
@@ -57,6 +57,8 @@ def _read_caps(r: Reader) -> tuple[str, ...]:
         if not valid_capability(cap):
             raise ProtocolError(f"malformed capability name {cap!r}")
         caps.append(cap)
+    if len(set(caps)) != len(caps):
+        raise ProtocolError("duplicate capability in hello")
     return tuple(caps)
 
 
@@ -91,8 +93,8 @@ class ClientHello:
         r = Reader(body, "CLIENT_HELLO")
         _read_magic(r)
         versions = tuple(r.vec8())
-        if not versions or len(versions) > MAX_VERSIONS:
-            raise ProtocolError(f"CLIENT_HELLO must list 1..{MAX_VERSIONS} versions")
+        if not versions or len(versions) > MAX_VERSIONS or 0 in versions:
+            raise ProtocolError(f"CLIENT_HELLO must list 1..{MAX_VERSIONS} versions, none 0")
         random = r.take(RANDOM_LEN)
         key_share = r.take(POINT_LEN)
         name = _read_name(r)

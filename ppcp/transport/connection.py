@@ -34,6 +34,8 @@ from ppcp.transport.frames import (
     MUX_TYPES,
     Frame,
     FrameBuffer,
+    MAX_HANDSHAKE_BODY,
+    MAX_RECORD_BODY,
     FrameType,
     encode_frame,
     encode_header,
@@ -48,6 +50,12 @@ DEFAULT_REKEY_RECORDS = 1 << 24
 DEFAULT_REKEY_BYTES = 1 << 32
 
 RecordHandler = Callable[[Frame, bytes], list[Event]]
+
+_CAPABILITY_FOR: dict[int, str] = {
+    FrameType.MESSAGE: "msg",
+    FrameType.HEARTBEAT: "heartbeat",
+    **{t: "channels" for t in MUX_TYPES if t != FrameType.HEARTBEAT},
+}
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,7 @@ class Connection:
         self.state = INITIAL_STATE[role]
         self.result: HandshakeResult | None = None
         self._handshake = HandshakeMachine(role, psk_key, config.handshake, rng)
-        self._frames = FrameBuffer()
+        self._frames = FrameBuffer(MAX_HANDSHAKE_BODY)
         self._out: list[bytes] = []
         self._send: RecordCipher | None = None
         self._recv: RecordCipher | None = None
@@ -125,6 +133,7 @@ class Connection:
     ) -> None:
         """Encrypt and queue one record; rotate the key first if it is due."""
         self._check_can_send()
+        self._check_negotiated(frame_type)
         cipher = self._send
         assert cipher is not None
         if len(plaintext) > MAX_RECORD_PLAINTEXT:
@@ -160,7 +169,8 @@ class Connection:
             self._send_close(code, reason)
             self.state = State.CLOSING
         elif self.state in HANDSHAKE_STATES:
-            self._send_alert(code, reason or "closed during handshake")
+            if self.state is not State.START:  # nothing was sent yet: say nothing
+                self._send_alert(code, reason or "closed during handshake")
             self.state = State.CLOSED
 
     def fail(self, error: PPCPError) -> PPCPError:
@@ -224,12 +234,12 @@ class Connection:
             raise ProtocolError(
                 f"unexpected frame type 0x{frame.type:02x} in state {self.state.value}"
             )
-        if frame.type == FrameType.ALERT:
-            alert = Alert.decode(frame.body)
-            raise error_for_code(alert.code, alert.reason)
         if self.state in HANDSHAKE_STATES:
             if frame.flags:
                 raise ProtocolError("handshake frames carry no flags")
+            if frame.type == FrameType.ALERT:
+                alert = Alert.decode(frame.body)
+                raise error_for_code(alert.code, alert.reason)
             return self._on_handshake_frame(frame, target)
         return self._on_record(frame, target)
 
@@ -251,6 +261,7 @@ class Connection:
         self.result = result
         self._send = RecordCipher(result.send_keys, self.config.max_records_per_key)
         self._recv = RecordCipher(result.recv_keys, self.config.max_records_per_key)
+        self._frames.max_body = MAX_RECORD_BODY
         self.state = target
         return [
             HandshakeComplete(
@@ -266,6 +277,7 @@ class Connection:
         ftype = frame.type
         if ftype != FrameType.MESSAGE and ftype not in MUX_TYPES and frame.flags:
             raise ProtocolError(f"unexpected flags 0x{frame.flags:02x} on record 0x{ftype:02x}")
+        self._check_negotiated(ftype)
         events: list[Event] = []
         if ftype == FrameType.MESSAGE:
             events = self._on_message_fragment(frame.flags, plaintext)
@@ -281,6 +293,15 @@ class Connection:
             events = self.record_handler(frame, plaintext)
         self.state = target
         return events
+
+    def _check_negotiated(self, ftype: int) -> None:
+        """Records of a feature are only valid if its capability was negotiated."""
+        needed = _CAPABILITY_FOR.get(ftype)
+        if needed is not None and self.result is not None:
+            if needed not in self.result.capabilities:
+                raise ProtocolError(
+                    f"record 0x{ftype:02x} needs capability {needed!r}, which was not negotiated"
+                )
 
     def _on_message_fragment(self, flags: int, plaintext: bytes) -> list[Event]:
         if flags & ~FLAG_MORE:

@@ -106,16 +106,19 @@ def body_limit(frame_type: int) -> int:
 class FrameBuffer:
     """Accumulates stream bytes and yields whole frames.
 
-    A length prefix is checked against the limit for its frame type before a
-    single body byte is buffered, so a peer cannot make us allocate more than
-    one maximum-size frame.
+    A length prefix is checked as soon as the header is complete, against the
+    limit for its frame type and against ``max_body`` (the owner lowers it to
+    the handshake limit until the peer is authenticated), so a peer cannot
+    make us hold more than one maximum-size frame, and an unauthenticated one
+    no more than one handshake frame.
     """
 
-    __slots__ = ("_buf", "_eof")
+    __slots__ = ("_buf", "_eof", "max_body")
 
-    def __init__(self) -> None:
+    def __init__(self, max_body: int = MAX_RECORD_BODY) -> None:
         self._buf = bytearray()
         self._eof = False
+        self.max_body = max_body
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if data:
@@ -133,7 +136,7 @@ class FrameBuffer:
         if len(buf) < HEADER_LEN:
             return None
         frame_type, flags, length = HEADER.unpack_from(buf)
-        limit = body_limit(frame_type)
+        limit = min(body_limit(frame_type), self.max_body)
         if length > limit:
             raise FrameTooLarge(
                 f"frame of type 0x{frame_type:02x} announces {length} bytes; the limit is {limit}"

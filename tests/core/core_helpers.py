@@ -37,7 +37,11 @@ Tamper = Callable[[Role, bytes], bytes]
 
 
 def conn_config(name: str = "node", **kwargs: object) -> ConnectionConfig:
-    """A ConnectionConfig; ``versions``/``capabilities`` go to the handshake."""
+    """A ConnectionConfig; ``versions``/``capabilities`` go to the handshake.
+
+    Capabilities default to ``("msg",)``: MESSAGE records need it negotiated.
+    """
+    kwargs.setdefault("capabilities", ("msg",))
     hs_kwargs = {k: kwargs.pop(k) for k in ("versions", "capabilities") if k in kwargs}
     return ConnectionConfig(HandshakeConfig(name, **hs_kwargs), **kwargs)  # type: ignore[arg-type]
 

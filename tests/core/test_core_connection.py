@@ -8,6 +8,8 @@ the ``size`` fixture, so the incremental parser is exercised on every path.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from core_helpers import (
@@ -33,7 +35,7 @@ from ppcp.core.errors import (
     SessionClosed,
     VersionMismatch,
 )
-from ppcp.core.events import ConnectionClosed, HandshakeComplete, MessageReceived
+from ppcp.core.events import ConnectionClosed, Event, HandshakeComplete, MessageReceived
 from ppcp.core.states import Role, State
 from ppcp.crypto.aead import RecordCipher
 from ppcp.handshake.messages import Alert, ClientHello, ServerHello
@@ -52,15 +54,15 @@ P256_P = 2**256 - 2**224 + 2**192 + 2**96 - 1
 P256_B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
 
 
-def messages(events: list[object]) -> list[bytes]:
+def messages(events: Sequence[Event]) -> list[bytes]:
     return [e.data for e in events if isinstance(e, MessageReceived)]
 
 
-def closed_events(events: list[object]) -> list[ConnectionClosed]:
+def closed_events(events: Sequence[Event]) -> list[ConnectionClosed]:
     return [e for e in events if isinstance(e, ConnectionClosed)]
 
 
-def client_hello_frame(**changes: object) -> bytes:
+def client_hello_frame(**changes: Any) -> bytes:
     """A genuine CLIENT_HELLO frame, with fields optionally replaced."""
     client = Connection(Role.CLIENT, PSK, conn_config("client", capabilities=("msg",)))
     client.initiate()
@@ -101,8 +103,10 @@ def test_handshake_completes(size: int | None) -> None:
     assert c_done.session_id == s_done.session_id and len(c_done.session_id) == 16
     assert p.client.conn.state is State.OPEN and p.server.conn.state is State.OPEN
     # The two directions use different keys.
-    assert p.client.conn._send.keys == p.server.conn._recv.keys
-    assert p.client.conn._send.keys.key != p.client.conn._recv.keys.key
+    c_send, c_recv, s_recv = p.client.conn._send, p.client.conn._recv, p.server.conn._recv
+    assert c_send is not None and c_recv is not None and s_recv is not None
+    assert c_send.keys == s_recv.keys
+    assert c_send.keys.key != c_recv.keys.key
     # Exactly four handshake frames crossed the wire.
     types = [f.type for f in parse_frames(bytes(p.client.sent))]
     assert types == [FrameType.CLIENT_HELLO, FrameType.CLIENT_AUTH]
@@ -308,6 +312,35 @@ def test_reflected_client_proof_is_rejected() -> None:
     assert client.state is State.FAILED and client._send is None
 
 
+def test_tampered_server_auth() -> None:
+    def tamper(sender: Role, data: bytes) -> bytes:
+        if sender is Role.SERVER and data[0] == FrameType.SERVER_AUTH:
+            return data[:-1] + bytes([data[-1] ^ 0x01])
+        return data
+
+    p = Pair(tamper=tamper)
+    p.handshake()
+    assert isinstance(p.client.error, AuthenticationError) and not p.client.error.remote
+    assert p.client.conn._send is None
+    # The server already trusts the client; the clear-text alert that follows is
+    # not accepted as an authenticated statement, only as a protocol violation.
+    assert isinstance(p.server.error, ProtocolError) and not p.server.error.remote
+
+
+def test_records_coalesced_with_server_auth() -> None:
+    client = Connection(Role.CLIENT, PSK, conn_config("client"))
+    server = server_conn()
+    client.initiate()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    assert server.is_open
+    server.send_message(b"first words")
+    events = client.receive_data(server.data_to_send())
+    assert [type(e) for e in events] == [HandshakeComplete, MessageReceived]
+    assert messages(events) == [b"first words"]
+
+
 def test_proof_of_wrong_length_is_rejected() -> None:
     client = Connection(Role.CLIENT, PSK, conn_config("client"))
     server = server_conn()
@@ -389,17 +422,23 @@ def test_clear_text_alert_cannot_kill_an_open_session_silently(pair: Pair) -> No
 
 
 @pytest.mark.parametrize(
-    ("ftype", "length"),
+    ("ftype", "length", "error"),
     [
-        (FrameType.CLIENT_HELLO, MAX_HANDSHAKE_BODY + 1),
-        (FrameType.ALERT, 0xFFFFFFFF),
-        (0x7F, MAX_RECORD_BODY + 1),
+        (FrameType.CLIENT_HELLO, MAX_HANDSHAKE_BODY + 1, FrameTooLarge),
+        (FrameType.ALERT, 0xFFFFFFFF, FrameTooLarge),
+        # Unknown type or too large: either verdict, as long as it comes at the header.
+        (0x7F, MAX_RECORD_BODY + 1, ProtocolError),
+        # A record-sized body from an unauthenticated peer is refused at its header.
+        (FrameType.MESSAGE, MAX_HANDSHAKE_BODY + 1, ProtocolError),
+        (FrameType.MESSAGE, MAX_RECORD_BODY, ProtocolError),
     ],
 )
-def test_oversize_length_prefix_before_auth(ftype: int, length: int) -> None:
+def test_oversize_length_prefix_before_auth(
+    ftype: int, length: int, error: type[ProtocolError]
+) -> None:
     server = server_conn()
     # Only the header arrives: the error must come before any body is buffered.
-    with pytest.raises(FrameTooLarge):
+    with pytest.raises(error):
         server.receive_data(encode_header(ftype, 0, length))
     assert server._frames.pending == HEADER_LEN
 
@@ -662,7 +701,7 @@ def test_unknown_message_flags(pair: Pair) -> None:
 # -- capabilities and downgrades ------------------------------------------------------------
 
 
-def _done(events: list[object]) -> HandshakeComplete:
+def _done(events: Sequence[Event]) -> HandshakeComplete:
     (done,) = [e for e in events if isinstance(e, HandshakeComplete)]
     return done
 
@@ -846,5 +885,3 @@ def test_connection_config_validates_rekey_thresholds() -> None:
         conn_config("c", rekey_after_bytes=0)
     with pytest.raises(ValueError):
         conn_config("c", max_message_size=0)
-
-

@@ -136,9 +136,7 @@ def test_handshake_any_bytes(role: Role, data: bytes, cuts: list[int]) -> None:
     cuts=cuts,
     eof=st.booleans(),
 )
-def test_after_a_valid_hello_any_bytes(
-    role: Role, data: bytes, cuts: list[int], eof: bool
-) -> None:
+def test_after_a_valid_hello_any_bytes(role: Role, data: bytes, cuts: list[int], eof: bool) -> None:
     """The second handshake step: a genuine hello was accepted, then anything."""
     client = _client()
     server = _server()
@@ -261,10 +259,11 @@ def test_proof_decoder(body: bytes) -> None:
 @given(
     versions=st.lists(st.integers(1, 255), min_size=1, max_size=16),
     name=st.text(min_size=1, max_size=20).filter(
-        lambda s: not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in s)
-        and len(s.encode()) <= 64
+        lambda s: (
+            not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in s) and len(s.encode()) <= 64
+        )
     ),
-    caps=st.lists(st.from_regex(r"[a-z0-9][a-z0-9.-]{0,31}", fullmatch=True), max_size=32),
+    caps=st.lists(st.from_regex(r"[a-z0-9][a-z0-9.-]{0,31}", fullmatch=True), max_size=32, unique=True),
 )
 def test_client_hello_round_trip(versions: list[int], name: str, caps: list[str]) -> None:
     genuine = ClientHello.decode(parse_frames(CLIENT_HELLO)[0].body)

@@ -1,0 +1,1 @@
+"""PPCP benchmark harness: ``make bench`` / ``make bench-smoke`` (see bench/README.md)."""

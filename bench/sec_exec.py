@@ -1,0 +1,257 @@
+"""Sections 2 and 3: cold and warm ``exec true``.
+
+cold (library): connect + handshake + authenticate + ``exec("true")`` until the
+exit status is in, client and server in this process (one event loop), PPCP
+vs asyncssh client -> asyncssh server.  Closing is not timed.
+cold (CLI): ``ppcp exec --host 127.0.0.1:N NAME -- true`` vs ``ssh host true``,
+wall time of the whole process (interpreter start included).
+warm: ``exec("true")`` on an already open session vs asyncssh ``conn.run``
+on an open connection, and vs ``ssh`` through an open ControlMaster (that one
+includes the ssh client's process start, which the library figures do not).
+
+Every command runs a real ``true`` process through the server user's shell
+on all sides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import BIN, PYTHON, Deadline, Row, run_child, summarize
+from bench.context import Context, have_cli, have_session_api
+from bench.sshd import SshDaemon
+from bench.worker import exit_status
+
+
+async def _ppcp_cold(port: int, psk: str) -> float:
+    import ppcp.aio
+
+    from bench.peers import ppcp_client_config
+
+    started = time.perf_counter()
+    session = await ppcp.aio.connect("127.0.0.1", port, psk, config=ppcp_client_config())
+    result = await session.exec("true")
+    elapsed = time.perf_counter() - started
+    await session.close()
+    if exit_status(result) != 0:
+        raise RuntimeError(f"exec true failed: {result!r}")
+    return elapsed
+
+
+async def _asyncssh_cold(port: int, keys: Any) -> float:
+    from bench.peers import asyncssh_connect
+
+    started = time.perf_counter()
+    conn = await asyncssh_connect(port, keys)
+    result = await conn.run("true", check=True)
+    elapsed = time.perf_counter() - started
+    conn.close()
+    await conn.wait_closed()
+    del result
+    return elapsed
+
+
+async def _in_process(ctx: Context, root: Path, cold: bool, warm: bool) -> dict[str, list[float]]:
+    from bench.peers import ppcp_client_config, server_port, start_asyncssh, start_ppcp
+
+    s = ctx.settings
+    out: dict[str, list[float]] = {}
+    has_exec = have_session_api("exec")
+    servers: list[Any] = []
+    try:
+        ppcp_port = asyncssh_port = 0
+        if has_exec:
+            server = await start_ppcp(root, ctx.psk)
+            servers.append(server)
+            ppcp_port = server_port(server)
+        if ctx.have.get("asyncssh"):
+            acceptor = await start_asyncssh(root, ctx.ssh_keys)
+            servers.append(acceptor)
+            asyncssh_port = server_port(acceptor)
+        deadline = Deadline(s.section_budget)
+        if cold:
+            # Warm-up: first-use imports and caches on both sides.
+            if ppcp_port:
+                await _ppcp_cold(ppcp_port, ctx.psk)
+            if asyncssh_port:
+                await _asyncssh_cold(asyncssh_port, ctx.ssh_keys)
+            for _ in range(s.cold_runs):  # interleaved, so drift hits both alike
+                if deadline.expired:
+                    break
+                if ppcp_port:
+                    out.setdefault("ppcp-cold", []).append(await _ppcp_cold(ppcp_port, ctx.psk))
+                if asyncssh_port:
+                    out.setdefault("asyncssh-cold", []).append(
+                        await _asyncssh_cold(asyncssh_port, ctx.ssh_keys)
+                    )
+        if warm:
+            import ppcp.aio
+
+            from bench.peers import asyncssh_connect
+
+            session = conn = None
+            try:
+                if ppcp_port:
+                    session = await ppcp.aio.connect(
+                        "127.0.0.1", ppcp_port, ctx.psk, config=ppcp_client_config()
+                    )
+                    await session.exec("true")
+                if asyncssh_port:
+                    conn = await asyncssh_connect(asyncssh_port, ctx.ssh_keys)
+                    await conn.run("true", check=True)
+                for _ in range(s.warm_runs):
+                    if deadline.expired:
+                        break
+                    if session is not None:
+                        t = time.perf_counter()
+                        result = await session.exec("true")
+                        out.setdefault("ppcp-warm", []).append(time.perf_counter() - t)
+                        if exit_status(result) != 0:
+                            raise RuntimeError(f"exec true failed: {result!r}")
+                    if conn is not None:
+                        t = time.perf_counter()
+                        await conn.run("true", check=True)
+                        out.setdefault("asyncssh-warm", []).append(time.perf_counter() - t)
+            finally:
+                if session is not None:
+                    await session.close()
+                if conn is not None:
+                    conn.close()
+                    await conn.wait_closed()
+    finally:
+        for server in servers:
+            if hasattr(server, "aclose"):
+                await server.aclose()
+            else:
+                server.close()
+                await server.wait_closed()
+    return out
+
+
+def _cli_runs(ctx: Context, cmd: list[str], runs: int, what: str) -> list[float]:
+    deadline = Deadline(ctx.settings.section_budget)
+    times = []
+    run_child(cmd, 60, env=ctx.env())  # warm the page cache
+    for _ in range(runs):
+        if deadline.expired:
+            break
+        r = run_child(cmd, 60, env=ctx.env())
+        if r.returncode != 0:
+            raise RuntimeError(f"{what} exited {r.returncode}: {r.stderr.decode(errors='replace')}")
+        times.append(r.seconds)
+    return times
+
+
+def run_cold(ctx: Context, ssh: SshDaemon | None) -> None:
+    s = ctx.settings
+    section = "cold"
+    root = ctx.work / "exec-root"
+    root.mkdir(exist_ok=True)
+    if not have_session_api("exec"):
+        ctx.report.skip(section, "session.exec not implemented yet")
+    if not ctx.have.get("asyncssh"):
+        ctx.report.skip(section, "asyncssh peer: not installed")
+    lib = asyncio.run(_in_process(ctx, root, cold=True, warm=False))
+    ctx.report.add(
+        Row(
+            section,
+            "cold-lib",
+            "connect+handshake+exec true (library, in-process)",
+            "s",
+            _summ(lib.get("ppcp-cold")),
+            "asyncssh",
+            _summ(lib.get("asyncssh-cold")),
+            max_ratio=0.3,
+            target_text="ratio <= 0.3",
+        )
+    )
+    # CLI: whole process, interpreter start included.
+    floor = _cli_runs(ctx, [PYTHON, "-c", "import ppcp.cli"], s.cli_runs, "python")
+    ctx.report.note(
+        section,
+        f"interpreter floor `python -c 'import ppcp.cli'`: median {_ms(floor)} ms",
+    )
+    ctx.report.raw.setdefault(section, {})["python_import_floor"] = summarize(floor)
+    ppcp_cli = ssh_times = None
+    if have_cli("exec", "serve") and have_session_api("exec"):
+        proc, port = ctx.start_cli_server(root)
+        try:
+            cmd = [str(BIN / "ppcp"), "exec", "--host", f"127.0.0.1:{port}", "bench", "--", "true"]
+            ppcp_cli = _cli_runs(ctx, cmd, s.cli_runs, "ppcp exec")
+        finally:
+            ctx.procs.stop(proc)
+    else:
+        ctx.report.skip(section, "`ppcp exec` CLI not implemented yet")
+    if ssh is not None:
+        ssh_times = _cli_runs(ctx, [*ssh.ssh_cmd(), "true"], s.cli_runs, "ssh true")
+    else:
+        ctx.report.skip(section, "`ssh host true`: no sshd in this run")
+    ctx.report.add(
+        Row(
+            section,
+            "cold-cli",
+            "`ppcp exec NAME -- true` (CLI, process start included)",
+            "s",
+            _summ(ppcp_cli),
+            "ssh host true",
+            _summ(ssh_times),
+            max_ratio=0.5,
+            target_text="ratio <= 0.5",
+        )
+    )
+
+
+def run_warm(ctx: Context, ssh: SshDaemon | None) -> None:
+    s = ctx.settings
+    section = "warm"
+    root = ctx.work / "exec-root"
+    root.mkdir(exist_ok=True)
+    if not have_session_api("exec"):
+        ctx.report.skip(section, "session.exec not implemented yet")
+    lib = asyncio.run(_in_process(ctx, root, cold=False, warm=True))
+    ppcp_warm = _summ(lib.get("ppcp-warm"))
+    ctx.report.add(
+        Row(
+            section,
+            "warm-lib",
+            "exec true on an open session (library)",
+            "s",
+            ppcp_warm,
+            "asyncssh conn.run",
+            _summ(lib.get("asyncssh-warm")),
+            max_ratio=0.6,
+            target_text="ratio <= 0.6",
+        )
+    )
+    if ssh is not None:
+        prefix = ssh.start_master()
+        try:
+            cm = _cli_runs(ctx, [*prefix, "true"], max(s.cli_runs, 10), "ssh -S")
+        finally:
+            ssh.stop_master()
+        ctx.report.add(
+            Row(
+                section,
+                "warm-lib-vs-controlmaster",
+                "exec true on an open session (library)",
+                "s",
+                ppcp_warm,
+                "ssh via ControlMaster",
+                _summ(cm),
+                note="the ssh figure includes starting the ssh client process",
+            )
+        )
+    else:
+        ctx.report.skip(section, "ssh ControlMaster: no sshd in this run")
+
+
+def _summ(samples: list[float] | None) -> dict[str, Any] | None:
+    return summarize(samples) if samples else None
+
+
+def _ms(samples: list[float]) -> str:
+    s = summarize(samples)
+    return f"{s['median'] * 1000:.1f}" if s["median"] is not None else "?"

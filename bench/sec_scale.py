@@ -1,0 +1,246 @@
+"""Section 4: many sessions.
+
+concurrent: one asyncio client (this process) starts N connect + auth +
+``exec("true")`` at once against a server in a separate process; the figure is
+the wall time until all N exit statuses are in.  PPCP vs asyncssh (client and
+server).  The PPCP server's handshake cap (``max_unauthenticated``) is raised
+to N so that no connection is refused as SERVER_BUSY by design.
+
+idle: a worker process opens N sessions to a separate PPCP server with
+heartbeats every ``idle_heartbeat`` s and keeps them idle for ``idle_hold`` s;
+we report the server's RSS (absolute and per session), both processes' CPU
+during the idle period, and check that every session is still alive.  The
+same with asyncssh (keepalives at the same interval) for scale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import threading
+import time
+from typing import Any
+
+from bench.common import (
+    PYTHON,
+    Deadline,
+    PeakRSS,
+    Row,
+    proc_cpu_seconds,
+    proc_status_kib,
+    raise_nofile,
+    stop_group,
+    summarize,
+)
+from bench.context import Context, have_session_api
+from bench.worker import exit_status
+
+
+async def _ppcp_one(port: int, psk: str) -> None:
+    import ppcp.aio
+
+    from bench.peers import ppcp_client_config
+
+    session = await ppcp.aio.connect(
+        "127.0.0.1", port, psk, config=ppcp_client_config(heartbeat=0)
+    )
+    try:
+        result = await session.exec("true")
+        if exit_status(result) != 0:
+            raise RuntimeError(f"exec true failed: {result!r}")
+    finally:
+        await session.close()
+
+
+async def _asyncssh_one(port: int, keys: Any) -> None:
+    from bench.peers import asyncssh_connect
+
+    conn = await asyncssh_connect(port, keys)
+    try:
+        await conn.run("true", check=True)
+    finally:
+        conn.close()
+        await conn.wait_closed()
+
+
+async def _burst(n: int, make: Any, timeout: float) -> tuple[float, int]:
+    """Start n at once; (seconds until all done, failures)."""
+    started = time.perf_counter()
+    results = await asyncio.wait_for(
+        asyncio.gather(*(make() for _ in range(n)), return_exceptions=True), timeout
+    )
+    elapsed = time.perf_counter() - started
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {n} failed, first: {errors[0]!r}")
+    return elapsed, 0
+
+
+def run_concurrent(ctx: Context) -> None:
+    s = ctx.settings
+    section = "concurrent"
+    n = s.concurrent
+    raise_nofile(4 * n + 256)
+    root = ctx.work / "exec-root"
+    root.mkdir(exist_ok=True)
+    times: dict[str, list[float]] = {}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        targets: dict[str, Any] = {}
+        if have_session_api("exec"):
+            proc, port = ctx.start_server("ppcp", root, max_unauthenticated=n + 16)
+            procs.append(proc)
+            targets["ppcp"] = lambda port=port: _ppcp_one(port, ctx.psk)
+        else:
+            ctx.report.skip(section, "session.exec not implemented yet")
+        if ctx.have.get("asyncssh"):
+            proc, port = ctx.start_server("asyncssh", root)
+            procs.append(proc)
+            targets["asyncssh"] = lambda port=port: _asyncssh_one(port, ctx.ssh_keys)
+        else:
+            ctx.report.skip(section, "asyncssh peer: not installed")
+
+        async def go() -> None:
+            deadline = Deadline(s.section_budget)
+            for make in targets.values():
+                await _burst(min(n, 10), make, 60)  # warm-up
+            for _ in range(s.concurrent_rounds):
+                for name, make in targets.items():
+                    if deadline.expired:
+                        return
+                    elapsed, _ = await _burst(n, make, max(deadline.left(), 5))
+                    times.setdefault(name, []).append(elapsed)
+
+        asyncio.run(go())
+    finally:
+        for proc in procs:
+            ctx.procs.stop(proc)
+    ppcp_t = times.get("ppcp")
+    peer_t = times.get("asyncssh")
+    ctx.report.add(
+        Row(
+            section,
+            "concurrent",
+            f"{n} concurrent connect+auth+exec true (one asyncio client)",
+            "s",
+            summarize(ppcp_t) if ppcp_t else None,
+            "asyncssh",
+            summarize(peer_t) if peer_t else None,
+            max_ratio=0.3,
+            target_text="ratio <= 0.3",
+        )
+    )
+
+
+# -- idle -----------------------------------------------------------------------------------
+
+
+def _idle_run(ctx: Context, kind: str) -> dict[str, Any]:
+    """One server (separate process) + one worker holding N idle sessions."""
+    s = ctx.settings
+    root = ctx.work / "exec-root"
+    root.mkdir(exist_ok=True)
+    raise_nofile(2 * s.idle_sessions + 256)
+    server, port = ctx.start_server(
+        kind, root, heartbeat=s.idle_heartbeat, max_unauthenticated=s.idle_sessions + 16
+    )
+    try:
+        time.sleep(0.2)
+        base_kib = proc_status_kib(server.pid, "VmRSS") or 0
+        cmd = [PYTHON, "-m", "bench.worker", f"{kind}-idle", "--port", str(port)]
+        cmd += ["--sessions", str(s.idle_sessions), "--hold", str(s.idle_hold)]
+        cmd += ["--heartbeat", str(s.idle_heartbeat), "--timeout", str(s.section_budget)]
+        if kind == "asyncssh":
+            cmd += ["--keys", str(ctx.ssh_keys.dir)]
+        worker = ctx.procs.start(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ctx.env()
+        )
+        out: list[bytes] = []
+        err: list[bytes] = []
+        readers = [
+            threading.Thread(target=lambda: out.append(worker.stdout.read()), daemon=True),  # type: ignore[union-attr]
+            threading.Thread(target=lambda: err.append(worker.stderr.read()), daemon=True),  # type: ignore[union-attr]
+        ]
+        for t in readers:
+            t.start()
+        with PeakRSS(server.pid, interval=0.05) as peak:
+            try:
+                worker.wait(s.section_budget + 30)
+            except subprocess.TimeoutExpired:
+                stop_group(worker)
+                raise RuntimeError(f"{kind} idle worker timed out") from None
+        for t in readers:
+            t.join(5)
+        ctx.procs.stop(worker)
+        if worker.returncode != 0:
+            raise RuntimeError(
+                f"{kind} idle worker failed: {b''.join(err).decode(errors='replace')[-800:]}"
+            )
+        result: dict[str, Any] = json.loads(b"".join(out).decode().strip().splitlines()[-1])
+        result["server_base_mib"] = base_kib / 1024
+        result["server_peak_mib"] = peak.peak_mib
+        result["server_cpu_s"] = proc_cpu_seconds(server.pid)
+        return result
+    finally:
+        ctx.procs.stop(server)
+
+
+def run_idle(ctx: Context) -> None:
+    s = ctx.settings
+    section = "idle"
+    n = s.idle_sessions
+    ppcp_r = _idle_run(ctx, "ppcp")
+    peer_r = _idle_run(ctx, "asyncssh") if ctx.have.get("asyncssh") else None
+    if peer_r is None:
+        ctx.report.skip(section, "asyncssh comparison: not installed")
+    ctx.report.raw[section] = {"ppcp": ppcp_r, "asyncssh": peer_r}
+    if ppcp_r["alive"] != n:
+        raise RuntimeError(
+            f"only {ppcp_r['alive']} of {n} PPCP sessions survived the idle period "
+            f"(failures: {ppcp_r['failures']})"
+        )
+    if ppcp_r["heartbeats_answered_min"] < 1 and s.idle_hold > 2 * s.idle_heartbeat:
+        ctx.report.note(section, "some sessions saw no heartbeat answer during the hold")
+
+    def one(value: float) -> dict[str, Any]:
+        return summarize([value])
+
+    ctx.report.add(
+        Row(
+            section,
+            "idle-server-rss",
+            f"server RSS with {n} idle sessions (heartbeat {s.idle_heartbeat:g} s)",
+            "MiB",
+            one(ppcp_r["server_peak_mib"]),
+            "asyncssh server",
+            one(peer_r["server_peak_mib"]) if peer_r else None,
+            limit=200.0,
+            target_text="< 200 MiB",
+            note=f"baseline {ppcp_r['server_base_mib']:.0f} MiB; "
+            f"{(ppcp_r['server_peak_mib'] - ppcp_r['server_base_mib']) * 1024 / n:.0f} KiB/session",
+        )
+    )
+    client = ppcp_r["client"]["hwm_kib"] / 1024
+    ctx.report.add(
+        Row(
+            section,
+            "idle-client-rss",
+            f"client RSS holding {n} sessions (one process)",
+            "MiB",
+            one(client),
+            "asyncssh client",
+            one(peer_r["client"]["hwm_kib"] / 1024) if peer_r else None,
+        )
+    )
+    ctx.report.add(
+        Row(
+            section,
+            "idle-open",
+            f"time to open {n} sessions (50 at a time)",
+            "s",
+            one(ppcp_r["open_seconds"]),
+            "asyncssh",
+            one(peer_r["open_seconds"]) if peer_r else None,
+        )
+    )

@@ -1,0 +1,356 @@
+"""``ppcp exec NAME -- CMD ARGS...``: run a command remotely, stream its output."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from ppcp.cli.errors import EXIT_OWN_FAILURE, OwnFailureCommand, handle_errors
+from ppcp.cli.options import global_options
+
+_REMOTE = "ppcp.exec.remote"
+
+
+class ExecCommand(OwnFailureCommand):
+    """Everything after the first ``--`` is the remote command, untouched.
+
+    Without ``--``, option parsing stops at the first positional argument:
+    ``ppcp exec NAME ls -l`` runs ``ls -l``.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            cut = args.index("--")
+            ctx.meta[_REMOTE] = args[cut + 1 :]
+            args = args[:cut]
+            ctx.allow_interspersed_args = True
+        else:
+            ctx.meta[_REMOTE] = None
+            ctx.allow_interspersed_args = False
+        return super().parse_args(ctx, args)
+
+
+@click.command("exec", cls=ExecCommand)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="NAME... -- CMD [ARGS]...")
+@click.option("--all", "all_", is_flag=True, help="Run on every server that answers discovery.")
+@click.option("--cwd", metavar="DIR", help="Remote working directory (under the server's root).")
+@click.option("--env", "-e", "env", metavar="KEY=VALUE", multiple=True, help="Set a variable.")
+@click.option("--no-stdin", "-n", is_flag=True, help="Do not forward stdin even when it is piped.")
+@click.option(
+    "--max-time",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Kill the remote command after this long.",
+)
+@global_options
+@handle_errors(own_failure=EXIT_OWN_FAILURE)
+def command(
+    args: tuple[str, ...],
+    all_: bool,
+    cwd: str | None,
+    env: tuple[str, ...],
+    no_stdin: bool,
+    max_time: float | None,
+) -> None:
+    """Run CMD on the server NAME, streaming its output.
+
+    Exits with the remote command's status (128+N if killed by signal N), or
+    255 if ppcp itself failed. Piped stdin is forwarded. A single CMD argument
+    containing spaces or shell syntax runs through the remote shell; several
+    arguments run the program directly. With several NAMEs or --all the
+    command runs everywhere in parallel, each output line prefixed with the
+    server's name, followed by a summary.
+    """
+    from ppcp.cli.errors import CLIError
+    from ppcp.cli.options import get_settings
+
+    ctx = click.get_current_context()
+    remote: list[str] | None = ctx.meta.get(_REMOTE)
+    names = list(args)
+    if remote is None:
+        # No "--": the first word names the server unless --host/--all say where.
+        if all_ or get_settings().host:
+            names, remote = [], names
+        else:
+            names, remote = names[:1], names[1:]
+    if not remote:
+        raise CLIError(EXIT_OWN_FAILURE, "no command given: ppcp exec NAME -- CMD [ARGS]...")
+    request = Request(
+        command=remote_command(remote),
+        cwd=cwd,
+        env=parse_env(env),
+        timeout=max_time,
+        forward_stdin=not no_stdin,
+    )
+    raise click.exceptions.Exit(run(names, all_, request))
+
+
+@dataclass(frozen=True)
+class Request:
+    command: str | list[str]
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+    timeout: float | None = None
+    forward_stdin: bool = True
+    stdin_data: bytes | None = field(default=None, repr=False)
+
+
+_SHELL_CHARS = frozenset(" \t\n|&;<>()$`\\\"'*?[]#~=%{}!")
+
+
+def remote_command(words: list[str]) -> str | list[str]:
+    """One word with shell syntax: a shell string; otherwise an argv list."""
+    if len(words) == 1 and any(c in _SHELL_CHARS for c in words[0]):
+        return words[0]
+    return list(words)
+
+
+def parse_env(pairs: tuple[str, ...]) -> dict[str, str] | None:
+    from ppcp.cli.errors import CLIError
+
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CLIError(EXIT_OWN_FAILURE, f"--env expects KEY=VALUE, not {pair!r}.")
+        env[key] = value
+    return env or None
+
+
+def exit_status(result: Any) -> int:
+    """The shell-style status of a finished command: code, or 128 + signal."""
+    if isinstance(result, int):
+        return result
+    sig = getattr(result, "signal", None)
+    if sig:
+        return 128 + int(sig)
+    code = getattr(result, "exit_code", None)
+    return int(code) if code is not None else EXIT_OWN_FAILURE
+
+
+def is_stderr(stream: Any) -> bool:
+    return stream in (1, "stderr")
+
+
+def run(names: list[str], all_: bool, request: Request) -> int:
+    from ppcp.cli.target import Context
+
+    ctx = Context()
+    unique = list(dict.fromkeys(names))
+    if not all_ and len(unique) <= 1:
+        return run_one(ctx, ctx.resolve(unique[0] if unique else None), request)
+    return run_many(ctx, unique, all_, request)
+
+
+# -- one server: stream straight through -----------------------------------------------
+
+
+def run_one(ctx: Any, target: Any, request: Request) -> int:
+    session = ctx.connect(target)
+    try:
+        try:
+            process = start(session, request)
+        except CommandNotStarted as exc:
+            click.echo(f"ppcp: {target.label}: {exc.reason}", err=True)
+            return exc.status
+        forward = request.forward_stdin and not _stdin_is_tty()
+        if forward:
+            threading.Thread(
+                target=_pump_stdin, args=(process,), name="ppcp-stdin", daemon=True
+            ).start()
+        else:
+            process.close_stdin()
+        out, err = sys.stdout.buffer, sys.stderr.buffer
+        interrupted = False
+        iterator = iter(process)
+        while True:
+            try:
+                item = next(iterator, None)
+            except KeyboardInterrupt:
+                if interrupted:
+                    process.cancel()
+                    raise
+                interrupted = True  # first Ctrl-C goes to the remote command
+                process.signal(2)
+                continue
+            if item is None:
+                break
+            stream, data = item
+            target_stream = err if is_stderr(stream) else out
+            target_stream.write(data)
+            target_stream.flush()
+        result = process.wait()
+        if getattr(result, "timed_out", False):
+            click.echo(f"ppcp: {target.label}: the remote command timed out.", err=True)
+        return exit_status(result)
+    finally:
+        session.close()
+
+
+def start(session: Any, request: Request) -> Any:
+    """Start the command; a program that cannot be started exits 127/126 like a shell."""
+    from ppcp import ChannelError
+
+    try:
+        return session.start_exec(
+            request.command, cwd=request.cwd, env=request.env, timeout=request.timeout
+        )
+    except ChannelError as exc:
+        # A plain ChannelError at start is the server's "cannot execute PROGRAM: reason".
+        if type(exc) is ChannelError and "cannot execute" in exc.message:
+            reason = exc.message.removeprefix("peer reported: ")
+            code = 127 if "No such file" in reason else 126
+            raise CommandNotStarted(code, reason) from None
+        raise
+
+
+class CommandNotStarted(Exception):
+    """The remote program does not exist (127) or cannot be executed (126)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _stdin_is_tty() -> bool:
+    try:
+        return sys.stdin is None or sys.stdin.isatty()
+    except (ValueError, OSError):
+        return True
+
+
+def _pump_stdin(process: Any) -> None:
+    """Forward piped stdin to the remote command, then EOF."""
+    import contextlib
+
+    # The command may finish before reading all of stdin: then there is nothing to do.
+    with contextlib.suppress(Exception):
+        stdin: Any = sys.stdin.buffer
+        while True:
+            data = stdin.read1(65536)
+            if not data:
+                break
+            process.write_stdin(data)
+    with contextlib.suppress(Exception):
+        process.close_stdin()
+
+
+# -- several servers: in parallel, output prefixed ----------------------------------------
+
+
+class _Prefixer:
+    """Writes whole lines, each prefixed by its server's label."""
+
+    def __init__(self, label: str, width: int, lock: threading.Lock) -> None:
+        self.prefix = f"{label:<{width}} | ".encode()
+        self.lock = lock
+        self.partial: dict[bool, bytes] = {False: b"", True: b""}
+
+    def write(self, data: bytes, to_err: bool) -> None:
+        buf = self.partial[to_err] + data
+        *lines, self.partial[to_err] = buf.split(b"\n")
+        if lines:
+            self._emit(b"".join(self.prefix + line + b"\n" for line in lines), to_err)
+
+    def flush(self) -> None:
+        for to_err, rest in self.partial.items():
+            if rest:
+                self._emit(self.prefix + rest + b"\n", to_err)
+        self.partial = {False: b"", True: b""}
+
+    def _emit(self, data: bytes, to_err: bool) -> None:
+        stream = sys.stderr.buffer if to_err else sys.stdout.buffer
+        with self.lock:
+            stream.write(data)
+            stream.flush()
+
+
+@dataclass
+class _Outcome:
+    label: str
+    status: int | None = None
+    error: str | None = None
+
+
+def run_many(ctx: Any, names: list[str], all_: bool, request: Request) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ppcp.cli.errors import CLIError
+
+    jobs: list[tuple[str, Any]] = [(name, ctx.resolve(name)) for name in names]
+    if all_:
+        jobs += _discovered_targets(ctx, {t.label for _, t in jobs})
+    if not jobs:
+        raise CLIError(
+            EXIT_OWN_FAILURE, f"no PPCP server answered within {ctx.timeout:g} s; nothing to run."
+        )
+    if request.forward_stdin and not _stdin_is_tty():
+        request = Request(**{**request.__dict__, "stdin_data": sys.stdin.buffer.read()})
+    width = max(len(label) for label, _ in jobs)
+    lock = threading.Lock()
+    with ThreadPoolExecutor(max_workers=min(32, len(jobs))) as pool:
+        outcomes = list(
+            pool.map(lambda job: _run_prefixed(ctx, job[0], job[1], request, width, lock), jobs)
+        )
+    return _summarize(outcomes, width)
+
+
+def _discovered_targets(ctx: Any, skip: set[str]) -> list[tuple[str, Any]]:
+    from ppcp.cli.target import Target
+
+    found: list[tuple[str, Any]] = []
+    for info in ctx.discover():
+        label = str(getattr(info, "name", "") or getattr(info, "id", "?"))
+        addresses = list(getattr(info, "addresses", ()) or ())
+        if label in skip or not addresses:
+            continue
+        skip.add(label)
+        found.append((label, Target(label=label, host=str(addresses[0]), port=int(info.port))))
+    return found
+
+
+def _run_prefixed(
+    ctx: Any, label: str, target: Any, request: Request, width: int, lock: threading.Lock
+) -> _Outcome:
+    from ppcp.cli.errors import classify
+
+    out = _Prefixer(label, width, lock)
+    try:
+        session = ctx.connect(target)
+        try:
+            try:
+                process = start(session, request)
+            except CommandNotStarted as exc:
+                out.write(f"ppcp: {exc.reason}\n".encode(), True)
+                return _Outcome(label, status=exc.status)
+            if request.stdin_data:
+                process.write_stdin(request.stdin_data)
+            process.close_stdin()
+            for stream, data in process:
+                out.write(data, is_stderr(stream))
+            return _Outcome(label, status=exit_status(process.wait()))
+        finally:
+            out.flush()
+            session.close()
+    except Exception as exc:
+        return _Outcome(label, error=classify(exc)[1])
+
+
+def _summarize(outcomes: list[_Outcome], width: int) -> int:
+    """Print one line per server; 0 if all succeeded, 1 if a command failed,
+    255 if ppcp could not run it somewhere."""
+    lines = ["", "summary:"]
+    for o in outcomes:
+        if o.error is not None:
+            lines.append(f"  {o.label:<{width}}  ppcp error: {o.error}")
+        else:
+            lines.append(f"  {o.label:<{width}}  exit {o.status}")
+    click.echo("\n".join(lines), err=True)
+    if any(o.error is not None for o in outcomes):
+        return EXIT_OWN_FAILURE
+    return 0 if all(o.status == 0 for o in outcomes) else 1

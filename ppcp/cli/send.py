@@ -1,0 +1,38 @@
+"""``ppcp send MESSAGE NAME``: one encrypted message to a server."""
+
+from __future__ import annotations
+
+import click
+
+from ppcp.cli.errors import handle_errors
+from ppcp.cli.options import global_options
+
+DEFAULT_TOPIC = "chat"
+
+
+@click.command("send")
+@click.argument("message")
+@click.argument("name", required=False)
+@click.option(
+    "--topic", "-t", default=DEFAULT_TOPIC, show_default=True, help="Topic of the message."
+)
+@global_options
+@handle_errors()
+def command(message: str, name: str | None, topic: str) -> None:
+    """Send MESSAGE ('-' reads stdin) to the server NAME, over an encrypted
+    message channel. `ppcp listen` on the other side prints it."""
+    import sys
+
+    from ppcp.cli.target import Context
+
+    data = sys.stdin.buffer.read() if message == "-" else message.encode("utf-8")
+    ctx = Context()
+    target = ctx.resolve(name)
+    with ctx.connect(target) as session:
+        channel = session.open_messages(topic)
+        try:
+            channel.send(data)
+        finally:
+            channel.close()
+    if not ctx.settings.quiet:
+        click.echo(f"sent {len(data)} bytes to {target.label} (topic {topic!r})", err=True)

@@ -1,0 +1,302 @@
+"""``ppcp serve``: a foreground PPCP server with readable logs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ppcp.cli.errors import EXIT_CONFIG, handle_errors
+from ppcp.cli.options import Settings, get_settings, global_options
+
+if TYPE_CHECKING:
+    from ppcp.aio import Server
+    from ppcp.control.router import ServerPolicy
+
+
+@click.command("serve")
+@click.option("--name", metavar="NAME", help="Name to answer discovery with (default: hostname).")
+@click.option(
+    "--bind",
+    metavar="HOST",
+    default="0.0.0.0",
+    show_default=True,
+    help="Address to listen on (127.0.0.1 for this machine only, :: for IPv6).",
+)
+@click.option(
+    "--root",
+    metavar="DIR",
+    type=click.Path(exists=True, file_okay=False),
+    help="Directory file transfers are confined to (default: current directory).",
+)
+@click.option("--no-exec", is_flag=True, help="Refuse remote commands and shells.")
+@click.option(
+    "--allow",
+    "allow",
+    metavar="CMD",
+    multiple=True,
+    help="Only allow these programs (repeatable); implies no interactive shell.",
+)
+@click.option("--no-shell", is_flag=True, help="Refuse interactive shells.")
+@click.option("--no-files", is_flag=True, help="Refuse file transfers.")
+@click.option("--no-discovery", is_flag=True, help="Do not answer discovery requests.")
+@click.option("--no-mdns", is_flag=True, help="Answer UDP discovery but do not announce on mDNS.")
+@click.option("--systemd-unit", is_flag=True, help="Print a systemd unit for this server and exit.")
+@global_options
+@handle_errors(io_code=EXIT_CONFIG)
+def command(
+    name: str | None,
+    bind: str,
+    root: str | None,
+    no_exec: bool,
+    allow: tuple[str, ...],
+    no_shell: bool,
+    no_files: bool,
+    no_discovery: bool,
+    no_mdns: bool,
+    systemd_unit: bool,
+) -> None:
+    """Run a PPCP server in the foreground until SIGINT or SIGTERM.
+
+    Logs connections, authentication failures (with the source address),
+    commands run and file transfers to stderr. The first line names the
+    bound address: `listening on HOST:PORT`.
+    """
+    options = ServeOptions(
+        name=name,
+        bind=bind,
+        root=root,
+        no_exec=no_exec,
+        allow=allow,
+        no_shell=no_shell,
+        no_files=no_files,
+        no_discovery=no_discovery,
+        no_mdns=no_mdns,
+    )
+    if systemd_unit:
+        click.echo(unit_file(options), nl=False)
+        return
+    run(options)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    name: str | None
+    bind: str
+    root: str | None
+    no_exec: bool
+    allow: tuple[str, ...]
+    no_shell: bool
+    no_files: bool
+    no_discovery: bool
+    no_mdns: bool
+
+
+def setup_logging(settings: Settings) -> None:
+    """Readable server logs on stderr: time, level, message."""
+    import logging
+
+    level = logging.DEBUG if settings.verbose else logging.INFO
+    if settings.quiet:
+        level = logging.WARNING
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
+    )
+    root = logging.getLogger("ppcp")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    if settings.verbose < 2:
+        logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+
+def make_policy(options: ServeOptions) -> ServerPolicy:
+    from pathlib import Path
+
+    from ppcp.aio import ServerPolicy
+
+    allow_exec = not options.no_exec
+    return ServerPolicy(
+        allow_exec=allow_exec,
+        exec_allowlist=options.allow or None,
+        # A shell would bypass the allow-list.
+        allow_shell=allow_exec and not options.no_shell and not options.allow,
+        allow_files=not options.no_files,
+        root=Path(options.root or ".").resolve(),
+    )
+
+
+def describe_policy(policy: ServerPolicy) -> str:
+    if not policy.allow_exec:
+        commands = "commands disabled"
+    elif policy.exec_allowlist is not None:
+        commands = "commands limited to " + ", ".join(policy.exec_allowlist)
+    else:
+        commands = "commands allowed"
+    shell = "shell allowed" if policy.allow_shell else "shell disabled"
+    files = f"files under {policy.root}" if policy.allow_files else "files disabled"
+    return f"{commands}; {shell}; {files}"
+
+
+def run(options: ServeOptions) -> None:
+    from ppcp.cli.target import Context
+
+    ctx = Context()
+    psk = ctx.psk
+    setup_logging(ctx.settings)
+    run_server(ctx, psk, make_policy(options), options, describe_policy)
+
+
+def run_server(
+    ctx: Any,
+    psk: str,
+    policy: ServerPolicy,
+    options: ServeOptions,
+    describe: Callable[[ServerPolicy], str],
+) -> None:
+    """Serve until SIGINT/SIGTERM, then close every session (Server.aclose)."""
+    import asyncio
+
+    asyncio.run(_serve(ctx, psk, policy, options, describe))
+
+
+async def _serve(
+    ctx: Any,
+    psk: str,
+    policy: ServerPolicy,
+    options: ServeOptions,
+    describe: Callable[[ServerPolicy], str],
+) -> None:
+    import asyncio
+    import logging
+    import signal
+
+    from ppcp import SessionConfig
+    from ppcp.aio import serve
+
+    log = logging.getLogger("ppcp.server")
+    name = options.name or ctx.config.name
+    config = SessionConfig(name=name) if name else SessionConfig()
+    kwargs: dict[str, Any] = {"config": config, "policy": policy}
+    kwargs.update(discovery_kwargs(options, ctx))
+    server: Server = await serve(options.bind, ctx.port, psk, **kwargs)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    received: list[str] = []
+
+    def on_signal(signame: str) -> None:
+        received.append(signame)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    try:
+        for sock in server.sockets:
+            host, port = sock.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            log.info("listening on %s:%d", shown, port)
+        if server.discovery is not None:
+            log.info("discovery on UDP port %d", server.discovery.port)
+        else:
+            log.info("discovery disabled: clients need --host")
+        log.info("server name %r; %s", config.name, describe(policy))
+        await stop.wait()
+        log.info(
+            "%s received: closing %d session(s)",
+            received[0] if received else "stop",
+            len(server.sessions),
+        )
+    finally:
+        await server.aclose()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    log.info("server stopped")
+
+
+def discovery_kwargs(options: ServeOptions, ctx: Any) -> dict[str, Any]:
+    """The discovery arguments of :func:`ppcp.aio.serve`."""
+    kwargs: dict[str, Any] = {"discovery": not options.no_discovery}
+    if not options.no_discovery:
+        kwargs["discovery_port"] = ctx.udp_port
+        # None: mDNS unless bound to loopback or on an ephemeral UDP port.
+        kwargs["mdns"] = False if options.no_mdns else None
+    return kwargs
+
+
+def unit_file(options: ServeOptions) -> str:
+    """A unit file running this same server as a service."""
+    import getpass
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from ppcp.cli.config import load_config, psk_source
+    from ppcp.cli.errors import CLIError
+
+    settings = get_settings()
+    config = load_config(settings)
+    _, psk_path = psk_source(settings, config)
+    if psk_path is None:
+        raise CLIError(
+            EXIT_CONFIG,
+            "the key comes from $PPCP_PSK, which a unit file should not contain; "
+            "write it to a file (mode 0600) and use --psk-file.",
+        )
+    script = shutil.which("ppcp")
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "ppcp" and argv0.exists():
+        exe = [str(argv0.resolve())]
+    elif script:
+        exe = [str(Path(script).resolve())]
+    else:
+        exe = [sys.executable, "-m", "ppcp.cli"]
+    args = [*exe, "serve", "--bind", options.bind]
+    if options.name or config.name:
+        args += ["--name", str(options.name or config.name)]
+    if settings.port is not None:
+        args += ["--port", str(settings.port)]
+    if settings.discovery_port is not None:
+        args += ["--discovery-port", str(settings.discovery_port)]
+    if settings.config:
+        args += ["--config", str(Path(settings.config).resolve())]
+    args += ["--root", str(Path(options.root or ".").resolve())]
+    for flag in ("no_exec", "no_shell", "no_files", "no_discovery", "no_mdns"):
+        if getattr(options, flag):
+            args.append("--" + flag.replace("_", "-"))
+    for cmd in options.allow:
+        args += ["--allow", cmd]
+    user = getpass.getuser()
+    return f"""\
+# ppcp.service: install with
+#   sudo cp ppcp.service /etc/systemd/system/ && sudo systemctl daemon-reload
+#   sudo systemctl enable --now ppcp.service
+# then follow its log with: journalctl -u ppcp -f
+[Unit]
+Description=PPCP server (encrypted LAN remote control)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=exec
+User={user}
+Environment=PPCP_PSK_FILE={_systemd_quote(str(psk_path.resolve()))}
+Environment=PYTHONUNBUFFERED=1
+ExecStart={" ".join(_systemd_quote(a) for a in args)}
+KillSignal=SIGTERM
+TimeoutStopSec=15
+Restart=on-failure
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _systemd_quote(arg: str) -> str:
+    escaped = arg.replace("%", "%%").replace("$", "$$")
+    if any(c in escaped for c in " \t\"'\\;"):
+        escaped = '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return escaped

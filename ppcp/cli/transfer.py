@@ -1,0 +1,115 @@
+"""What ``put`` and ``get`` share: their options and the transfer loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def transfer_options(f: F) -> F:
+    f = click.option(
+        "-z", "--compress", is_flag=True, help="Compress data on the wire (slow links)."
+    )(f)
+    f = click.option(
+        "--no-resume", is_flag=True, help="Start over instead of resuming a partial copy."
+    )(f)
+    f = click.option("-r", "--recursive", is_flag=True, help="Copy directories recursively.")(f)
+    return f
+
+
+def _target(spec: str) -> tuple[Any, Any, str]:
+    """(context, target, remote path) for ``NAME:PATH``."""
+    from ppcp.cli.errors import EXIT_USAGE, CLIError
+    from ppcp.cli.target import Context, split_remote
+
+    name, path = split_remote(spec)
+    ctx = Context()
+    if not name and not ctx.settings.host:
+        raise CLIError(EXIT_USAGE, f"{spec!r} names no server: use NAME:PATH, or --host.")
+    return ctx, ctx.resolve(name or None), path
+
+
+def _check_local_source(path: str, recursive: bool) -> None:
+    import os
+
+    from ppcp.cli.errors import EXIT_TRANSFER, EXIT_USAGE, CLIError
+
+    if not os.path.lexists(path):
+        raise CLIError(EXIT_TRANSFER, f"{path}: no such file or directory.")
+    if os.path.isdir(path) and not recursive:
+        raise CLIError(EXIT_USAGE, f"{path} is a directory; use -r to copy directories.")
+
+
+def put(locals_: list[str], remote: str, *, recursive: bool, resume: bool, compress: bool) -> None:
+    import os
+    import posixpath
+
+    from ppcp.cli.options import get_settings
+    from ppcp.cli.progress import Bars, wanted
+
+    for local in locals_:
+        _check_local_source(local, recursive)
+    ctx, target, path = _target(remote)
+    quiet = get_settings().quiet
+    session = ctx.connect(target)
+    results = []
+    bars = Bars(wanted(quiet))
+    with session, bars.shown():
+        for local in locals_:
+            dest = path
+            if len(locals_) > 1:
+                dest = posixpath.join(path, os.path.basename(os.path.normpath(local)))
+            results.append(
+                session.put(
+                    local,
+                    dest,
+                    recursive=recursive,
+                    progress=bars.task(os.path.basename(os.path.normpath(local))),
+                    resume=resume,
+                    compress=compress,
+                )
+            )
+    if not quiet:
+        _summary("sent", results, target.label)
+
+
+def get(remote: str, local: str, *, recursive: bool, resume: bool, compress: bool) -> None:
+    import posixpath
+
+    from ppcp.cli.options import get_settings
+    from ppcp.cli.progress import Bars, wanted
+
+    ctx, target, path = _target(remote)
+    quiet = get_settings().quiet
+    session = ctx.connect(target)
+    bars = Bars(wanted(quiet))
+    with session, bars.shown():
+        result = session.get(
+            path,
+            local,
+            recursive=recursive,
+            progress=bars.task(posixpath.basename(path.rstrip("/")) or path),
+            resume=resume,
+            compress=compress,
+        )
+    if not quiet:
+        _summary("received", [result], target.label)
+
+
+def _summary(verb: str, results: list[Any], label: str) -> None:
+    from ppcp.cli.progress import human_size
+
+    files = sum(int(getattr(r, "files", 1) or 0) for r in results)
+    size = sum(int(getattr(r, "bytes", 0) or getattr(r, "size", 0) or 0) for r in results)
+    seconds = sum(float(getattr(r, "seconds", 0.0) or getattr(r, "elapsed", 0.0)) for r in results)
+    rate = f", {human_size(size / seconds)}/s" if seconds > 0 else ""
+    plural = "" if files == 1 else "s"
+    click.echo(
+        f"{verb} {files} file{plural} ({human_size(size)}{rate}) "
+        f"{'to' if verb == 'sent' else 'from'} {label}",
+        err=True,
+    )
