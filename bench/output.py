@@ -109,9 +109,7 @@ def write_chart(report: Report, path: Path, title: str) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     labels = [f"{r.what} / {r.peer_name}" for r in rows]
     ratios = [float(r.ratio) for r in rows]  # type: ignore[arg-type]
-    colors = [
-        {"met": "#2e7d32", "missed": "#c62828"}.get(r.status, "#607d8b") for r in rows
-    ]
+    colors = [{"met": "#2e7d32", "missed": "#c62828"}.get(r.status, "#607d8b") for r in rows]
     height = max(3.0, 0.38 * len(rows) + 1.5)
     fig, ax = plt.subplots(figsize=(12, height))
     y = list(range(len(rows)))

@@ -40,21 +40,35 @@ async def start_ppcp(
     heartbeat: float | None = None,
     max_unauthenticated: int | None = None,
 ) -> Any:
+    """A PPCP server on loopback; discovery off.
+
+    ``max_unauthenticated`` raises both handshake caps (total and per source
+    address): the many-sessions benchmarks come from one address on purpose.
+    """
+    import inspect
+
     import ppcp.aio
     from ppcp.control.router import ServerPolicy
-    from ppcp.core.config import DEFAULT_MAX_UNAUTHENTICATED, SessionConfig
+    from ppcp.core.config import SessionConfig
 
-    kwargs: dict[str, Any] = {"name": "bench-server"}
+    config: dict[str, Any] = {"name": "bench-server"}
     if heartbeat is not None:
-        kwargs["heartbeat_interval"] = heartbeat
-    return await ppcp.aio.serve(
-        LOOPBACK,
-        port,
-        psk,
-        config=SessionConfig(**kwargs),
-        policy=ServerPolicy(root=root),
-        max_unauthenticated=max_unauthenticated or DEFAULT_MAX_UNAUTHENTICATED,
-    )
+        config["heartbeat_interval"] = heartbeat
+    kwargs: dict[str, Any] = {"config": SessionConfig(**config), "policy": ServerPolicy(root=root)}
+    params = inspect.signature(ppcp.aio.serve).parameters
+    if "discovery" in params:
+        kwargs["discovery"] = False
+    if max_unauthenticated:
+        if "limits" in params:
+            from ppcp.core.limits import ServerLimits
+
+            kwargs["limits"] = ServerLimits(
+                max_unauthenticated=max_unauthenticated,
+                max_unauthenticated_per_source=max_unauthenticated,
+            )
+        else:
+            kwargs["max_unauthenticated"] = max_unauthenticated
+    return await ppcp.aio.serve(LOOPBACK, port, psk, **kwargs)
 
 
 def ppcp_client_config(*, binary: bool = True, heartbeat: float | None = None) -> Any:
@@ -110,16 +124,39 @@ class SshKeys:
 
 
 async def _asyncssh_exec(process: Any) -> None:
-    """Run the command in a real subprocess (sshd and PPCP do too)."""
+    """Run the command in a real subprocess (sshd and PPCP do too), pumping its I/O.
+
+    (asyncssh's own ``process.redirect`` leaves an un-awaited cleanup
+    coroutine behind per command, hence the explicit pumps.)
+    """
     proc = await asyncio.create_subprocess_shell(
         process.command or "true",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    await process.redirect(stdin=proc.stdin, stdout=proc.stdout, stderr=proc.stderr)
-    code = await proc.wait()
-    await process.stdout.drain()
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+
+    async def feed() -> None:
+        with contextlib.suppress(Exception):
+            while data := await process.stdin.read(1 << 16):
+                proc.stdin.write(data)
+                await proc.stdin.drain()
+        proc.stdin.close()
+
+    async def pump(src: asyncio.StreamReader, dst: Any) -> None:
+        while data := await src.read(1 << 16):
+            dst.write(data)
+            await dst.drain()
+
+    feeder = asyncio.ensure_future(feed())
+    try:
+        await asyncio.gather(pump(proc.stdout, process.stdout), pump(proc.stderr, process.stderr))
+        code = await proc.wait()
+    finally:
+        feeder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeder
     process.exit(code)
 
 
@@ -142,6 +179,7 @@ async def start_asyncssh(
         process_factory=_asyncssh_exec,
         sftp_factory=sftp_factory,
         allow_scp=False,
+        encoding=None,
         **kwargs,
     )
 

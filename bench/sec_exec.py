@@ -28,7 +28,6 @@ from bench.worker import exit_status
 
 async def _ppcp_cold(port: int, psk: str) -> float:
     import ppcp.aio
-
     from bench.peers import ppcp_client_config
 
     started = time.perf_counter()
@@ -89,7 +88,6 @@ async def _in_process(ctx: Context, root: Path, cold: bool, warm: bool) -> dict[
                     )
         if warm:
             import ppcp.aio
-
             from bench.peers import asyncssh_connect
 
             session = conn = None
@@ -204,6 +202,22 @@ def run_cold(ctx: Context, ssh: SshDaemon | None) -> None:
     )
 
 
+async def _spawn_floor(runs: int) -> list[float]:
+    """asyncio subprocess of ``sh -c true`` + wait, locally: what any exec must pay."""
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        proc = await asyncio.create_subprocess_shell(
+            "true",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        await proc.communicate()
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def run_warm(ctx: Context, ssh: SshDaemon | None) -> None:
     s = ctx.settings
     section = "warm"
@@ -212,6 +226,13 @@ def run_warm(ctx: Context, ssh: SshDaemon | None) -> None:
     if not have_session_api("exec"):
         ctx.report.skip(section, "session.exec not implemented yet")
     lib = asyncio.run(_in_process(ctx, root, cold=False, warm=True))
+    floor = asyncio.run(_spawn_floor(s.warm_runs))
+    ctx.report.raw.setdefault(section, {})["spawn_floor"] = summarize(floor)
+    ctx.report.note(
+        section,
+        f"local spawn floor (asyncio subprocess `sh -c true` + wait, no protocol): "
+        f"median {_ms(floor)} ms; both library figures include it",
+    )
     ppcp_warm = _summ(lib.get("ppcp-warm"))
     ctx.report.add(
         Row(

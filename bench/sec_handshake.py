@@ -167,4 +167,3 @@ def _socket_handshakes(ctx: Context, deadline: Deadline) -> dict[str, float] | N
 
 def _ms(samples: list[float]) -> dict[str, Any]:
     return _summarize([x * 1000 for x in samples])
-

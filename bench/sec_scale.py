@@ -39,12 +39,9 @@ from bench.worker import exit_status
 
 async def _ppcp_one(port: int, psk: str) -> None:
     import ppcp.aio
-
     from bench.peers import ppcp_client_config
 
-    session = await ppcp.aio.connect(
-        "127.0.0.1", port, psk, config=ppcp_client_config(heartbeat=0)
-    )
+    session = await ppcp.aio.connect("127.0.0.1", port, psk, config=ppcp_client_config(heartbeat=0))
     try:
         result = await session.exec("true")
         if exit_status(result) != 0:
@@ -153,9 +150,7 @@ def _idle_run(ctx: Context, kind: str) -> dict[str, Any]:
         cmd += ["--heartbeat", str(s.idle_heartbeat), "--timeout", str(s.section_budget)]
         if kind == "asyncssh":
             cmd += ["--keys", str(ctx.ssh_keys.dir)]
-        worker = ctx.procs.start(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ctx.env()
-        )
+        worker = ctx.procs.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ctx.env())
         out: list[bytes] = []
         err: list[bytes] = []
         readers = [

@@ -111,7 +111,7 @@ def run(ctx: Context, ssh: SshDaemon | None) -> None:
         ctx.report.skip(SECTION, "library session.put/get not implemented yet")
 
     # -- PPCP CLI ---------------------------------------------------------------------
-    if have_cli("put", "get", "serve"):
+    if have_cli("put", "get", "serve") and have_session_api("put", "get"):
         servers["cli"] = ctx.start_cli_server(remote)
         methods.append(Method("cli", "ppcp put/get", _cli(ctx, servers), True))
     else:
@@ -190,9 +190,9 @@ def _cli(
         local = ctx.work / "xfer" / "local"
         host = ["--host", f"127.0.0.1:{port}"]
         if op == "put":
-            cmd = [str(BIN / "ppcp"), "put", *host, str(local / "src.bin"), "up.bin"]
+            cmd = [str(BIN / "ppcp"), "put", *host, str(local / "src.bin"), ":up.bin"]
         else:
-            cmd = [str(BIN / "ppcp"), "get", *host, "src.bin", str(local / "down.bin")]
+            cmd = [str(BIN / "ppcp"), "get", *host, ":src.bin", str(local / "down.bin")]
         with PeakRSS(proc.pid) as peak:
             r = run_child(cmd, ctx.settings.transfer_timeout, env=ctx.env())
         if r.returncode != 0:

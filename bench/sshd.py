@@ -139,7 +139,16 @@ Subsystem sftp {sftp_server}
         return ["scp", "-q", *self.common_opts(), "-P", str(self.port)]
 
     def sftp_cmd(self, batch: Path) -> list[str]:
-        return ["sftp", "-q", *self.common_opts(), "-P", str(self.port), "-b", str(batch), self.dest]
+        return [
+            "sftp",
+            "-q",
+            *self.common_opts(),
+            "-P",
+            str(self.port),
+            "-b",
+            str(batch),
+            self.dest,
+        ]
 
     # -- ControlMaster --------------------------------------------------------
 

@@ -110,9 +110,7 @@ async def ppcp_idle(args: argparse.Namespace) -> dict[str, Any]:
     opened = time.perf_counter() - started
     await asyncio.sleep(min(args.hold, max(deadline.left() - 5, 0)))
     alive = sum(1 for s in sessions if not s.is_closed)
-    rtts = [
-        len(s.heartbeat.rtts) for s in sessions if getattr(s, "heartbeat", None) is not None
-    ]
+    rtts = [len(s.heartbeat.rtts) for s in sessions if getattr(s, "heartbeat", None) is not None]
     out = {
         "opened": len(sessions),
         "alive": alive,
@@ -130,6 +128,9 @@ async def ppcp_idle(args: argparse.Namespace) -> dict[str, Any]:
 async def ppcp_handshakes(args: argparse.Namespace) -> dict[str, Any]:
     """Sequential connect + handshake + close; client CPU per handshake."""
     deadline = Deadline(args.timeout)
+    for _ in range(3):  # warm-up: lazy imports, first-use caches
+        session = await _ppcp_connect(args.port, heartbeat=0)
+        await session.close()
     cpu0 = _cpu()
     done = 0
     for _ in range(args.count):

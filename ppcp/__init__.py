@@ -9,6 +9,7 @@ The asyncio twin lives in :mod:`ppcp.aio`.
 """
 
 from ppcp.control.exec import AsyncProcess, ExecResult, Process
+from ppcp.control.files import TransferResult
 from ppcp.control.messages import MessageChannel, MessageInbox, SyncMessageChannel
 from ppcp.control.shell import AsyncShell, Shell
 from ppcp.core.config import DEFAULT_PORT, SessionConfig
@@ -85,6 +86,7 @@ __all__ = [
     "Shell",
     "SyncMessageChannel",
     "TransferError",
+    "TransferResult",
     "VersionMismatch",
     "WeakPSKWarning",
     "__version__",

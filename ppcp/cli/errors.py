@@ -82,21 +82,24 @@ def _classify_ppcp(exc: e.PPCPError) -> tuple[int, str]:
     from ppcp.crypto.psk import InvalidPSK
 
     msg = exc.message.rstrip(".")
+    if msg.startswith("peer reported: "):
+        msg = "the server says " + msg.removeprefix("peer reported: ")
     if isinstance(exc, InvalidPSK):
         return EXIT_CONFIG, f"unusable pre-shared key: {msg}."
     if isinstance(exc, e.AuthenticationError):
         return EXIT_AUTH, (
-            f"authentication failed ({msg}). The server and this machine do not share "
-            "the same pre-shared key."
+            f"authentication failed: {msg}. Do both machines use the same pre-shared key?"
         )
     if isinstance(exc, e.DiscoveryError):
         return EXIT_NOT_FOUND, f"{msg}."
     if isinstance(exc, e.PolicyDenied | e.ChannelRejected):
-        return EXIT_DENIED, f"refused by the server: {msg}."
+        return EXIT_DENIED, f"refused: {msg}."
     if isinstance(exc, e.RemotePathError):
-        return EXIT_DENIED, f"the server refused the path: {msg}."
+        return EXIT_DENIED, f"{msg}."
     if isinstance(exc, e.TransferError):
-        return EXIT_TRANSFER, f"transfer failed: {msg}."
+        # A file the server (or this machine) may not read or write is a denial.
+        denied = any(s in msg for s in ("Permission denied", "Operation not permitted"))
+        return EXIT_DENIED if denied else EXIT_TRANSFER, f"transfer failed: {msg}."
     if isinstance(exc, e.ServerBusy | e.RateLimited):
         return EXIT_CONNECTION, f"the server turned us away: {msg}. Try again shortly."
     if isinstance(exc, e.HandshakeTimeout):

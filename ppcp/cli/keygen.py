@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ppcp.cli.errors import EXIT_CONFIG, handle_errors
-from ppcp.cli.options import global_options
+from ppcp.cli.options import server_options
 
 
 @click.command("keygen")
@@ -14,10 +14,11 @@ from ppcp.cli.options import global_options
     "-o",
     metavar="FILE",
     type=click.Path(dir_okay=False),
-    help="Where to write the key ('-' for stdout; default ~/.config/ppcp/psk).",
+    help="Where to write the key ('-' for stdout; default: where the other commands "
+    "look, i.e. --psk-file, $PPCP_PSK_FILE, the config's psk_file or ~/.config/ppcp/psk).",
 )
 @click.option("--force", "-f", is_flag=True, help="Overwrite an existing key file.")
-@global_options
+@server_options
 @handle_errors(io_code=EXIT_CONFIG)
 def command(out: str | None, force: bool) -> None:
     """Write a new random 256-bit pre-shared key.
@@ -29,7 +30,7 @@ def command(out: str | None, force: bool) -> None:
     from pathlib import Path
 
     from ppcp import generate_psk
-    from ppcp.cli.config import default_psk_path
+    from ppcp.cli.config import default_psk_path, load_config, psk_source
     from ppcp.cli.errors import CLIError
     from ppcp.cli.options import get_settings
 
@@ -37,7 +38,13 @@ def command(out: str | None, force: bool) -> None:
     if out == "-":
         click.echo(key)
         return
-    path = Path(out).expanduser() if out else default_psk_path()
+    settings = get_settings()
+    if out:
+        path = Path(out).expanduser()
+    else:
+        _, found = psk_source(settings, load_config(settings))
+        # found is None when $PPCP_PSK holds the key itself: use the default file.
+        path = found or default_psk_path()
     if path.exists() and not force:
         raise CLIError(
             EXIT_CONFIG,
@@ -60,6 +67,6 @@ def command(out: str | None, force: bool) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if not get_settings().quiet:
+    if not settings.quiet:
         click.echo(f"wrote a new pre-shared key to {path} (mode 0600).", err=True)
         click.echo("Copy it to every machine that should talk to this one.", err=True)

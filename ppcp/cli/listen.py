@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
-from ppcp.cli.errors import EXIT_CONFIG, handle_errors
-from ppcp.cli.options import global_options
+from ppcp.cli.errors import handle_errors
+from ppcp.cli.options import server_options
 
 if TYPE_CHECKING:
     from ppcp.control.router import ServerPolicy
@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 @click.option("--no-discovery", is_flag=True, help="Do not answer discovery requests.")
 @click.option("--no-mdns", is_flag=True, help="Answer UDP discovery but do not announce on mDNS.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
-@global_options
-@handle_errors(io_code=EXIT_CONFIG)
+@server_options
+@handle_errors()
 def command(name: str | None, bind: str, no_discovery: bool, no_mdns: bool, as_json: bool) -> None:
     """Receive encrypted messages (`ppcp send`) and print each one with its
     sender and topic. Commands, shells and files are refused."""
@@ -47,25 +47,22 @@ def command(name: str | None, bind: str, no_discovery: bool, no_mdns: bool, as_j
 def messages_only_policy(as_json: bool) -> ServerPolicy:
     from ppcp.aio import ServerPolicy
 
-    def on_message(message: Any) -> None:
-        print_message(message, as_json)
+    def on_message(peer: str, topic: str, data: bytes) -> None:
+        print_message(peer, topic, data, as_json)
 
     return ServerPolicy(
         allow_exec=False,
         allow_shell=False,
         allow_files=False,
         allow_messages=True,
-        on_message=on_message,  # type: ignore[call-arg]
+        on_message=on_message,
     )
 
 
-def print_message(message: Any, as_json: bool) -> None:
+def print_message(sender: str, topic: str, data: bytes, as_json: bool) -> None:
     import datetime
 
-    sender = str(getattr(message, "sender", "?"))
-    topic = str(getattr(message, "topic", ""))
-    data = getattr(message, "data", message)
-    text = data.decode("utf-8", "replace") if isinstance(data, bytes | bytearray) else str(data)
+    text = data.decode("utf-8", "replace")
     when = datetime.datetime.now().astimezone()
     if as_json:
         import json

@@ -53,6 +53,25 @@ def _option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     return click.option(*decls, expose_value=False, callback=_store, **attrs)
 
 
+class _Number(click.ParamType):  # type: ignore[type-arg]  # generic since click 8.2
+    """An int or float in a range, without click's ``[0<=x<=65535]`` help suffix."""
+
+    def __init__(self, name: str, kind: type[int] | type[float], low: float, high: float):
+        self.name, self.kind, self.low, self.high = name, kind, low, high
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            number = self.kind(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a {self.name}", param, ctx)
+        if not self.low <= number <= self.high:
+            self.fail(f"{value!r} is not a {self.name} ({self.low:g}-{self.high:g})", param, ctx)
+        return number
+
+
+PORT = _Number("port number", int, 0, 65535)
+SECONDS = _Number("number of seconds", float, 0.05, 3600)
+
 _GLOBAL_OPTIONS: tuple[Callable[[F], F], ...] = (
     _option(
         "--psk-file",
@@ -68,13 +87,13 @@ _GLOBAL_OPTIONS: tuple[Callable[[F], F], ...] = (
     ),
     _option(
         "--port",
-        type=click.IntRange(0, 65535),
+        type=PORT,
         metavar="PORT",
         help="Server TCP port (default 9000; 0 for an ephemeral one with serve).",
     ),
     _option(
         "--discovery-port",
-        type=click.IntRange(0, 65535),
+        type=PORT,
         metavar="PORT",
         help="UDP port for discovery (default 9000).",
     ),
@@ -83,11 +102,11 @@ _GLOBAL_OPTIONS: tuple[Callable[[F], F], ...] = (
         metavar="HOST[:PORT]",
         multiple=True,
         default=None,
-        help="Also send discovery PINGs to this address (networks that block broadcast).",
+        help="Send discovery PINGs to this address instead of broadcasting (repeatable).",
     ),
     _option(
         "--timeout",
-        type=click.FloatRange(0.05, 3600, clamp=True),
+        type=SECONDS,
         metavar="SECONDS",
         help="How long to wait for discovery answers and connections (default 2).",
     ),
@@ -102,10 +121,22 @@ _GLOBAL_OPTIONS: tuple[Callable[[F], F], ...] = (
 )
 
 
+_CLIENT_ONLY = ("--host", "--unicast", "--timeout")
+
+
 def global_options(f: F) -> F:
     """Decorate a command (or the group) with every global option."""
     for option in reversed(_GLOBAL_OPTIONS):
         f = option(f)
+    return f
+
+
+def server_options(f: F) -> F:
+    """The global options that mean something to a server (no --host...)."""
+    for option in reversed(_GLOBAL_OPTIONS):
+        f = option(f)
+    params = getattr(f, "__click_params__", [])
+    params[:] = [p for p in params if not set(p.opts) & set(_CLIENT_ONLY)]
     return f
 
 

@@ -7,7 +7,7 @@ import click
 from ppcp.cli.errors import handle_errors
 from ppcp.cli.options import global_options
 
-DEFAULT_TOPIC = "chat"
+DEFAULT_TOPIC = "default"
 
 
 @click.command("send")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ppcp.cli.errors import EXIT_CONFIG, handle_errors
-from ppcp.cli.options import Settings, get_settings, global_options
+from ppcp.cli.options import Settings, get_settings, server_options
 
 if TYPE_CHECKING:
     from ppcp.aio import Server
@@ -44,8 +44,8 @@ if TYPE_CHECKING:
 @click.option("--no-discovery", is_flag=True, help="Do not answer discovery requests.")
 @click.option("--no-mdns", is_flag=True, help="Answer UDP discovery but do not announce on mDNS.")
 @click.option("--systemd-unit", is_flag=True, help="Print a systemd unit for this server and exit.")
-@global_options
-@handle_errors(io_code=EXIT_CONFIG)
+@server_options
+@handle_errors()
 def command(
     name: str | None,
     bind: str,
@@ -182,7 +182,17 @@ async def _serve(
     config = SessionConfig(name=name) if name else SessionConfig()
     kwargs: dict[str, Any] = {"config": config, "policy": policy}
     kwargs.update(discovery_kwargs(options, ctx))
-    server: Server = await serve(options.bind, ctx.port, psk, **kwargs)
+    try:
+        server: Server = await serve(options.bind, ctx.port, psk, **kwargs)
+    except OSError as exc:
+        from ppcp.cli.errors import EXIT_CONNECTION, CLIError
+
+        raise CLIError(
+            EXIT_CONNECTION,
+            f"cannot start the server on {options.bind} port {ctx.port} "
+            f"(discovery: UDP {ctx.udp_port}): {exc.strerror or exc}. "
+            "Is another server running there?",
+        ) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     received: list[str] = []

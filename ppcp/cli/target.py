@@ -150,7 +150,12 @@ class Context:
         targets = tuple(
             f"{_join(*parse_hostport(t, self.udp_port))}" for t in self.settings.unicast
         )
-        return DiscoveryConfig(targets=targets)
+        if not targets:
+            return DiscoveryConfig()
+        # Explicit addresses replace broadcast, mDNS and the address cache.
+        return DiscoveryConfig(
+            targets=targets, broadcast=False, multicast6=False, mdns=False, cache_path=None
+        )
 
     def discover(self) -> list[Any]:
         """Every server that answers (empty list if none)."""

@@ -101,15 +101,22 @@ def get(remote: str, local: str, *, recursive: bool, resume: bool, compress: boo
 
 
 def _summary(verb: str, results: list[Any], label: str) -> None:
+    """One line per transfer: what moved, how fast, what was resumed or skipped."""
     from ppcp.cli.progress import human_size
 
-    files = sum(int(getattr(r, "files", 1) or 0) for r in results)
-    size = sum(int(getattr(r, "bytes", 0) or getattr(r, "size", 0) or 0) for r in results)
-    seconds = sum(float(getattr(r, "seconds", 0.0) or getattr(r, "elapsed", 0.0)) for r in results)
-    rate = f", {human_size(size / seconds)}/s" if seconds > 0 else ""
-    plural = "" if files == 1 else "s"
-    click.echo(
-        f"{verb} {files} file{plural} ({human_size(size)}{rate}) "
-        f"{'to' if verb == 'sent' else 'from'} {label}",
-        err=True,
-    )
+    for r in results:
+        moved = int(r.bytes)
+        what = f"{r.files} file{'' if r.files == 1 else 's'}"
+        if r.directories:
+            what += f" in {r.directories} director{'y' if r.directories == 1 else 'ies'}"
+        size = human_size(moved + int(r.resumed_from))
+        extra = f", resumed from {human_size(r.resumed_from)}" if r.resumed_from else ""
+        rate = f", {human_size(moved / r.seconds)}/s" if r.seconds > 0 and moved else ""
+        where = "to" if verb == "sent" else "from"
+        path = f" ({r.path})" if r.path else ""
+        click.echo(
+            f"{verb} {what}, {size}{extra}, {where} {label}{path} in {r.seconds:.1f} s{rate}",
+            err=True,
+        )
+        for name in r.skipped:
+            click.echo(f"ppcp: skipped {name}", err=True)

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from ppcp.transport.aio_driver import AsyncSession
 
 
+# The most one write() queues before waiting for the transport to drain.
+WRITE_SLICE = 256 * 1024
+
+
 class AsyncChannel:
     def __init__(self, session: AsyncSession, channel_id: int, kind: str) -> None:
         self.session = session
@@ -139,15 +143,22 @@ class AsyncChannel:
     async def write(
         self, data: bytes | bytearray | memoryview, stream: int = STREAM_STDOUT
     ) -> None:
-        """Send all of ``data``, waiting for window as needed."""
+        """Send all of ``data``, waiting for window as needed.
+
+        At most :data:`WRITE_SLICE` bytes are queued before waiting for the
+        transport to drain, so a bulk writer never puts more than that in
+        front of another channel's data or a heartbeat.
+        """
         view = memoryview(data)
         while view:
             self._raise_if_dead()
-            sent = self._mux.send_data(self.channel_id, view, stream)
+            sent = self._mux.send_data(self.channel_id, view[:WRITE_SLICE], stream)
             view = view[sent:]
             if sent:
                 await self.session.drain()
-            if view:
+            elif view:
+                # No window right now.  Nothing was awaited since send_data looked,
+                # so a WINDOW_ADJUST cannot slip in between and be missed.
                 await self._wait_change()
 
     async def send_eof(self) -> None:
@@ -186,6 +197,10 @@ class AsyncChannel:
                 self.session.flush()
             except PPCPError:
                 return
+            if self.channel_id not in self._mux.channels:
+                # Closing a channel we had not answered rejects it: no CLOSE
+                # will come back to remove it from the session's table.
+                self.session.channels.pop(self.channel_id, None)
         if self._close is None:
             self._close = (code, reason)
             self._wake()

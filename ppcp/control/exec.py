@@ -36,7 +36,7 @@ import shlex
 import signal as _signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ppcp.control.aio_channel import AsyncChannel, decode_json, encode_json
 from ppcp.control.channels import STREAM_STDERR, STREAM_STDOUT
@@ -129,7 +129,7 @@ class ExecSpec:
                 raise ChannelError(f"exec: invalid environment variable name {key!r}")
             _check_text(key, "environment name")
             _check_text(value, "environment value")
-        if self.timeout is not None and not (0 < self.timeout and math.isfinite(self.timeout)):
+        if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
             raise ChannelError("exec: timeout must be a positive number of seconds")
 
     @classmethod
@@ -332,7 +332,7 @@ class ExecMixin:
     """asyncio client methods mixed into :class:`ppcp.aio.AsyncSession`."""
 
     async def start_exec(
-        self: AsyncSession,
+        self,
         command: str | Sequence[str],
         *,
         cwd: str | None = None,
@@ -346,13 +346,14 @@ class ExecMixin:
         :class:`~ppcp.PolicyDenied` if the server's policy refuses it and
         :class:`~ppcp.ChannelError` if the program cannot be started.
         """
+        session = cast("AsyncSession", self)
         spec = ExecSpec.build(command, cwd, env, timeout)
-        require_capability(self, CAPABILITY)
-        channel = await self.open_channel(KIND, spec.encode())
+        require_capability(session, CAPABILITY)
+        channel = await session.open_channel(KIND, spec.encode())
         return AsyncProcess(channel)
 
     async def exec(
-        self: AsyncSession,
+        self,
         command: str | Sequence[str],
         *,
         stdin: bytes | None = None,
@@ -361,9 +362,10 @@ class ExecMixin:
         timeout: float | None = None,
     ) -> ExecResult:
         """Run ``command`` on the server and collect its output and exit status."""
+        session = cast("AsyncSession", self)
         proc = await self.start_exec(command, cwd=cwd, env=env, timeout=timeout)
         async with proc:
-            feeder = self.spawn(_feed_stdin(proc, stdin))
+            feeder = session.spawn(_feed_stdin(proc, stdin))
             stdout, stderr = bytearray(), bytearray()
             try:
                 async for stream, data in proc:
@@ -469,7 +471,7 @@ class SyncExecMixin:
     """Blocking client methods mixed into :class:`ppcp.Session`."""
 
     def exec(
-        self: Session,
+        self,
         command: str | Sequence[str],
         *,
         stdin: bytes | None = None,
@@ -480,10 +482,11 @@ class SyncExecMixin:
         """Run ``command`` on the server; see :meth:`ExecMixin.exec`."""
         from ppcp.transport.blocking import run
 
-        return run(self.aio.exec(command, stdin=stdin, cwd=cwd, env=env, timeout=timeout))
+        session = cast("Session", self)
+        return run(session.aio.exec(command, stdin=stdin, cwd=cwd, env=env, timeout=timeout))
 
     def start_exec(
-        self: Session,
+        self,
         command: str | Sequence[str],
         *,
         cwd: str | None = None,
@@ -493,7 +496,8 @@ class SyncExecMixin:
         """Start ``command`` for streaming I/O; see :meth:`ExecMixin.start_exec`."""
         from ppcp.transport.blocking import run
 
-        return Process(run(self.aio.start_exec(command, cwd=cwd, env=env, timeout=timeout)))
+        session = cast("Session", self)
+        return Process(run(session.aio.start_exec(command, cwd=cwd, env=env, timeout=timeout)))
 
 
 # -- server -------------------------------------------------------------------------
@@ -548,11 +552,11 @@ def killpg(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
-async def terminate_group(proc: asyncio.subprocess.Process, grace: float = KILL_GRACE) -> None:
-    """SIGTERM the process group; SIGKILL it after ``grace`` seconds."""
+async def terminate_group(proc: asyncio.subprocess.Process, grace: float | None = None) -> None:
+    """SIGTERM the process group; SIGKILL it after ``grace`` (:data:`KILL_GRACE`) seconds."""
     killpg(proc.pid, _signal.SIGTERM)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), grace)
+        await asyncio.wait_for(proc.wait(), KILL_GRACE if grace is None else grace)
     killpg(proc.pid, _signal.SIGKILL)
 
 
@@ -616,13 +620,13 @@ async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
             channel, proc, effective_timeout(spec.timeout, policy.max_exec_seconds)
         )
     finally:
-        if not completed:
-            killpg(proc.pid, _signal.SIGKILL)
-        if proc.returncode is None:
-            killpg(proc.pid, _signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
+        try:
+            if not completed or proc.returncode is None:
+                killpg(proc.pid, _signal.SIGKILL)
+            if proc.returncode is None:
                 await proc.wait()
-        close_subprocess_transport(proc)
+        finally:
+            close_subprocess_transport(proc)  # even if cancelled again while reaping
 
 
 async def _supervise(
@@ -632,9 +636,9 @@ async def _supervise(
     assert proc.stdout is not None and proc.stderr is not None
     timed_out = asyncio.Event()
     background: set[asyncio.Task[Any]] = set()
-    control = asyncio.ensure_future(_control(channel, proc, background))
+    control: asyncio.Future[Any] = asyncio.ensure_future(_control(channel, proc, background))
     feeder = asyncio.ensure_future(_pump_stdin(channel, proc))
-    outputs = asyncio.ensure_future(
+    outputs: asyncio.Future[Any] = asyncio.ensure_future(
         asyncio.gather(
             _pump_output(channel, proc.stdout, STREAM_STDOUT),
             _pump_output(channel, proc.stderr, STREAM_STDERR),
@@ -655,7 +659,7 @@ async def _supervise(
     except PPCPError:
         return False
     finally:
-        tasks = [control, feeder, outputs, *background]
+        tasks: list[asyncio.Future[Any]] = [control, feeder, outputs, *background]
         if timer is not None:
             tasks.append(timer)
         for task in tasks:

@@ -1,25 +1,575 @@
-"""Files service: server handler and client API (being written)."""
+"""Files service: ``put``/``get`` for clients, ``file-put``/``file-get`` for servers.
+
+The exchange itself (entries, resume, chunks, verification) lives in
+:mod:`ppcp.control.transfer` and is the same in both directions; path
+confinement lives in :mod:`ppcp.control.paths`.  This module decides *what*
+is sent and *where* it lands, with scp's rules: a file sent to an existing
+directory goes inside it, and directories need ``recursive=True``.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import os
+import stat
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from ppcp.control.aio_channel import decode_json, encode_json
+from ppcp.control.paths import (
+    MAX_PATH_BYTES,
+    Tree,
+    check_name,
+    display,
+    is_part_name,
+    join,
+    kind_of,
+    open_regular,
+    parse_wire_path,
+    quote,
+)
+from ppcp.control.transfer import (
+    PROTOCOL,
+    Encoding,
+    Progress,
+    ProgressCallback,
+    Receiver,
+    SendDir,
+    SendFile,
+    SendItem,
+    SendSkip,
+    Stats,
+    TransferResult,
+    abort,
+    choose_encoding,
+    field_bool,
+    field_str,
+    field_uint,
+    send_entries,
+)
+from ppcp.core.errors import (
+    ChannelError,
+    CloseCode,
+    PPCPError,
+    RemotePathError,
+    TransferError,
+)
 
 if TYPE_CHECKING:
     from ppcp.control.aio_channel import AsyncChannel
     from ppcp.control.router import ServerPolicy
+    from ppcp.transport.aio_driver import AsyncSession
+    from ppcp.transport.blocking import Session
+
+__all__ = ["FilesMixin", "SyncFilesMixin", "TransferResult", "serve_get", "serve_put"]
+
+CAPABILITY = "files"
+MAX_ENTRIES = 1_000_000  # entries in one recursive transfer
+LocalPath = str | os.PathLike[str]
 
 
 class FilesMixin:
     """asyncio client methods mixed into :class:`ppcp.aio.AsyncSession`."""
 
+    async def put(
+        self,
+        local: LocalPath,
+        remote: str,
+        *,
+        recursive: bool = False,
+        progress: ProgressCallback | None = None,
+        resume: bool = True,
+        compress: bool = False,
+    ) -> TransferResult:
+        """Upload ``local`` (a file, or a directory with ``recursive=True``) to ``remote``.
+
+        ``remote`` is relative to the server's root; an existing directory
+        receives the file inside it.  ``progress(done, total, bytes_per_s)``
+        is called as data moves.  An interrupted upload resumes from what
+        the server verifiably holds when ``resume`` is true.  ``compress``
+        asks for zlib when both peers support it.
+        """
+        return await put_files(
+            cast("AsyncSession", self), local, remote, recursive, progress, resume, compress
+        )
+
+    async def get(
+        self,
+        remote: str,
+        local: LocalPath,
+        *,
+        recursive: bool = False,
+        progress: ProgressCallback | None = None,
+        resume: bool = True,
+        compress: bool = False,
+    ) -> TransferResult:
+        """Download ``remote`` (relative to the server's root) to ``local``."""
+        return await get_files(
+            cast("AsyncSession", self), remote, local, recursive, progress, resume, compress
+        )
+
 
 class SyncFilesMixin:
-    """Blocking client methods mixed into :class:`ppcp.Session`."""
+    """Blocking client methods mixed into :class:`ppcp.Session`.
+
+    ``progress`` is called on the PPCP loop thread; it must not call back into
+    the blocking API.
+    """
+
+    def put(
+        self,
+        local: LocalPath,
+        remote: str,
+        *,
+        recursive: bool = False,
+        progress: ProgressCallback | None = None,
+        resume: bool = True,
+        compress: bool = False,
+    ) -> TransferResult:
+        """Upload ``local`` to ``remote``; see :meth:`FilesMixin.put`."""
+        from ppcp.transport.blocking import run
+
+        return run(
+            cast("Session", self).aio.put(
+                local,
+                remote,
+                recursive=recursive,
+                progress=progress,
+                resume=resume,
+                compress=compress,
+            )
+        )
+
+    def get(
+        self,
+        remote: str,
+        local: LocalPath,
+        *,
+        recursive: bool = False,
+        progress: ProgressCallback | None = None,
+        resume: bool = True,
+        compress: bool = False,
+    ) -> TransferResult:
+        """Download ``remote`` to ``local``; see :meth:`FilesMixin.get`."""
+        from ppcp.transport.blocking import run
+
+        return run(
+            cast("Session", self).aio.get(
+                remote,
+                local,
+                recursive=recursive,
+                progress=progress,
+                resume=resume,
+                compress=compress,
+            )
+        )
+
+
+# -- client ----------------------------------------------------------------------------------
+
+
+async def put_files(
+    session: AsyncSession,
+    local: LocalPath,
+    remote: str,
+    recursive: bool,
+    progress: ProgressCallback | None,
+    resume: bool,
+    compress: bool,
+) -> TransferResult:
+    if not isinstance(remote, str):
+        raise TypeError("the remote path must be a str")
+    src = os.path.abspath(os.fspath(local))
+    try:
+        st = os.stat(src)
+    except OSError as exc:
+        raise TransferError(f"local path {quote(src)}: {exc.strerror}") from None
+    name = os.path.basename(src) or "root"
+    try:
+        check_name(name, "local name")
+    except RemotePathError as exc:
+        raise TransferError(exc.message) from None
+    if stat.S_ISDIR(st.st_mode):
+        if not recursive:
+            raise TransferError(f"{quote(src)} is a directory (use recursive=True)")
+        kind = "dir"
+        items, total = await asyncio.to_thread(local_items, src)
+    elif stat.S_ISREG(st.st_mode):
+        kind = "file"
+        items, total = [SendFile((), st.st_size, local_opener(src), quote(src))], st.st_size
+    else:
+        raise TransferError(
+            f"{quote(src)} is a {kind_of(st.st_mode)}; only regular files and directories "
+            "can be sent"
+        )
+    require_files(session)
+    encoding = choose_encoding(session.capabilities, compress)
+    request = {
+        "v": PROTOCOL,
+        "path": remote,
+        "type": kind,
+        "name": name,
+        "resume": resume,
+        "zlib": encoding.zlib,
+    }
+    channel = await session.open_channel("file-put", encode_json(request))
+    tracker = Progress(progress, total)
+    stats = Stats()
+    try:
+        answer = decode_json(channel.open_payload, "file-put answer")
+        dest = field_str(answer, "path", "file-put answer")
+        await send_entries(channel, encoding, items, tracker, stats)
+    except BaseException as exc:
+        await abort(channel, exc)
+        raise
+    await channel.close()
+    return stats.result(tracker, dest, encoding, single=kind == "file")
+
+
+async def get_files(
+    session: AsyncSession,
+    remote: str,
+    local: LocalPath,
+    recursive: bool,
+    progress: ProgressCallback | None,
+    resume: bool,
+    compress: bool,
+) -> TransferResult:
+    if not isinstance(remote, str):
+        raise TypeError("the remote path must be a str")
+    require_files(session)
+    encoding = choose_encoding(session.capabilities, compress)
+    request = {"v": PROTOCOL, "path": remote, "recursive": recursive, "zlib": encoding.zlib}
+    channel = await session.open_channel("file-get", encode_json(request))
+    try:
+        answer = decode_json(channel.open_payload, "file-get answer")
+        kind = field_str(answer, "type", "file-get answer")
+        name = check_name(field_str(answer, "name", "file-get answer"), "name sent by the server")
+        total = field_uint(answer, "size", "file-get answer")
+        if kind not in ("file", "dir") or (kind == "dir" and not recursive):
+            raise ChannelError(f"unexpected file-get answer type {kind!r}")
+        tree, base, shown = local_destination(local, kind, name)
+        tracker = Progress(progress, total)
+        stats = Stats()
+        receiver = Receiver(
+            channel, encoding, tree, base, resume, tracker, stats, single=kind == "file"
+        )
+        await receiver.run()
+    except BaseException as exc:
+        await abort(channel, exc)
+        raise
+    await channel.close()
+    return stats.result(tracker, shown, encoding, single=kind == "file")
+
+
+def require_files(session: AsyncSession) -> None:
+    session.raise_if_failed()
+    if CAPABILITY not in session.capabilities:
+        raise ChannelError(f"the peer does not offer {CAPABILITY!r} (no file transfer service)")
+
+
+def local_destination(local: LocalPath, kind: str, name: str) -> tuple[Tree, tuple[str, ...], str]:
+    """(confining tree, base below it, display path) for what a get writes locally.
+
+    The tree is the directory the user named (or the parent of a file they
+    named): nothing the server sends can land outside it.
+    """
+    dest = os.path.abspath(os.fspath(local))
+    if os.path.isdir(dest):
+        return Tree(dest), (name,), os.path.join(dest, name)
+    if kind == "file":
+        parent, leaf = os.path.split(dest)
+        if not os.path.isdir(parent):
+            raise TransferError(f"local directory {quote(parent)} does not exist")
+        return Tree(parent), (leaf,), dest
+    try:
+        os.mkdir(dest)
+    except OSError as exc:
+        raise TransferError(
+            f"cannot create local directory {quote(dest)}: {exc.strerror}"
+        ) from None
+    return Tree(dest), (), dest
+
+
+def local_opener(path: str) -> Callable[[], int]:
+    def open_local() -> int:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise TransferError(f"cannot open {quote(path)}: {exc.strerror}") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise TransferError(f"{quote(path)} is a {kind_of(st.st_mode)}, not a regular file")
+        os.set_blocking(fd, True)
+        return fd
+
+    return open_local
+
+
+def local_items(top: str) -> tuple[list[SendItem], int]:
+    """Everything below the local directory ``top``, parents before children.
+
+    Symlinks to files are followed; symlinks to directories, special files,
+    names the wire cannot carry and unfinished part files are skipped (and
+    reported).
+    """
+    st = os.stat(top)
+    items: list[SendItem] = [SendDir((), stat.S_IMODE(st.st_mode), st.st_mtime_ns)]
+    total = 0
+    stack: list[tuple[str, ...]] = [()]
+    while stack:
+        rel = stack.pop()
+        path = os.path.join(top, *rel)
+        try:
+            with os.scandir(path) as it:
+                entries = sorted((e.name, e.is_symlink()) for e in it)
+        except OSError as exc:
+            raise TransferError(f"cannot list {quote(path)}: {exc.strerror}") from None
+        subdirs = []
+        for name, is_link in entries:
+            child = (*rel, name)
+            full = os.path.join(path, name)
+            reason = skip_reason(name, child) or local_kind(full, is_link)
+            if reason is not None:
+                items.append(SendSkip(display(join(child)), reason))
+                continue
+            est = os.stat(full)
+            if stat.S_ISDIR(est.st_mode):
+                items.append(SendDir(child, stat.S_IMODE(est.st_mode), est.st_mtime_ns))
+                subdirs.append(child)
+            else:
+                items.append(SendFile(child, est.st_size, local_opener(full), quote(full)))
+                total += est.st_size
+            if len(items) > MAX_ENTRIES:
+                raise TransferError(f"{quote(top)} holds more than {MAX_ENTRIES} entries")
+        stack.extend(reversed(subdirs))
+    return items, total
+
+
+def local_kind(path: str, is_link: bool) -> str | None:
+    """Why a local entry is not sent (None for a directory or a regular file)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"cannot stat: {exc.strerror}"
+    if stat.S_ISDIR(st.st_mode):
+        return "symlink to a directory (not followed)" if is_link else None
+    if stat.S_ISREG(st.st_mode):
+        return None
+    return f"{kind_of(st.st_mode)} (not transferred)"
+
+
+def skip_reason(name: str, rel: tuple[str, ...]) -> str | None:
+    """Why a listed name cannot be transferred, or None."""
+    try:
+        check_name(name)
+    except RemotePathError:
+        return "unsafe file name (control characters, invalid UTF-8 or too long)"
+    if is_part_name(name):
+        return "unfinished transfer (part file)"
+    if len(join(rel).encode("utf-8")) > MAX_PATH_BYTES:
+        return f"path longer than {MAX_PATH_BYTES} bytes"
+    return None
+
+
+# -- server ----------------------------------------------------------------------------------------
+
+
+def _open_request(channel: AsyncChannel, what: str) -> dict[str, Any]:
+    request = decode_json(channel.open_payload, what)
+    if request.get("v") != PROTOCOL:
+        raise ChannelError(f"unsupported {what} version {request.get('v')!r}")
+    return request
+
+
+def _encoding(channel: AsyncChannel, request: dict[str, Any], what: str) -> Encoding:
+    want_zlib = field_bool(request, "zlib", what)
+    encoding = choose_encoding(channel.session.capabilities, want_zlib)
+    if want_zlib and not encoding.zlib:
+        raise ChannelError("zlib compression requested but not negotiated")
+    return encoding
+
+
+def _refuse(channel: AsyncChannel, exc: PPCPError) -> None:
+    code = int(exc.code) if exc.code >= CloseCode.CHANNEL_ERROR else CloseCode.CHANNEL_ERROR
+    channel.reject(code, exc.message)
 
 
 async def serve_put(channel: AsyncChannel, policy: ServerPolicy) -> None:
-    channel.reject(0x0102, "file service not available yet")
+    """Receive what a client puts, below ``policy.root``."""
+    if not policy.allow_files:
+        channel.reject(CloseCode.POLICY_DENIED, "file transfer is disabled by the server's policy")
+        return
+    what = "file-put request"
+    try:
+        request = _open_request(channel, what)
+        kind = field_str(request, "type", what)
+        if kind not in ("file", "dir"):
+            raise ChannelError(f"malformed {what}: 'type' must be 'file' or 'dir'")
+        tree = Tree(policy.root)
+        dest = await asyncio.to_thread(
+            put_destination,
+            tree,
+            parse_wire_path(request.get("path")),
+            kind,
+            check_name(field_str(request, "name", what)),
+        )
+        resume = field_bool(request, "resume", what)
+        encoding = _encoding(channel, request, what)
+    except PPCPError as exc:
+        _refuse(channel, exc)
+        return
+    channel.accept(encode_json({"v": PROTOCOL, "path": join(dest)}))
+    receiver = Receiver(
+        channel, encoding, tree, dest, resume, Progress(None, 0), Stats(), single=kind == "file"
+    )
+    await receiver.run()
+
+
+def put_destination(tree: Tree, parts: tuple[str, ...], kind: str, name: str) -> tuple[str, ...]:
+    """Where a put of ``kind`` named ``name`` to ``parts`` lands (scp's rules)."""
+    with tree.resolve(parts) as t:
+        if t.is_dir:
+            dest = (*t.parts, name)
+        elif t.st is None or (kind == "file" and t.is_file):
+            dest = t.parts
+        elif kind == "dir":
+            raise RemotePathError(f"{quote(t.path)} exists and is not a directory")
+        else:
+            assert t.st is not None
+            raise RemotePathError(f"{quote(t.path)} is a {kind_of(t.st.st_mode)}; refusing it")
+    with tree.resolve(dest) as d:
+        if d.st is None:
+            return d.parts
+        if kind == "file" and d.is_dir:
+            raise TransferError(f"cannot overwrite directory {quote(d.path)} with a file")
+        if kind == "dir" and not d.is_dir:
+            raise RemotePathError(f"{quote(d.path)} exists and is not a directory")
+        if not (d.is_dir or d.is_file):
+            raise RemotePathError(f"{quote(d.path)} is a {kind_of(d.st.st_mode)}; refusing it")
+        return d.parts
 
 
 async def serve_get(channel: AsyncChannel, policy: ServerPolicy) -> None:
-    channel.reject(0x0102, "file service not available yet")
+    """Send what a client gets, from below ``policy.root``."""
+    if not policy.allow_files:
+        channel.reject(CloseCode.POLICY_DENIED, "file transfer is disabled by the server's policy")
+        return
+    what = "file-get request"
+    try:
+        request = _open_request(channel, what)
+        recursive = field_bool(request, "recursive", what)
+        encoding = _encoding(channel, request, what)
+        tree = Tree(policy.root)
+        kind, name, items, total = await asyncio.to_thread(
+            get_source, tree, parse_wire_path(request.get("path")), recursive
+        )
+    except PPCPError as exc:
+        _refuse(channel, exc)
+        return
+    files = sum(isinstance(item, SendFile) for item in items)
+    channel.accept(
+        encode_json({"v": PROTOCOL, "type": kind, "name": name, "size": total, "files": files})
+    )
+    await send_entries(channel, encoding, items, Progress(None, total), Stats())
+
+
+def get_source(
+    tree: Tree, parts: tuple[str, ...], recursive: bool
+) -> tuple[str, str, list[SendItem], int]:
+    """(kind, name, items, total bytes) for a get of ``parts``."""
+    with tree.resolve(parts) as t:
+        if t.st is None:
+            raise RemotePathError(f"{quote(join(parts))}: no such file or directory")
+        name = t.name if t.name != "." else (os.path.basename(tree.root) or "root")
+        if t.is_file:
+            shown = quote(t.path)
+            return (
+                "file",
+                name,
+                [SendFile((), t.st.st_size, remote_opener(tree, t.parts), shown)],
+                t.st.st_size,
+            )
+        if not t.is_dir:
+            raise RemotePathError(
+                f"{quote(t.path)} is a {kind_of(t.st.st_mode)}; only regular files and "
+                "directories can be transferred"
+            )
+        if not recursive:
+            raise TransferError(f"{quote(t.path)} is a directory (use recursive=True)")
+        top = SendDir((), stat.S_IMODE(t.st.st_mode), t.st.st_mtime_ns)
+        base = t.parts
+    items, total = remote_items(tree, base)
+    return "dir", name, [top, *items], total
+
+
+def remote_opener(tree: Tree, parts: tuple[str, ...]) -> Callable[[], int]:
+    def open_remote() -> int:
+        with tree.resolve(parts) as t:
+            return open_regular(t)
+
+    return open_remote
+
+
+def remote_items(tree: Tree, base: tuple[str, ...]) -> tuple[list[SendItem], int]:
+    """Everything below ``base``, parents first; anything unsafe is skipped and reported."""
+    items: list[SendItem] = []
+    total = 0
+    stack: list[tuple[str, ...]] = [()]
+    while stack:
+        rel = stack.pop()
+        subdirs = []
+        for name, lst in list_dir(tree, (*base, *rel)):
+            child = (*rel, name)
+            shown = display(join(child))
+            reason = skip_reason(name, child)
+            st = lst
+            if reason is None and stat.S_ISLNK(lst.st_mode):
+                try:
+                    with tree.resolve((*base, *child)) as target:
+                        if target.st is None:
+                            reason = "dangling symlink"
+                        elif target.is_dir:
+                            reason = "symlink to a directory (not followed)"
+                        else:
+                            st = target.st
+                except RemotePathError:
+                    reason = "symlink pointing outside the root"
+            if reason is None:
+                if stat.S_ISDIR(st.st_mode):
+                    items.append(SendDir(child, stat.S_IMODE(st.st_mode), st.st_mtime_ns))
+                    subdirs.append(child)
+                elif stat.S_ISREG(st.st_mode):
+                    opener = remote_opener(tree, (*base, *child))
+                    items.append(SendFile(child, st.st_size, opener, quote(join(child))))
+                    total += st.st_size
+                else:
+                    reason = f"{kind_of(st.st_mode)} (not transferred)"
+            if reason is not None:
+                items.append(SendSkip(shown, reason))
+            if len(items) > MAX_ENTRIES:
+                raise TransferError(f"the directory holds more than {MAX_ENTRIES} entries")
+        stack.extend(reversed(subdirs))
+    return items, total
+
+
+def list_dir(tree: Tree, parts: tuple[str, ...]) -> list[tuple[str, os.stat_result]]:
+    """(name, lstat) of each entry of a directory inside ``tree``, sorted by name."""
+    with tree.resolve(parts) as t:
+        if not t.is_dir:
+            raise TransferError(f"{quote(t.path)} is no longer a directory")
+        try:
+            fd = os.open(
+                t.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=t.dir_fd
+            )
+        except OSError as exc:
+            raise TransferError(f"cannot open {quote(t.path)}: {exc.strerror}") from None
+    try:
+        with os.scandir(fd) as it:
+            entries = [(e.name, e.stat(follow_symlinks=False)) for e in it]
+        return sorted(entries, key=lambda entry: entry[0])
+    except OSError as exc:
+        raise TransferError(f"cannot list {quote(join(parts))}: {exc.strerror}") from None
+    finally:
+        os.close(fd)

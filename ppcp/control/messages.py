@@ -24,7 +24,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ppcp.control.aio_channel import AsyncChannel, decode_json, encode_json
 from ppcp.core.errors import ChannelError, CloseCode, error_for_code
@@ -105,6 +105,10 @@ class MessageChannel:
             raise ChannelError("the message channel was closed by the peer", remote=True)
         return data
 
+    async def end(self) -> None:
+        """Send no more messages (half-close); replies can still be received."""
+        await self._channel.send_eof()
+
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iterate()
 
@@ -161,14 +165,15 @@ class MessageChannel:
 class MessagesMixin:
     """asyncio client methods mixed into :class:`ppcp.aio.AsyncSession`."""
 
-    async def open_messages(self: AsyncSession, topic: str = DEFAULT_TOPIC) -> MessageChannel:
+    async def open_messages(self, topic: str = DEFAULT_TOPIC) -> MessageChannel:
         """Open a message channel on ``topic``; see :class:`MessageChannel`."""
+        session = cast("AsyncSession", self)
         check_topic(topic)
-        self.raise_if_failed()
-        if "channels" not in self.capabilities:
+        session.raise_if_failed()
+        if "channels" not in session.capabilities:
             raise ChannelError("the peer does not offer 'channels' (no such capability)")
-        channel = await self.open_channel(KIND, encode_json({"topic": topic}))
-        return MessageChannel(channel, topic, self.config.max_message_size)
+        channel = await session.open_channel(KIND, encode_json({"topic": topic}))
+        return MessageChannel(channel, topic, session.config.max_message_size)
 
 
 class SyncMessageChannel:
@@ -191,6 +196,9 @@ class SyncMessageChannel:
     def recv(self, timeout: float | None = None) -> bytes:
         """The next message; TimeoutError if ``timeout`` passes (the channel stays usable)."""
         return _run(_timed(self._inner.recv(), timeout))
+
+    def end(self) -> None:
+        _run(self._inner.end())
 
     def __iter__(self) -> Iterator[bytes]:
         while True:
@@ -228,9 +236,9 @@ async def _timed(aw: Coroutine[Any, Any, T], timeout: float | None) -> T:
 class SyncMessagesMixin:
     """Blocking client methods mixed into :class:`ppcp.Session`."""
 
-    def open_messages(self: Session, topic: str = DEFAULT_TOPIC) -> SyncMessageChannel:
+    def open_messages(self, topic: str = DEFAULT_TOPIC) -> SyncMessageChannel:
         """Open a message channel on ``topic``; see :class:`MessageChannel`."""
-        return SyncMessageChannel(_run(self.aio.open_messages(topic)))
+        return SyncMessageChannel(_run(cast("Session", self).aio.open_messages(topic)))
 
 
 # -- server side --------------------------------------------------------------------
@@ -307,12 +315,18 @@ async def serve_message(channel: AsyncChannel, policy: ServerPolicy) -> None:
         log.info("message from %s on topic %r: %s", peer, topic, _preview(data))
         if hook is None:
             continue
-        reply = hook(peer, topic, data)
-        if inspect.isawaitable(reply):
-            reply = await reply
+        try:
+            reply = hook(peer, topic, data)
+            if inspect.isawaitable(reply):
+                reply = await reply
+            if reply is not None and not isinstance(reply, bytes | bytearray | memoryview):
+                raise TypeError(f"on_message returned {type(reply).__name__}, not bytes")
+        except Exception as exc:
+            # The sender learns that its message was not handled; the server lives on.
+            log.exception("on_message failed for a message from %s on %r", peer, topic)
+            await channel.close(CloseCode.CHANNEL_ERROR, f"message handler failed ({type(exc).__name__})")
+            return
         if reply is not None:
-            if not isinstance(reply, bytes | bytearray | memoryview):
-                raise TypeError("on_message must return bytes or None")
             await messages.send(reply)
 
 

@@ -46,7 +46,9 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 def display(text: str) -> str:
     """``text`` made safe for a terminal or a log line: escapes, bounded length."""
     out = "".join(
-        c if c.isprintable() and c not in _SPOOFING else f"\\x{ord(c):02x}"
+        c
+        if c.isprintable() and c not in _SPOOFING
+        else f"\\x{ord(c):02x}"
         if ord(c) < 0x100
         else f"\\u{ord(c):04x}"
         for c in text
@@ -57,6 +59,11 @@ def display(text: str) -> str:
     return out or "."
 
 
+def quote(text: str) -> str:
+    """``text`` displayed safely, in quotes, for an error message."""
+    return f"'{display(text)}'"
+
+
 def check_name(name: str, what: str = "name") -> str:
     """One path component as it may be created or sent: refuse anything unsafe."""
     if not isinstance(name, str) or not name:
@@ -64,20 +71,18 @@ def check_name(name: str, what: str = "name") -> str:
     if name in (".", ".."):
         raise RemotePathError(f"{what}: {name!r} is not a file name")
     if "/" in name or "\x00" in name:
-        raise RemotePathError(f"{what} {display(name)!r}: a file name cannot contain '/'")
+        raise RemotePathError(f"{what} {quote(name)}: a file name cannot contain '/'")
     if has_control_chars(name) or not _SPOOFING.isdisjoint(name):
         raise RemotePathError(
-            f"{what} {display(name)!r}: control characters (or bidirectional overrides) "
+            f"{what} {quote(name)}: control characters (or bidirectional overrides) "
             "are not allowed in file names"
         )
     try:
         raw = name.encode("utf-8")
     except UnicodeEncodeError:
-        raise RemotePathError(f"{what} {display(name)!r}: not valid UTF-8") from None
+        raise RemotePathError(f"{what} {quote(name)}: not valid UTF-8") from None
     if len(raw) > MAX_NAME_BYTES:
-        raise RemotePathError(
-            f"{what} {display(name)!r}: a name is limited to {MAX_NAME_BYTES} bytes"
-        )
+        raise RemotePathError(f"{what} {quote(name)}: a name is limited to {MAX_NAME_BYTES} bytes")
     return name
 
 
@@ -88,12 +93,12 @@ def parse_wire_path(path: object, what: str = "path") -> tuple[str, ...]:
     try:
         size = len(path.encode("utf-8"))
     except UnicodeEncodeError:
-        raise RemotePathError(f"{what} {display(path)!r}: not valid UTF-8") from None
+        raise RemotePathError(f"{what} {quote(path)}: not valid UTF-8") from None
     if size > MAX_PATH_BYTES:
         raise RemotePathError(f"{what}: {size} bytes; paths are limited to {MAX_PATH_BYTES}")
     if path.startswith("/"):
         raise RemotePathError(
-            f"{what} {display(path)!r}: absolute paths are refused (paths are relative to "
+            f"{what} {quote(path)}: absolute paths are refused (paths are relative to "
             "the server's root)"
         )
     parts = []
@@ -101,7 +106,7 @@ def parse_wire_path(path: object, what: str = "path") -> tuple[str, ...]:
         if part in ("", "."):
             continue
         if part == "..":
-            raise RemotePathError(f"{what} {display(path)!r}: '..' is not allowed")
+            raise RemotePathError(f"{what} {quote(path)}: '..' is not allowed")
         parts.append(check_name(part, what))
     return tuple(parts)
 
@@ -191,78 +196,88 @@ class Tree:
     def resolve(self, parts: Iterable[str], what: str = "path") -> Target:
         """Walk ``parts`` from the root, following symlinks only while they stay inside."""
         wanted = tuple(parts)
-        shown = display(join(wanted))
+        shown = quote(join(wanted))
         pending: deque[str] = deque(wanted)
         fds: list[int] = []  # open directories below the root, innermost last
         names: list[str] = []
         root_fd = self._open_root()
-        expansions = 0
         try:
-            while True:
-                cur = fds[-1] if fds else root_fd
-                if not pending:
-                    # Only after "." or ".." from a symlink's target: the target
-                    # is the directory we are in.  Express it as (parent, name).
-                    st = os.fstat(cur)
-                    if not names:
-                        return Target(os.dup(root_fd), ".", (), st)
-                    name = names.pop()
-                    os.close(fds.pop())
-                    parent = fds[-1] if fds else root_fd
-                    return Target(os.dup(parent), name, (*names, name), st)
-                name = pending.popleft()
-                if name in ("", "."):
-                    continue
-                if name == "..":  # only from a symlink's target
-                    if not fds:
-                        raise RemotePathError(f"{what} {shown!r}: a symlink points outside the root")
-                    os.close(fds.pop())
-                    names.pop()
-                    continue
-                try:
-                    st = os.stat(name, dir_fd=cur, follow_symlinks=False)
-                except FileNotFoundError:
-                    if pending:
-                        raise RemotePathError(
-                            f"{what} {shown!r}: {display(name)!r} does not exist"
-                        ) from None
-                    return Target(os.dup(cur), name, (*names, name), None)
-                if stat.S_ISLNK(st.st_mode):
-                    expansions += 1
-                    if expansions > MAX_SYMLINKS:
-                        raise RemotePathError(f"{what} {shown!r}: too many levels of symlinks")
-                    target = os.readlink(name, dir_fd=cur)
-                    if target.startswith("/"):
-                        inside = self._inside(target)
-                        if inside is None:
-                            raise RemotePathError(
-                                f"{what} {shown!r}: symlink {display(name)!r} points outside "
-                                "the root"
-                            )
-                        for fd in fds:
-                            os.close(fd)
-                        fds.clear()
-                        names.clear()
-                        pending.extendleft(reversed(inside))
-                    else:
-                        pending.extendleft(reversed(target.split("/")))
-                    continue
-                if not pending:
-                    return Target(os.dup(cur), name, (*names, name), st)
-                if not stat.S_ISDIR(st.st_mode):
-                    raise RemotePathError(f"{what} {shown!r}: {display(name)!r} is not a directory")
-                try:
-                    fds.append(os.open(name, _DIR_FLAGS, dir_fd=cur))
-                except OSError as exc:
-                    # ELOOP/ENOTDIR: swapped for a symlink or a file since the stat.
-                    raise RemotePathError(
-                        f"{what} {shown!r}: cannot open {display(name)!r}: {exc.strerror}"
-                    ) from None
-                names.append(name)
+            return self._walk(root_fd, pending, fds, names, what, shown)
+        except OSError as exc:
+            raise RemotePathError(f"{what} {shown}: {exc.strerror or exc}") from None
         finally:
             for fd in fds:
                 os.close(fd)
             os.close(root_fd)
+
+    def _walk(
+        self,
+        root_fd: int,
+        pending: deque[str],
+        fds: list[int],
+        names: list[str],
+        what: str,
+        shown: str,
+    ) -> Target:
+        expansions = 0
+        while True:
+            cur = fds[-1] if fds else root_fd
+            if not pending:
+                # Only after "." or ".." from a symlink's target: the target
+                # is the directory we are in.  Express it as (parent, name).
+                st = os.fstat(cur)
+                if not names:
+                    return Target(os.dup(root_fd), ".", (), st)
+                name = names.pop()
+                os.close(fds.pop())
+                parent = fds[-1] if fds else root_fd
+                return Target(os.dup(parent), name, (*names, name), st)
+            name = pending.popleft()
+            if name in ("", "."):
+                continue
+            if name == "..":  # only from a symlink's target
+                if not fds:
+                    raise RemotePathError(f"{what} {shown}: a symlink points outside the root")
+                os.close(fds.pop())
+                names.pop()
+                continue
+            try:
+                st = os.stat(name, dir_fd=cur, follow_symlinks=False)
+            except FileNotFoundError:
+                if pending:
+                    raise RemotePathError(f"{what} {shown}: {quote(name)} does not exist") from None
+                return Target(os.dup(cur), name, (*names, name), None)
+            if stat.S_ISLNK(st.st_mode):
+                expansions += 1
+                if expansions > MAX_SYMLINKS:
+                    raise RemotePathError(f"{what} {shown}: too many levels of symlinks")
+                target = os.readlink(name, dir_fd=cur)
+                if target.startswith("/"):
+                    inside = self._inside(target)
+                    if inside is None:
+                        raise RemotePathError(
+                            f"{what} {shown}: symlink {quote(name)} points outside the root"
+                        )
+                    for fd in fds:
+                        os.close(fd)
+                    fds.clear()
+                    names.clear()
+                    pending.extendleft(reversed(inside))
+                else:
+                    pending.extendleft(reversed(target.split("/")))
+                continue
+            if not pending:
+                return Target(os.dup(cur), name, (*names, name), st)
+            if not stat.S_ISDIR(st.st_mode):
+                raise RemotePathError(f"{what} {shown}: {quote(name)} is not a directory")
+            try:
+                fds.append(os.open(name, _DIR_FLAGS, dir_fd=cur))
+            except OSError as exc:
+                # ELOOP/ENOTDIR: swapped for a symlink or a file since the stat.
+                raise RemotePathError(
+                    f"{what} {shown}: cannot open {quote(name)}: {exc.strerror}"
+                ) from None
+            names.append(name)
 
     def _inside(self, target: str) -> tuple[str, ...] | None:
         norm = os.path.normpath(target)
@@ -277,21 +292,20 @@ class Tree:
 def open_regular(target: Target, what: str = "path") -> int:
     """Open an existing regular file for reading without following a symlink or blocking."""
     if target.st is None:
-        raise RemotePathError(f"{what} {display(target.path)!r}: no such file")
+        raise RemotePathError(f"{what} {quote(target.path)}: no such file")
     if not stat.S_ISREG(target.st.st_mode):
         raise RemotePathError(
-            f"{what} {display(target.path)!r}: a {kind_of(target.st.st_mode)} cannot be "
-            "transferred"
+            f"{what} {quote(target.path)}: a {kind_of(target.st.st_mode)} cannot be transferred"
         )
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         fd = os.open(target.name, flags, dir_fd=target.dir_fd)
     except OSError as exc:
-        raise RemotePathError(f"{what} {display(target.path)!r}: {exc.strerror}") from None
+        raise RemotePathError(f"{what} {quote(target.path)}: {exc.strerror}") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):  # swapped since the lstat
         os.close(fd)
-        raise RemotePathError(f"{what} {display(target.path)!r}: not a regular file")
+        raise RemotePathError(f"{what} {quote(target.path)}: not a regular file")
     os.set_blocking(fd, True)
     return fd
 
@@ -308,16 +322,16 @@ def open_part(dir_fd: int, name: str, shown: str) -> int:
             fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise RemotePathError(f"{shown!r}: its part file is a symlink") from None
+                raise RemotePathError(f"{shown}: its part file is a symlink") from None
             raise
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            raise RemotePathError(f"{shown!r}: its part file is a {kind_of(st.st_mode)}")
+            raise RemotePathError(f"{shown}: its part file is a {kind_of(st.st_mode)}")
         if st.st_nlink <= 1:
             return fd
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=dir_fd)
         flags |= os.O_EXCL
-    raise RemotePathError(f"{shown!r}: cannot create its part file")
+    raise RemotePathError(f"{shown}: cannot create its part file")

@@ -31,7 +31,7 @@ import termios
 import threading
 import tty
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ppcp.control.aio_channel import AsyncChannel, decode_json, encode_json
 from ppcp.control.exec import (
@@ -201,7 +201,7 @@ class ShellMixin:
     """asyncio client methods mixed into :class:`ppcp.aio.AsyncSession`."""
 
     async def open_shell(
-        self: AsyncSession,
+        self,
         *,
         term: str = DEFAULT_TERM,
         cols: int = 80,
@@ -212,9 +212,10 @@ class ShellMixin:
 
         ``command`` (run by the user's shell) replaces the login shell.
         """
+        session = cast("AsyncSession", self)
         spec = ShellSpec(term, cols, rows, command)
-        require_capability(self, CAPABILITY)
-        return AsyncShell(await self.open_channel(KIND, spec.encode()))
+        require_capability(session, CAPABILITY)
+        return AsyncShell(await session.open_channel(KIND, spec.encode()))
 
 
 class Shell:
@@ -277,7 +278,7 @@ class SyncShellMixin:
     """Blocking client methods mixed into :class:`ppcp.Session`."""
 
     def open_shell(
-        self: Session,
+        self,
         *,
         term: str = DEFAULT_TERM,
         cols: int = 80,
@@ -285,10 +286,11 @@ class SyncShellMixin:
         command: str | None = None,
     ) -> Shell:
         """A shell for programs and tests; see :meth:`ShellMixin.open_shell`."""
-        return Shell(_run(self.aio.open_shell(term=term, cols=cols, rows=rows, command=command)))
+        session = cast("Session", self)
+        return Shell(_run(session.aio.open_shell(term=term, cols=cols, rows=rows, command=command)))
 
     def shell(
-        self: Session,
+        self,
         command: str | None = None,
         *,
         term: str | None = None,
@@ -328,7 +330,7 @@ def _attach(sh: Shell, in_fd: int, out_fd: int) -> int:
     forwarder: Any = None
     try:
         if saved is not None:
-            tty.setraw(in_fd)
+            tty.setraw(in_fd, termios.TCSADRAIN)  # as ssh does: keep typeahead
         if watching_winch:
 
             def on_winch(signum: int, frame: object) -> None:
@@ -419,10 +421,8 @@ async def serve_shell(channel: AsyncChannel, policy: ServerPolicy) -> None:
         channel.reject(exc.code, exc.message)
         return
     shell = user_shell()
-    if spec.command is None:
-        argv = ["-" + os.path.basename(shell)]  # a login shell, as sshd starts it
-    else:
-        argv = [shell, "-c", spec.command]
+    # No command: a login shell ("-bash" as argv[0]), as sshd starts it.
+    argv = ["-" + os.path.basename(shell)] if spec.command is None else [shell, "-c", spec.command]
     env = dict(os.environ)
     env["TERM"] = spec.term
     master, slave = os.openpty()
@@ -454,24 +454,25 @@ async def serve_shell(channel: AsyncChannel, policy: ServerPolicy) -> None:
         channel.accept(encode_json({"pid": proc.pid}))
         completed = await _supervise(channel, proc, master)
     finally:
-        if not completed or proc.returncode is None:
-            killpg(proc.pid, _signal.SIGHUP)
-            killpg(proc.pid, _signal.SIGKILL)
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
+        try:
+            if not completed or proc.returncode is None:
+                killpg(proc.pid, _signal.SIGHUP)
+                killpg(proc.pid, _signal.SIGKILL)
+            if proc.returncode is None:
                 await proc.wait()
-        os.close(master)
-        close_subprocess_transport(proc)
+        finally:
+            os.close(master)
+            close_subprocess_transport(proc)  # even if cancelled again while reaping
 
 
 async def _supervise(channel: AsyncChannel, proc: asyncio.subprocess.Process, master: int) -> bool:
     exited = asyncio.Event()
-    output = asyncio.ensure_future(_pump_output(channel, master, exited))
-    control = asyncio.ensure_future(_control(channel, proc, master))
+    output: asyncio.Future[Any] = asyncio.ensure_future(_pump_output(channel, master, exited))
+    control: asyncio.Future[Any] = asyncio.ensure_future(_control(channel, proc, master))
     keys = asyncio.ensure_future(_pump_input(channel, master))
-    waiter = asyncio.ensure_future(proc.wait())
+    waiter: asyncio.Future[Any] = asyncio.ensure_future(proc.wait())
     waiter.add_done_callback(lambda _: exited.set())
-    finished = asyncio.ensure_future(asyncio.gather(output, waiter))
+    finished: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(output, waiter))
     try:
         await asyncio.wait({control, finished}, return_when=asyncio.FIRST_COMPLETED)
         if not finished.done() or finished.exception() is not None or channel.closed:

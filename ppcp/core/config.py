@@ -21,7 +21,16 @@ DEFAULT_PORT = 9000
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_UNAUTHENTICATED = 64
 # Capabilities this implementation understands (RFC "Capability registry").
-SUPPORTED_CAPABILITIES: tuple[str, ...] = ("msg", "channels", "heartbeat", "exec", "shell")
+SUPPORTED_CAPABILITIES: tuple[str, ...] = (
+    "msg",
+    "channels",
+    "heartbeat",
+    "exec",
+    "shell",
+    "files",
+    "binary-data",
+    "zlib",
+)
 
 
 def default_name() -> str:
@@ -42,6 +51,10 @@ class SessionConfig:
     rekey_after_bytes: int = DEFAULT_REKEY_BYTES
     # Bytes of received-but-unread messages before we stop reading the socket.
     receive_buffer: int = 4 << 20
+    # Bytes of answers (heartbeat replies, channel rejects...) we may queue for
+    # a peer while it is not reading; past that the session fails with
+    # FLOW_CONTROL_ERROR, so a peer that never reads cannot grow our memory.
+    max_reply_backlog: int = 1 << 20
     # Seconds between heartbeats (0 disables them); the peer is declared dead
     # after heartbeat_max_missed unanswered ones.
     heartbeat_interval: float = DEFAULT_INTERVAL

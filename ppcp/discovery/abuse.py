@@ -26,9 +26,9 @@ class ResponderLimits:
     """Anti-abuse limits of a responder (RFC draft section "Rate limits")."""
 
     max_datagram: int = MAX_DATAGRAM
-    # PONGs per second to one source address, with a burst allowance.  One
-    # discover() sends about 3 PINGs per destination path, so a burst of 20
-    # serves a client scanning several paths at once.
+    # PONGs per second to one source address, with a burst allowance.  About
+    # 3 PINGs of each round of a scan reach a server (limited and directed
+    # broadcast, ff02::1), so a burst of 20 covers a whole 2-second scan.
     per_source_rate: float = 10.0
     per_source_burst: float = 20.0
     # PONGs per second in total, whoever asks.

@@ -34,6 +34,9 @@ from ppcp.discovery.wire import (
 
 RandomSource = Callable[[int], bytes]
 
+MAX_SERVERS = 256
+MAX_ADDRESSES = 16
+
 
 @dataclass(frozen=True, slots=True)
 class ServerInfo:
@@ -134,14 +137,21 @@ class PingTracker:
         if answer in self._answered:
             self.dropped["duplicate"] += 1
             return None
+        if len(self._answered) >= MAX_SERVERS * self._max_outstanding:
+            self.dropped["overflow"] += 1
+            return None
         self._answered.add(answer)
         return Sighting.from_pong(pong, source, max(0.0, now - sent_at))
 
 
 class Collector:
-    """Merges sightings by server id; verified PONG data wins over mDNS hints."""
+    """Merges sightings by server id; verified PONG data wins over mDNS hints.
 
-    def __init__(self) -> None:
+    At most ``max_servers`` ids are kept (anyone can publish mDNS records).
+    """
+
+    def __init__(self, max_servers: int = MAX_SERVERS) -> None:
+        self.max_servers = max_servers
         self._servers: dict[str, ServerInfo] = {}
         self.discovery_ports: dict[tuple[str, str], int] = {}
 
@@ -156,14 +166,21 @@ class Collector:
         old = self._servers.get(s.id)
         if old is not None and old.verified and not s.verified:
             return None  # never mix unauthenticated data into a verified entry
-        if s.discovery_port is not None:
-            self.discovery_ports[(s.id, s.address)] = s.discovery_port
         if old is None or old.verified != s.verified:
+            if old is None and len(self._servers) >= self.max_servers:
+                return None
             addresses: tuple[str, ...] = (s.address,)
             rtt = s.rtt
         else:
-            addresses = old.addresses if s.address in old.addresses else (*old.addresses, s.address)
+            if s.address in old.addresses:
+                addresses = old.addresses
+            elif len(old.addresses) < MAX_ADDRESSES:
+                addresses = (*old.addresses, s.address)
+            else:
+                return None
             rtt = s.rtt if old.rtt is None else old.rtt if s.rtt is None else min(old.rtt, s.rtt)
+        if s.discovery_port is not None:
+            self.discovery_ports[(s.id, s.address)] = s.discovery_port
         new = ServerInfo(
             s.name, s.id, addresses, s.port, rtt, s.capabilities, s.versions, s.verified
         )

@@ -101,7 +101,11 @@ def broadcast_destinations(
     out: list[Destination] = []
     usable = [i for i in ifaces if _usable(i, only) and i.flags & IFF_BROADCAST and i.ipv4]
     if usable and only is None:
-        out.append(Destination(f"limited broadcast {LIMITED_BROADCAST}", socket.AF_INET, (LIMITED_BROADCAST, port)))
+        out.append(
+            Destination(
+                f"limited broadcast {LIMITED_BROADCAST}", socket.AF_INET, (LIMITED_BROADCAST, port)
+            )
+        )
     seen = {LIMITED_BROADCAST}
     for iface in usable:
         for addr in iface.ipv4:

@@ -17,8 +17,8 @@ import logging
 import os
 import socket
 import time
-from typing import cast
 from pathlib import Path
+from typing import cast
 
 from ppcp.core.config import DEFAULT_PORT, SessionConfig
 from ppcp.crypto.psk import derive_psk_key
@@ -37,6 +37,7 @@ class _ResponderProtocol(asyncio.DatagramProtocol):
     def __init__(self, core: ResponderCore) -> None:
         self.core = core
         self.transport: asyncio.DatagramTransport | None = None
+        self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Python 3.11's selector transport does not subclass DatagramTransport.
@@ -55,6 +56,10 @@ class _ResponderProtocol(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         log.debug("discovery responder: %s", exc)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
 
 class Responder:
     """Answers PINGs on one UDP port, on IPv4 and (when possible) IPv6."""
@@ -62,6 +67,7 @@ class Responder:
     def __init__(self, core: ResponderCore) -> None:
         self.core = core
         self._transports: list[asyncio.DatagramTransport] = []
+        self._protocols: list[_ResponderProtocol] = []
 
     @property
     def port(self) -> int:
@@ -88,18 +94,22 @@ class Responder:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((host, port))
             sock.setblocking(False)
-            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
                 lambda: _ResponderProtocol(self.core), sock=sock
             )
         except BaseException:
             sock.close()
             raise
+        self._protocols.append(protocol)
         return transport
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Close the sockets; on return the port can be bound again."""
         for transport in self._transports:
             transport.close()
+        await asyncio.gather(*(p.closed for p in self._protocols))
         self._transports.clear()
+        self._protocols.clear()
 
 
 class DiscoveryService:
@@ -153,7 +163,7 @@ class DiscoveryService:
         return cls(responder, advertiser)
 
     async def aclose(self) -> None:
-        self.responder.close()
+        await self.responder.aclose()
         if self.advertiser is not None:
             await self.advertiser.aclose()
             self.advertiser = None

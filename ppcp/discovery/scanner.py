@@ -183,7 +183,8 @@ class Scan:
         return True
 
     async def _open_sockets(self) -> None:
-        for family in sorted({d.family for d in self.destinations}):
+        # IPv4 always: mDNS hints found later are PINGed over it.
+        for family in sorted({socket.AF_INET, *(d.family for d in self.destinations)}):
             sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
                 if family == socket.AF_INET:

@@ -141,7 +141,10 @@ class ServerIdentity:
     def __post_init__(self) -> None:
         if len(self.server_id) != SERVER_ID_LEN:
             raise ValueError(f"server id must be {SERVER_ID_LEN} bytes")
-        check_name(self.name)
+        try:
+            check_name(self.name)
+        except ProtocolError as exc:  # control characters
+            raise ValueError(str(exc)) from None
         if not 0 < self.port <= 0xFFFF:
             raise ValueError(f"TCP port must be 1..65535, not {self.port}")
         if not 0 < len(self.versions) <= MAX_VERSIONS or any(
@@ -152,6 +155,8 @@ class ServerIdentity:
             valid_capability(c) for c in self.capabilities
         ):
             raise ValueError(f"capabilities must be at most {MAX_CAPABILITIES} valid tokens")
+        if len(set(self.capabilities)) != len(self.capabilities):
+            raise ValueError("duplicate capability")
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from ppcp.core.config import SessionConfig
 from ppcp.core.errors import (
     CloseCode,
     ConnectionLost,
+    FlowControlError,
     HandshakeTimeout,
     HeartbeatTimeout,
     PPCPError,
@@ -74,6 +75,7 @@ class _SessionProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.session._writable.set()
+        self.session._reply_backlog = 0
 
 
 class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
@@ -98,6 +100,9 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
         self._inbox_ready = asyncio.Event()
         self._error: PPCPError | None = None
         self._reading_paused = False
+        # Bytes written in answer to the peer while our write side was paused
+        # (the peer is not reading): bounded by config.max_reply_backlog.
+        self._reply_backlog = 0
         self.peer_address: Any = None
         self.mux = ChannelMux(self._conn, config.mux)
         self.channels: dict[int, AsyncChannel] = {}
@@ -167,9 +172,34 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
         except PPCPError as exc:
             self._terminate(exc)
             return
+        if not self._writable.is_set() and self._check_reply_backlog():
+            return
         self.flush()
         for event in events:
             self._dispatch(event)
+
+    def _check_reply_backlog(self) -> bool:
+        """Fail the session if the peer keeps asking for answers it does not read.
+
+        Heartbeat requests, channel opens over the cap, closes... each make us
+        queue a reply.  While the transport's write buffer is over its high-water
+        mark, such replies accumulate; past ``max_reply_backlog`` bytes the peer
+        is cut off (FLOW_CONTROL_ERROR) and the connection aborted, since a
+        graceful close would wait for the peer to read.  Returns True if so.
+        """
+        self._reply_backlog += self._conn.pending_output()
+        if self._reply_backlog <= self.config.max_reply_backlog:
+            return False
+        self._conn.data_to_send()  # drop the unread replies
+        self._terminate(
+            FlowControlError(
+                f"the peer does not read our replies ({self._reply_backlog} bytes queued "
+                f"while its receive window was full)"
+            )
+        )
+        if self._transport is not None:
+            self._transport.abort()
+        return True
 
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, MessageReceived):
@@ -280,7 +310,14 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
         channel = AsyncChannel(self, channel_id, kind)
         self.channels[channel_id] = channel
         self.flush()
-        channel.open_payload = await channel.wait_accepted()
+        try:
+            channel.open_payload = await channel.wait_accepted()
+        except asyncio.CancelledError:
+            # Nobody will use the channel: close it as soon as the peer answers.
+            with contextlib.suppress(PPCPError):
+                self.mux.close_channel(channel_id)
+                self.flush()
+            raise
         return channel
 
     def _on_lost(self, exc: Exception | None) -> None:

@@ -110,6 +110,10 @@ class Connection:
         self._out.clear()
         return out
 
+    def pending_output(self) -> int:
+        """How many bytes :meth:`data_to_send` would return now."""
+        return sum(map(len, self._out))
+
     def send_message(self, data: bytes | bytearray | memoryview) -> None:
         """Queue an application message (fragmented into records if large)."""
         self._check_can_send()

@@ -14,6 +14,7 @@ record: its body is AES-256-GCM ciphertext + tag with the header as AAD.
 
 from __future__ import annotations
 
+import collections
 import enum
 import struct
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ MAX_HANDSHAKE_BODY = 1024
 # header in front of a 1 MiB data chunk.
 MAX_RECORD_PLAINTEXT = (1 << 20) + 1024
 MAX_RECORD_BODY = MAX_RECORD_PLAINTEXT + 16
+# FrameBuffer keeps received chunks at least this big by reference, and
+# coalesces smaller ones.
+_SMALL_CHUNK = 4096
 
 FLAG_MORE = 0x01  # MESSAGE: more fragments follow
 FLAG_REPLY = 0x01  # HEARTBEAT: this is the answer to a heartbeat
@@ -111,44 +115,118 @@ class FrameBuffer:
     the handshake limit until the peer is authenticated), so a peer cannot
     make us hold more than one maximum-size frame, and an unauthenticated one
     no more than one handshake frame.
+
+    Large received chunks are kept as they came (``bytes`` by reference) and a
+    frame body is cut out of them with one copy when it is complete, instead
+    of growing, reallocating and shifting one buffer for every frame (which,
+    for 1 MiB records, cost more than decrypting them).  Small chunks are
+    coalesced in ``_tail``, so a peer trickling bytes cannot make us hold one
+    object per byte.
     """
 
-    __slots__ = ("_buf", "_eof", "max_body")
+    __slots__ = ("_chunks", "_eof", "_size", "_start", "_tail", "max_body")
 
     def __init__(self, max_body: int = MAX_RECORD_BODY) -> None:
-        self._buf = bytearray()
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._start = 0  # bytes of _chunks[0] already consumed
+        self._tail = bytearray()  # small chunks, after _chunks in stream order
+        self._size = 0  # bytes held and not consumed (chunks + tail)
         self._eof = False
         self.max_body = max_body
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        if data:
-            self._buf += data
+        if not data:
+            return
+        if type(data) is not bytes:
+            data = bytes(data)  # the caller may reuse a mutable buffer at once
+        if len(data) < _SMALL_CHUNK:
+            self._tail += data
+        else:
+            if self._tail:
+                self._flush_tail()
+            self._chunks.append(data)
+        self._size += len(data)
 
     def feed_eof(self) -> None:
         self._eof = True
 
     @property
     def pending(self) -> int:
-        return len(self._buf)
+        return self._size
+
+    def _flush_tail(self) -> None:
+        self._chunks.append(bytes(self._tail))
+        self._tail.clear()
+
+    def _ready(self, n: int) -> bool:
+        """Can ``n`` bytes be taken from ``_chunks`` (moving the tail there if needed)?"""
+        if self._size < n:
+            return False
+        if self._size - len(self._tail) < n:
+            self._flush_tail()
+        return True
+
+    def _peek(self, n: int) -> bytes:
+        out = bytearray()
+        start = self._start
+        for chunk in self._chunks:
+            out += memoryview(chunk)[start : start + n - len(out)]
+            start = 0
+            if len(out) >= n:
+                break
+        return bytes(out)
+
+    def _take(self, n: int) -> bytes:
+        """Remove and return the next ``n`` bytes (``_ready(n)`` was true)."""
+        chunks = self._chunks
+        first = chunks[0]
+        start = self._start
+        avail = len(first) - start
+        if avail > n:
+            out = first[start : start + n]
+            self._start = start + n
+        elif avail == n:
+            chunks.popleft()
+            self._start = 0
+            out = first if start == 0 else first[start:]
+        else:
+            pieces: list[bytes | memoryview] = [memoryview(first)[start:]]
+            chunks.popleft()
+            self._start = 0
+            need = n - avail
+            while need:
+                chunk = chunks[0]
+                if len(chunk) <= need:
+                    pieces.append(chunk)
+                    chunks.popleft()
+                    need -= len(chunk)
+                else:
+                    pieces.append(memoryview(chunk)[:need])
+                    self._start = need
+                    need = 0
+            out = b"".join(pieces)
+        self._size -= n
+        return out
 
     def next_frame(self) -> Frame | None:
-        buf = self._buf
-        if len(buf) < HEADER_LEN:
+        if not self._ready(HEADER_LEN):
             return None
-        frame_type, flags, length = HEADER.unpack_from(buf)
+        first = self._chunks[0]
+        if len(first) - self._start >= HEADER_LEN:
+            frame_type, flags, length = HEADER.unpack_from(first, self._start)
+        else:
+            frame_type, flags, length = HEADER.unpack(self._peek(HEADER_LEN))
         limit = min(body_limit(frame_type), self.max_body)
         if length > limit:
             raise FrameTooLarge(
                 f"frame of type 0x{frame_type:02x} announces {length} bytes; the limit is {limit}"
             )
-        end = HEADER_LEN + length
-        if len(buf) < end:
+        if not self._ready(HEADER_LEN + length):
             return None
-        header = bytes(buf[:HEADER_LEN])
-        body = bytes(buf[HEADER_LEN:end])
-        del buf[:end]
+        header = self._take(HEADER_LEN)
+        body = self._take(length) if length else b""
         return Frame(frame_type, flags, header, body)
 
     def check_eof(self) -> None:
-        if self._eof and self._buf:
-            raise ProtocolError(f"connection ended inside a frame ({len(self._buf)} bytes left)")
+        if self._eof and self._size:
+            raise ProtocolError(f"connection ended inside a frame ({self._size} bytes left)")

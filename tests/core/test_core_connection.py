@@ -823,6 +823,17 @@ def test_key_update_by_record_count(size: int | None) -> None:
     assert messages(p.client.events) == [b"reply"]
 
 
+def test_key_update_between_fragments() -> None:
+    p = Pair(conn_config("c", rekey_after_records=1)).established()
+    start = len(p.client.sent)
+    data = bytes(range(256)) * (3 * MESSAGE_CHUNK // 256) + b"tail"
+    p.client.conn.send_message(data)
+    p.pump()
+    assert messages(p.server.events) == [data]
+    types = _record_types(bytes(p.client.sent[start:]))
+    assert types == [FrameType.MESSAGE] + [FrameType.KEY_UPDATE, FrameType.MESSAGE] * 3
+
+
 def test_key_update_by_byte_count() -> None:
     p = Pair(server_config=conn_config("s", rekey_after_bytes=100)).established()
     start = len(p.server.sent)

@@ -263,7 +263,9 @@ def test_proof_decoder(body: bytes) -> None:
             not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in s) and len(s.encode()) <= 64
         )
     ),
-    caps=st.lists(st.from_regex(r"[a-z0-9][a-z0-9.-]{0,31}", fullmatch=True), max_size=32, unique=True),
+    caps=st.lists(
+        st.from_regex(r"[a-z0-9][a-z0-9.-]{0,31}", fullmatch=True), max_size=32, unique=True
+    ),
 )
 def test_client_hello_round_trip(versions: list[int], name: str, caps: list[str]) -> None:
     genuine = ClientHello.decode(parse_frames(CLIENT_HELLO)[0].body)

@@ -66,6 +66,15 @@ async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
 # -- asyncio API ----------------------------------------------------------------------------
 
 
+async def serve(
+    handler: Callable[[AsyncSession], Any], config: SessionConfig, **kwargs: Any
+) -> ppcp.aio.Server:
+    """ppcp.aio.serve on an ephemeral loopback port, without LAN discovery
+    (its UDP port is fixed by default and would collide between test runs)."""
+    kwargs.setdefault("discovery", False)
+    return await ppcp.aio.serve(HOST, 0, PSK_TEXT, handler, config=config, **kwargs)
+
+
 class EchoServer:
     """ppcp.aio.serve with an echo handler that records the sessions it served."""
 
@@ -100,9 +109,7 @@ async def echo_server(
     config: SessionConfig | None = None, **kwargs: Any
 ) -> AsyncIterator[EchoServer]:
     echo = EchoServer()
-    echo.server = await ppcp.aio.serve(
-        HOST, 0, PSK_TEXT, echo.handler, config=config or cfg("echo-server"), **kwargs
-    )
+    echo.server = await serve(echo.handler, config or cfg("echo-server"), **kwargs)
     try:
         yield echo
     finally:
@@ -282,7 +289,7 @@ async def test_aio_abort_is_connection_lost_not_closed() -> None:
             received.set_result(exc)
             raise
 
-    server = await ppcp.aio.serve(HOST, 0, PSK_TEXT, handler, config=cfg("srv"))
+    server = await serve(handler, cfg("srv"))
     try:
         client = await ppcp.aio.connect(HOST, server.port, PSK_TEXT, config=cfg("c"))
         await client.send(b"about to vanish")
@@ -503,7 +510,7 @@ async def test_wiretap_sees_no_plaintext() -> None:
         await session.send(reply_marker)
         await session.send(await session.recv())
 
-    server = await ppcp.aio.serve(HOST, 0, PSK_TEXT, handler, config=cfg("tapped-server"))
+    server = await serve(handler, cfg("tapped-server"))
     proxy = RecordingProxy(server.port)
     try:
         proxy_port = await proxy.start()

@@ -95,14 +95,16 @@ class Topology:
     def ns(self, node: str) -> str:
         return f"{self.prefix}-{node}"
 
-    def node(self, node: str) -> str:
+    def node(self, node: str, ipv6: bool = True) -> str:
         name = self.ns(node)
         ip("netns", "add", name)
         self.namespaces.append(name)
         ip("-n", name, "link", "set", "lo", "up")
-        # No duplicate address detection: IPv6 link-local is usable at once.
         for conf in ("all", "default"):
+            # No duplicate address detection: IPv6 link-local is usable at once.
             self.sysctl(name, f"net/ipv6/conf/{conf}/accept_dad", "0")
+            if not ipv6:
+                self.sysctl(name, f"net/ipv6/conf/{conf}/disable_ipv6", "1")
         return name
 
     def sysctl(self, ns: str, key: str, value: str) -> None:
@@ -122,11 +124,30 @@ class Topology:
         """Plug ``ns`` into ``bridge`` as interface ``ifname`` with addresses ``cidrs``."""
         self._veths += 1
         peer = f"v{self._veths}"
-        ip("-n", ns, "link", "add", ifname, "type", "veth", "peer", "name", peer, "netns", self.bridge_ns)
+        ip(
+            "-n",
+            ns,
+            "link",
+            "add",
+            ifname,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "netns",
+            self.bridge_ns,
+        )
         ip("-n", self.bridge_ns, "link", "set", peer, "master", bridge, "up")
         ip("-n", ns, "link", "set", ifname, "up")
         for cidr in cidrs:
             ip("-n", ns, "addr", "add", cidr, "dev", ifname)
+
+    def ip_addr(self, ns: str, *args: str) -> None:
+        ip("-n", ns, "addr", *args)
+
+    def ip_route(self, ns: str, *args: str) -> None:
+        ip("-n", ns, "route", "add", *args)
 
     def spawn(self, ns: str, argv: list[str], ready_timeout: float = 15.0) -> Proc:
         """Start ``argv`` in ``ns`` and wait (bounded) for its "ready" line on stdout."""
@@ -154,7 +175,9 @@ class Topology:
                 proc.info = dict(kv.split("=", 1) for kv in line.split()[1:])
                 return proc
 
-    def run(self, ns: str, argv: list[str], timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, ns: str, argv: list[str], timeout: float = 20.0
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout
         )

@@ -1,0 +1,846 @@
+"""The file-transfer exchange, written once for both directions.
+
+A transfer channel carries one *sender* and one *receiver*: the client sends
+on ``file-put`` and the server on ``file-get``.  After the channel is open the
+sender announces entries (``dir``, ``file``, ``skip``) and ends with
+``finish``; for each file the receiver answers ``ready`` with what it already
+holds (resume), the sender says where it ``data`` starts, streams the bytes
+and sends ``end`` with the SHA-256 of the whole file, and the receiver
+answers ``done`` once the file is verified and renamed into place.  See
+docs/rfc-files.md for the normative description.
+
+Bytes travel as CHANNEL_DATA when both peers negotiated ``binary-data``, and
+as base64 ``chunk`` requests otherwise.  Memory stays constant: the sender
+reads into one preallocated buffer, the channel window (or, for chunks, the
+``ack`` window) bounds what is in flight, and the receiver writes each piece
+to disk before it reads the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import stat
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+from ppcp.control.aio_channel import decode_json, encode_json
+from ppcp.control.channels import STREAM_STDOUT, ChannelMux
+from ppcp.control.paths import (
+    Tree,
+    display,
+    join,
+    kind_of,
+    open_part,
+    parse_wire_path,
+    part_name,
+    quote,
+)
+from ppcp.core.errors import (
+    ChannelError,
+    CloseCode,
+    PPCPError,
+    RemotePathError,
+    TransferError,
+    error_for_code,
+)
+from ppcp.core.states import Role
+from ppcp.transport.frames import Frame, FrameType
+from ppcp.utils.codec import Writer
+
+if TYPE_CHECKING:
+    from ppcp.control.aio_channel import AsyncChannel
+    from ppcp.transport.connection import Connection
+
+PROTOCOL = 1  # the "v" field of the open payloads
+CHUNK = 1 << 20  # binary path: one channel packet
+B64_CHUNK = 45 * 1024  # base64 path: fits a 64 KiB request once encoded
+B64_WINDOW = 4 << 20  # base64 path: raw bytes the sender may have unacknowledged
+ACK_EVERY = 1 << 20  # base64 path: the receiver acknowledges at least this often
+MAX_SIZE = (1 << 63) - 1
+MAX_MTIME_NS = (1 << 63) - 1
+ZLIB_LEVEL = 1
+PROGRESS_EVERY = 1 << 20
+LOCK_WAIT = 5.0  # seconds a receiver waits for a part file another transfer holds
+LOCK_POLL = 0.05
+# A compressed block on the binary path: method, raw length, stored length.
+BLOCK = struct.Struct(">BII")
+METHOD_STORED = 0
+METHOD_ZLIB = 1
+EMPTY_SHA256 = hashlib.sha256().hexdigest()
+
+ProgressCallback = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """What a put or get did.
+
+    ``bytes`` counts file bytes actually moved; bytes a resumed file already
+    had are in ``resumed_from`` instead, so ``bytes + resumed_from == total``
+    for a transfer that completes.
+    """
+
+    files: int
+    bytes: int
+    total: int = 0
+    directories: int = 0
+    resumed_from: int = 0
+    skipped: tuple[str, ...] = ()
+    sha256: str | None = None
+    seconds: float = 0.0
+    path: str = ""
+    encoding: str = "binary"
+    compressed: bool = False
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How file bytes travel on one channel (fixed when the channel opens)."""
+
+    binary: bool
+    zlib: bool
+
+    @property
+    def name(self) -> str:
+        return "binary" if self.binary else "base64"
+
+
+def choose_encoding(capabilities: Iterable[str], compress: bool) -> Encoding:
+    caps = set(capabilities)
+    return Encoding(binary="binary-data" in caps, zlib=compress and "zlib" in caps)
+
+
+# -- message fields ------------------------------------------------------------------
+
+
+def field_uint(obj: dict[str, Any], key: str, what: str, limit: int = MAX_SIZE) -> int:
+    value = obj.get(key)
+    if type(value) is not int or not 0 <= value <= limit:
+        raise ChannelError(f"malformed {what}: {key!r} must be an integer in 0..{limit}")
+    return value
+
+
+def field_str(obj: dict[str, Any], key: str, what: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise ChannelError(f"malformed {what}: {key!r} must be a string")
+    return value
+
+
+def field_bool(obj: dict[str, Any], key: str, what: str) -> bool:
+    value = obj.get(key, False)
+    if not isinstance(value, bool):
+        raise ChannelError(f"malformed {what}: {key!r} must be true or false")
+    return value
+
+
+def field_sha256(obj: dict[str, Any], key: str, what: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or len(value) != 64 or value.strip("0123456789abcdef"):
+        raise ChannelError(f"malformed {what}: {key!r} must be 64 lowercase hex digits")
+    return value
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: tuple[str, ...]
+    size: int
+    mode: int
+    mtime_ns: int
+
+    @classmethod
+    def decode(cls, payload: bytes) -> FileEntry:
+        obj = decode_json(payload, "file entry")
+        return cls(
+            parse_wire_path(field_str(obj, "path", "file entry")),
+            field_uint(obj, "size", "file entry"),
+            field_uint(obj, "mode", "file entry", 0o7777),
+            field_uint(obj, "mtime_ns", "file entry", MAX_MTIME_NS),
+        )
+
+    def encode(self) -> bytes:
+        return encode_json(
+            {
+                "path": join(self.path),
+                "size": self.size,
+                "mode": self.mode,
+                "mtime_ns": self.mtime_ns,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    path: tuple[str, ...]
+    mode: int
+    mtime_ns: int
+
+    @classmethod
+    def decode(cls, payload: bytes) -> DirEntry:
+        obj = decode_json(payload, "dir entry")
+        return cls(
+            parse_wire_path(field_str(obj, "path", "dir entry")),
+            field_uint(obj, "mode", "dir entry", 0o7777),
+            field_uint(obj, "mtime_ns", "dir entry", MAX_MTIME_NS),
+        )
+
+    def encode(self) -> bytes:
+        return encode_json({"path": join(self.path), "mode": self.mode, "mtime_ns": self.mtime_ns})
+
+
+# -- what a sender sends ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendDir:
+    rel: tuple[str, ...]
+    mode: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class SendFile:
+    rel: tuple[str, ...]
+    size: int  # as listed; the size sent is the one fstat gives at open time
+    open: Callable[[], int]  # returns an fd open for reading, owned by the caller
+    shown: str  # for error messages
+
+
+@dataclass(frozen=True)
+class SendSkip:
+    shown: str
+    reason: str
+
+
+SendItem = SendDir | SendFile | SendSkip
+
+
+# -- accounting ------------------------------------------------------------------------
+
+
+class Progress:
+    """Calls ``progress(done, total, rate)`` at most once per MiB, and at each file end."""
+
+    def __init__(self, callback: ProgressCallback | None, total: int) -> None:
+        self.callback = callback
+        self.total = total
+        self.done = 0
+        self.moved = 0
+        self.started = time.monotonic()
+        self._reported = -1
+
+    def skip(self, n: int) -> None:
+        self.done += n
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        self.moved += n
+        if self.callback is not None and self.done - self._reported >= PROGRESS_EVERY:
+            self.report()
+
+    def report(self) -> None:
+        if self.callback is None or self.done == self._reported:
+            return
+        self._reported = self.done
+        elapsed = time.monotonic() - self.started
+        self.callback(
+            self.done, max(self.total, self.done), self.moved / elapsed if elapsed else 0.0
+        )
+
+
+@dataclass
+class Stats:
+    files: int = 0
+    directories: int = 0
+    resumed_from: int = 0
+    skipped: list[str] = field(default_factory=list)
+    sha256: str | None = None
+
+    def result(
+        self, progress: Progress, path: str, encoding: Encoding, single: bool
+    ) -> TransferResult:
+        return TransferResult(
+            files=self.files,
+            bytes=progress.moved,
+            total=progress.done,
+            directories=self.directories,
+            resumed_from=self.resumed_from,
+            skipped=tuple(self.skipped),
+            sha256=self.sha256 if single else None,
+            seconds=time.monotonic() - progress.started,
+            path=path,
+            encoding=encoding.name,
+            compressed=encoding.zlib,
+        )
+
+
+# -- channel helpers ---------------------------------------------------------------------
+
+
+async def peer_gone(channel: AsyncChannel) -> PPCPError:
+    """The error to raise when the channel closed under us."""
+    channel.session.raise_if_failed()
+    code, reason = await channel.wait_closed()
+    if code == CloseCode.NORMAL:
+        return TransferError(
+            "the peer closed the channel before the transfer finished", remote=True
+        )
+    return error_for_code(code, reason)
+
+
+async def expect(channel: AsyncChannel, name: str) -> bytes:
+    """The next request, which must be ``name`` (late ``ack`` requests are skipped)."""
+    while True:
+        request = await channel.next_request()
+        if request is None:
+            raise await peer_gone(channel)
+        got, payload = request
+        if got == name:
+            return payload
+        if got != "ack":
+            raise ChannelError(f"expected a {name!r} request, got {got!r}")
+
+
+async def abort(channel: AsyncChannel, exc: BaseException) -> None:
+    """Close ``channel`` telling the peer why, unless the peer closed it first."""
+    if channel.closed:
+        return
+    if isinstance(exc, PPCPError) and not exc.remote:
+        code = int(exc.code) if exc.code >= CloseCode.CHANNEL_ERROR else CloseCode.TRANSFER_FAILED
+        await channel.close(code, exc.message)
+    elif isinstance(exc, asyncio.CancelledError):
+        await channel.close(CloseCode.TRANSFER_FAILED, "transfer cancelled")
+    else:
+        await channel.close(CloseCode.TRANSFER_FAILED, "transfer aborted")
+
+
+# -- file I/O --------------------------------------------------------------------------------
+
+
+def read_at(fd: int, view: memoryview, pos: int) -> int:
+    """Fill ``view`` from offset ``pos``; fewer bytes only at end of file."""
+    total = 0
+    while total < len(view):
+        n = os.preadv(fd, [view[total:]], pos + total)
+        if n == 0:
+            break
+        total += n
+    return total
+
+
+def write_at(fd: int, data: bytes | memoryview, pos: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view = view[n:]
+        pos += n
+
+
+def hash_prefix(fd: int, length: int) -> hashlib._Hash:
+    """The SHA-256 state after the first ``length`` bytes of ``fd``."""
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    pos = 0
+    while pos < length:
+        n = read_at(fd, view[: min(CHUNK, length - pos)], pos)
+        if n == 0:
+            raise TransferError("the file shrank while its prefix was being hashed")
+        h.update(view[:n])
+        pos += n
+    return h
+
+
+def io_error(exc: OSError, action: str, shown: str) -> TransferError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TransferError(
+            f"no space left on device while {action} {shown}; the partial file is kept so "
+            "the transfer can resume"
+        )
+    return TransferError(f"{action} {shown} failed: {exc.strerror or exc}")
+
+
+def encode_block(data: memoryview) -> bytes:
+    """One independently compressed block (stored when zlib does not help)."""
+    packed = zlib.compress(data, ZLIB_LEVEL)
+    if len(packed) < len(data):
+        return BLOCK.pack(METHOD_ZLIB, len(data), len(packed)) + packed
+    return b"".join((BLOCK.pack(METHOD_STORED, len(data), len(data)), data))
+
+
+def inflate(data: bytes, size: int) -> bytes:
+    """Decompress one block of exactly ``size`` bytes; anything else is an error."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, size + 1)
+    except zlib.error:
+        raise ChannelError("corrupt compressed block") from None
+    if len(out) != size or not d.eof or d.unused_data:
+        raise ChannelError("compressed block does not match its announced size")
+    return out
+
+
+# -- sender ----------------------------------------------------------------------------------------
+
+
+async def send_entries(
+    channel: AsyncChannel,
+    encoding: Encoding,
+    items: Iterable[SendItem],
+    progress: Progress,
+    stats: Stats,
+) -> None:
+    for item in items:
+        if isinstance(item, SendDir):
+            await channel.send_request("dir", DirEntry(item.rel, item.mode, item.mtime_ns).encode())
+            stats.directories += 1
+        elif isinstance(item, SendSkip):
+            stats.skipped.append(f"{item.shown}: {item.reason}")
+            await channel.send_json("skip", {"path": item.shown, "reason": item.reason})
+        else:
+            await send_file(channel, encoding, item, progress, stats)
+    await channel.send_json("finish", {})
+    await expect(channel, "finished")
+    progress.report()
+
+
+async def send_file(
+    channel: AsyncChannel, encoding: Encoding, item: SendFile, progress: Progress, stats: Stats
+) -> None:
+    fd = item.open()
+    try:
+        st = os.fstat(fd)
+        size = st.st_size
+        progress.total += size - item.size
+        entry = FileEntry(item.rel, size, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+        await channel.send_request("file", entry.encode())
+        ready = decode_json(await expect(channel, "ready"), "ready")
+        offset = field_uint(ready, "offset", "ready")
+        their_prefix = field_sha256(ready, "sha256", "ready")
+        h = hashlib.sha256()
+        if 0 < offset <= size:
+            try:
+                mine = await asyncio.to_thread(hash_prefix, fd, offset)
+            except OSError as exc:
+                raise io_error(exc, "reading", item.shown) from None
+            if mine.hexdigest() == their_prefix:
+                h = mine
+            else:
+                offset = 0
+        else:
+            offset = 0
+        await channel.send_json("data", {"offset": offset})
+        stats.resumed_from += offset
+        progress.skip(offset)
+        await send_data(channel, encoding, fd, offset, size, h, progress, item.shown)
+        digest = h.hexdigest()
+        await channel.send_json("end", {"sha256": digest})
+        done = decode_json(await expect(channel, "done"), "done")
+        if field_sha256(done, "sha256", "done") != digest:
+            raise TransferError(f"the receiver stored {item.shown} with another checksum")
+        stats.files += 1
+        stats.sha256 = digest
+        progress.report()
+    finally:
+        os.close(fd)
+
+
+async def send_data(
+    channel: AsyncChannel,
+    encoding: Encoding,
+    fd: int,
+    pos: int,
+    size: int,
+    h: hashlib._Hash,
+    progress: Progress,
+    shown: str,
+) -> None:
+    chunk = CHUNK if encoding.binary else B64_CHUNK
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    acked = pos
+    while pos < size:
+        try:
+            n = read_at(fd, view[: min(chunk, size - pos)], pos)
+        except OSError as exc:
+            raise io_error(exc, "reading", shown) from None
+        if n == 0:
+            raise TransferError(f"{shown} shrank while it was being sent")
+        data = view[:n]
+        h.update(data)
+        if encoding.binary:
+            if encoding.zlib:
+                await channel.write(await asyncio.to_thread(encode_block, data))
+            else:
+                await channel.write(data)
+        else:
+            await channel.send_request("chunk", chunk_payload(pos, data, encoding.zlib))
+            acked = await wait_acks(channel, acked, pos + n)
+        pos += n
+        progress.advance(n)
+
+
+def chunk_payload(offset: int, data: memoryview | bytes, compress: bool) -> bytes:
+    obj: dict[str, Any] = {"offset": offset}
+    if compress:
+        packed = zlib.compress(data, ZLIB_LEVEL)
+        if len(packed) < len(data):
+            obj["zlib"] = True
+            obj["size"] = len(data)
+            data = packed
+    obj["data"] = base64.b64encode(data).decode("ascii")
+    return encode_json(obj)
+
+
+async def wait_acks(channel: AsyncChannel, acked: int, sent: int) -> int:
+    """Consume ``ack`` requests; wait while more than the window is unacknowledged."""
+    while True:
+        request = channel.pending_request()
+        if request is None:
+            if sent - acked <= B64_WINDOW:
+                return acked
+            request = await channel.next_request()
+            if request is None:
+                raise await peer_gone(channel)
+        name, payload = request
+        if name != "ack":
+            raise ChannelError(f"expected an 'ack' request, got {name!r}")
+        offset = field_uint(decode_json(payload, "ack"), "offset", "ack")
+        if not acked <= offset <= sent:
+            raise ChannelError("ack offset out of range")
+        acked = offset
+
+
+# -- receiver ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Receiver:
+    """Receives the entries of one channel into ``tree`` below ``base``."""
+
+    channel: AsyncChannel
+    encoding: Encoding
+    tree: Tree
+    base: tuple[str, ...]
+    resume: bool
+    progress: Progress
+    stats: Stats
+    single: bool  # exactly one file, at ``base`` itself
+    dirs: list[tuple[tuple[str, ...], int, int]] = field(default_factory=list)
+
+    async def run(self) -> None:
+        while True:
+            request = await self.channel.next_request()
+            if request is None:
+                raise await peer_gone(self.channel)
+            name, payload = request
+            if name == "file":
+                entry = FileEntry.decode(payload)
+                if self.single and (entry.path or self.stats.files):
+                    raise ChannelError("a single-file transfer carries one file entry, at ''")
+                await self.receive_file(entry)
+            elif name == "dir" and not self.single:
+                d = DirEntry.decode(payload)
+                self.make_dir(d)
+            elif name == "skip":
+                obj = decode_json(payload, "skip")
+                shown = display(field_str(obj, "path", "skip"))
+                self.stats.skipped.append(f"{shown}: {display(field_str(obj, 'reason', 'skip'))}")
+            elif name == "finish":
+                break
+            else:
+                raise ChannelError(f"unexpected request {name!r} in a file transfer")
+        self.finish_dirs()
+        self.progress.report()
+        await self.channel.send_json(
+            "finished", {"files": self.stats.files, "bytes": self.progress.moved}
+        )
+
+    def make_dir(self, entry: DirEntry) -> None:
+        parts = (*self.base, *entry.path)
+        with self.tree.resolve(parts) as t:
+            if t.st is None:
+                try:
+                    os.mkdir(t.name, 0o700, dir_fd=t.dir_fd)
+                except OSError as exc:
+                    raise io_error(exc, "creating directory", quote(t.path)) from None
+            elif not t.is_dir:
+                raise RemotePathError(f"{quote(t.path)} exists and is not a directory")
+            self.dirs.append((t.parts, entry.mode, entry.mtime_ns))
+        self.stats.directories += 1
+
+    def finish_dirs(self) -> None:
+        """Apply directory modes and times last, deepest first (writing changes them)."""
+        for parts, mode, mtime_ns in sorted(self.dirs, key=lambda d: len(d[0]), reverse=True):
+            with self.tree.resolve(parts) as t:
+                if not t.is_dir:
+                    continue
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                fd = os.open(t.name, flags, dir_fd=t.dir_fd)
+                try:
+                    os.utime(fd, ns=(time.time_ns(), mtime_ns))
+                    os.fchmod(fd, mode & 0o777)
+                finally:
+                    os.close(fd)
+
+    async def receive_file(self, entry: FileEntry) -> None:
+        with self.tree.resolve((*self.base, *entry.path)) as t:
+            shown = quote(t.path)
+            if t.is_dir:
+                raise TransferError(f"cannot overwrite directory {shown} with a file")
+            if t.st is not None and not t.is_file:
+                raise RemotePathError(
+                    f"{shown} is a {kind_of(t.st.st_mode)}; refusing to replace it"
+                )
+            part = part_name(t.name)
+            fd = await lock_part(t.dir_fd, part, shown)
+            try:
+                digest = await self.receive_into(fd, entry, shown, t.dir_fd, part)
+                try:
+                    os.fchmod(fd, entry.mode & 0o777)
+                    os.utime(fd, ns=(time.time_ns(), entry.mtime_ns))
+                    await asyncio.to_thread(os.fsync, fd)
+                    os.rename(part, t.name, src_dir_fd=t.dir_fd, dst_dir_fd=t.dir_fd)
+                except OSError as exc:
+                    raise io_error(exc, "storing", shown) from None
+            finally:
+                os.close(fd)
+        self.stats.files += 1
+        self.stats.sha256 = digest
+        self.progress.report()
+        await self.channel.send_json("done", {"sha256": digest})
+
+    async def receive_into(
+        self, fd: int, entry: FileEntry, shown: str, dir_fd: int, part: str
+    ) -> str:
+        channel = self.channel
+        have = os.fstat(fd).st_size
+        h = hashlib.sha256()
+        if self.resume and 0 < have <= entry.size:
+            try:
+                h = await asyncio.to_thread(hash_prefix, fd, have)
+            except OSError as exc:
+                raise io_error(exc, "reading", shown) from None
+        else:
+            have = 0
+        await channel.send_json("ready", {"offset": have, "sha256": h.hexdigest()})
+        start = field_uint(decode_json(await expect(channel, "data"), "data"), "offset", "data")
+        if start not in (0, have):
+            raise ChannelError(f"data offset {start} is neither 0 nor the offered {have}")
+        if start == 0:
+            h = hashlib.sha256()
+        try:
+            os.ftruncate(fd, start)
+        except OSError as exc:
+            raise io_error(exc, "receiving", shown) from None
+        self.stats.resumed_from += start
+        self.progress.skip(start)
+        await self.receive_data(fd, start, entry.size, h, shown)
+        end = decode_json(await expect(channel, "end"), "end")
+        digest = h.hexdigest()
+        if field_sha256(end, "sha256", "end") != digest:
+            with contextlib.suppress(OSError):
+                os.unlink(part, dir_fd=dir_fd)
+            raise TransferError(
+                f"checksum mismatch for {shown}: the data was corrupted in transit or the "
+                "source changed; the partial file was discarded"
+            )
+        return digest
+
+    async def receive_data(
+        self, fd: int, pos: int, size: int, h: hashlib._Hash, shown: str
+    ) -> None:
+        channel = self.channel
+        progress = self.progress
+        if not self.encoding.binary:
+            await self.receive_chunks(fd, pos, size, h, shown)
+            return
+        pending = bytearray()
+        while pos < size:
+            item = await channel.read()
+            if item is None:
+                raise await peer_gone(channel)
+            stream, data = item
+            if stream != STREAM_STDOUT:
+                raise ChannelError("file data arrived on an unexpected stream")
+            if self.encoding.zlib:
+                pending += data
+                blocks = take_blocks(pending, size - pos)
+            else:
+                if len(data) > size - pos:
+                    raise ChannelError(f"the sender sent more than the announced size of {shown}")
+                blocks = [data]
+            for block in blocks:
+                h.update(block)
+                try:
+                    write_at(fd, block, pos)
+                except OSError as exc:
+                    raise io_error(exc, "writing", shown) from None
+                pos += len(block)
+                progress.advance(len(block))
+            if pos >= size and pending:
+                raise ChannelError(f"the sender sent more than the announced size of {shown}")
+
+    async def receive_chunks(
+        self, fd: int, pos: int, size: int, h: hashlib._Hash, shown: str
+    ) -> None:
+        channel = self.channel
+        acked = pos
+        while pos < size:
+            payload = await expect(channel, "chunk")
+            data = decode_chunk(payload, pos, size - pos)
+            h.update(data)
+            try:
+                write_at(fd, data, pos)
+            except OSError as exc:
+                raise io_error(exc, "writing", shown) from None
+            pos += len(data)
+            self.progress.advance(len(data))
+            if pos - acked >= ACK_EVERY:
+                acked = pos
+                await channel.send_json("ack", {"offset": pos})
+
+
+def take_blocks(pending: bytearray, room: int) -> list[bytes]:
+    """Complete compressed blocks at the front of ``pending`` (consumed from it)."""
+    out = []
+    while len(pending) >= BLOCK.size:
+        method, size, stored = BLOCK.unpack_from(pending)
+        if method not in (METHOD_STORED, METHOD_ZLIB) or not 0 < size <= CHUNK or stored > size:
+            raise ChannelError("malformed compressed block header")
+        if method == METHOD_STORED and stored != size:
+            raise ChannelError("malformed stored block")
+        if size > room:
+            raise ChannelError("a compressed block runs past the announced file size")
+        end = BLOCK.size + stored
+        if len(pending) < end:
+            break
+        body = bytes(pending[BLOCK.size : end])
+        del pending[:end]
+        out.append(inflate(body, size) if method == METHOD_ZLIB else body)
+        room -= size
+    return out
+
+
+def decode_chunk(payload: bytes, offset: int, room: int) -> bytes:
+    obj = decode_json(payload, "chunk")
+    if field_uint(obj, "offset", "chunk") != offset:
+        raise ChannelError(f"chunk offset {obj.get('offset')} where {offset} was expected")
+    try:
+        data = base64.b64decode(field_str(obj, "data", "chunk"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ChannelError("malformed chunk: 'data' is not base64") from None
+    if field_bool(obj, "zlib", "chunk"):
+        size = field_uint(obj, "size", "chunk", B64_CHUNK)
+        data = inflate(data, size)
+    if not data or len(data) > min(room, B64_CHUNK):
+        raise ChannelError("chunk size out of range")
+    return data
+
+
+async def lock_part(dir_fd: int, part: str, shown: str) -> int:
+    """Open the part file and take its lock (waiting briefly for a dying transfer)."""
+    deadline = time.monotonic() + LOCK_WAIT
+    for _ in range(int(LOCK_WAIT / LOCK_POLL) + 2):
+        try:
+            fd = open_part(dir_fd, part, shown)
+        except OSError as exc:
+            raise io_error(exc, "creating the part file for", shown) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(LOCK_POLL)
+            continue
+        # The holder may have renamed or removed the part while we waited.
+        try:
+            same = os.path.samestat(
+                os.fstat(fd), os.stat(part, dir_fd=dir_fd, follow_symlinks=False)
+            )
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+    raise TransferError(f"another transfer to {shown} is in progress")
+
+
+# -- test vectors (docs/rfc-files.md) ----------------------------------------------------------
+
+VECTOR_CONTENT = b"Hello, PPCP!\n"
+VECTOR_MTIME_NS = 1_700_000_000_000_000_000
+VECTOR_MODE = 0o644
+
+
+class _Capture:
+    """Stands in for a client Connection: records what the mux sends, in clear."""
+
+    role = Role.CLIENT
+    is_open = True
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, bytes]] = []
+        self.record_handler: Any = None
+
+    def send_record(self, frame_type: int, plaintext: bytes | memoryview, flags: int = 0) -> None:
+        self.records.append((frame_type, bytes(plaintext)))
+
+
+def file_vectors() -> list[tuple[str, str]]:
+    """(name, hex) of record plaintexts the code produces for fixed inputs."""
+    capture = _Capture()
+    mux = ChannelMux(cast("Connection", capture))
+    put = {
+        "v": PROTOCOL,
+        "path": "docs",
+        "type": "file",
+        "name": "hello.txt",
+        "resume": True,
+        "zlib": False,
+    }
+    cid = mux.open_channel("file-put", encode_json(put))
+    accept = Writer().u32(cid).u32(mux.config.window).u32(mux.config.max_packet)
+    accept_plain = accept.raw(encode_json({"v": PROTOCOL, "path": "docs/hello.txt"})).getvalue()
+    mux.handle_record(Frame(FrameType.CHANNEL_ACCEPT, 0, b"", accept_plain), accept_plain)
+    entry = FileEntry((), len(VECTOR_CONTENT), VECTOR_MODE, VECTOR_MTIME_NS)
+    mux.send_request(cid, "file", entry.encode())
+    mux.send_request(cid, "chunk", chunk_payload(0, VECTOR_CONTENT, compress=False))
+    digest = hashlib.sha256(VECTOR_CONTENT).hexdigest()
+    mux.send_request(cid, "end", encode_json({"sha256": digest}))
+    get = {"v": PROTOCOL, "path": "docs/hello.txt", "recursive": False, "zlib": False}
+    mux.open_channel("file-get", encode_json(get))
+    names = ["file_put_open", "file_entry", "chunk", "end", "file_get_open"]
+    return [(name, plain.hex()) for name, (_, plain) in zip(names, capture.records, strict=True)]
+
+
+def file_vectors_markdown() -> str:
+    """The text between the ``file-vectors`` markers of the RFC."""
+    lines = [
+        "Inputs: the client's first channel (id 1), window 4194304, max packet 1048576;",
+        f"file content `{VECTOR_CONTENT.decode().strip()}\\n` ({len(VECTOR_CONTENT)} bytes), "
+        f"mode 0o{VECTOR_MODE:o}, mtime_ns {VECTOR_MTIME_NS};",
+        'the server accepted the put with the payload `{"path":"docs/hello.txt","v":1}`.',
+        "Values are record plaintexts (before AES-GCM), in hexadecimal: CHANNEL_OPEN for",
+        "`file_put_open` and `file_get_open`, CHANNEL_REQUEST for the others.",
+        "",
+        "```text",
+    ]
+    for name, value in file_vectors():
+        lines.append(f"{name} ({len(value) // 2} bytes)")
+        lines.extend(value[i : i + 64] for i in range(0, len(value), 64))
+    lines.append("```")
+    return "\n".join(lines)
+

@@ -1,0 +1,330 @@
+"""Exec over loopback sessions: output, status, stdin, signals, policy, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from channel_helpers import MiB, serve_kwargs, until, wait_pid_gone
+from conftest import Connect, StartServer
+
+import ppcp
+import ppcp.aio
+from ppcp import ChannelError, ExecResult, PolicyDenied
+from ppcp.control import exec as exec_module
+from ppcp.control.router import ServerPolicy
+from ppcp.transport.frames import FrameType, encode_frame
+
+Session = ppcp.aio.AsyncSession
+
+
+async def test_stdout_and_stderr_are_separate(session: Session) -> None:
+    result = await session.exec("printf out; printf err >&2; printf more")
+    assert result == ExecResult(b"outmore", b"err", 0, None)
+    assert result.ok and result.returncode == 0
+
+
+async def test_streams_arrive_in_order_as_produced(session: Session) -> None:
+    proc = await session.start_exec(
+        ["sh", "-c", "echo one; read x; echo two >&2; read y; echo three"]
+    )
+    async with proc:
+        seen = []
+        for expected, line in ((0, b"one\n"), (1, b"two\n"), (0, b"three\n")):
+            assert await proc.read() == (expected, line)
+            seen.append(line)
+            if line != b"three\n":
+                await proc.write_stdin(b"go\n")  # the next line is only printed now
+        await proc.close_stdin()
+        result = await proc.wait()
+    assert result.exit_code == 0 and result.stdout == b"" and proc.exit_code == 0
+
+
+@pytest.mark.parametrize("code", [0, 1, 42, 255])
+async def test_exit_codes(session: Session, code: int) -> None:
+    result = await session.exec(f"exit {code}")
+    assert (result.exit_code, result.signal) == (code, None)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGUSR1])
+async def test_killed_by_signal(session: Session, sig: int) -> None:
+    result = await session.exec(f"kill -{int(sig)} $$")
+    assert (result.exit_code, result.signal) == (None, int(sig))
+    assert result.returncode == -int(sig)
+
+
+async def test_signal_is_sent_to_the_process_group(session: Session) -> None:
+    proc = await session.start_exec(["sh", "-c", "sleep 60 & echo $!; wait"])
+    async with proc:
+        stream, line = await proc.read() or (None, b"")
+        child = int(line)
+        # (Not SIGINT: a non-interactive sh starts background jobs with SIGINT ignored.)
+        await proc.signal(signal.SIGTERM)
+        result = await proc.wait()
+    await wait_pid_gone(child)  # the background child got it too
+    assert result.signal == signal.SIGTERM
+
+
+async def test_stdin(session: Session) -> None:
+    data = os.urandom(3 * MiB + 17)
+    result = await session.exec(["cat"], stdin=data)
+    assert result.stdout == data and result.exit_code == 0
+
+
+async def test_no_stdin_means_eof(session: Session) -> None:
+    result = await session.exec(["cat"])
+    assert result == ExecResult(b"", b"", 0, None)
+
+
+async def test_stdin_bigger_than_what_the_command_reads(session: Session) -> None:
+    result = await session.exec(["head", "-c", "10"], stdin=b"x" * (8 * MiB))
+    assert result.stdout == b"x" * 10 and result.exit_code == 0
+
+
+async def test_streaming_stdin(session: Session) -> None:
+    proc = await session.start_exec(["cat"])
+    async with proc:
+        for i in range(5):
+            await proc.write_stdin(b"line %d\n" % i)
+            assert await proc.read() == (0, b"line %d\n" % i)
+        await proc.close_stdin()
+        assert await proc.read() is None
+        assert (await proc.wait()).exit_code == 0
+
+
+async def test_large_output(session: Session) -> None:
+    result = await session.exec(["head", "-c", str(24 * MiB), "/dev/zero"])
+    assert len(result.stdout) == 24 * MiB and result.exit_code == 0
+
+
+async def test_timeout(session: Session) -> None:
+    start = time.monotonic()
+    result = await session.exec(["sleep", "30"], timeout=0.3)
+    assert result.timed_out and result.signal == signal.SIGTERM
+    assert time.monotonic() - start < 10
+
+
+async def test_timeout_escalates_to_sigkill(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(exec_module, "KILL_GRACE", 0.3)
+    result = await session.exec("trap '' TERM; sleep 30; echo survived", timeout=0.2)
+    assert result.timed_out and result.signal == signal.SIGKILL
+    assert b"survived" not in result.stdout
+
+
+async def test_server_caps_the_timeout(serve: StartServer, connect: Connect) -> None:
+    session = await connect(await serve(ServerPolicy(max_exec_seconds=0.2)))
+    result = await session.exec(["sleep", "30"], timeout=60)
+    assert result.timed_out
+
+
+async def test_cancel(session: Session) -> None:
+    proc = await session.start_exec(["sleep", "30"])
+    async with proc:
+        await proc.cancel()
+        result = await proc.wait()
+    assert result.signal == signal.SIGTERM and not result.timed_out
+    assert proc.signal_number == signal.SIGTERM and proc.exit_code is None
+
+
+async def test_cwd_and_env(session: Session, tmp_path: Path) -> None:
+    result = await session.exec("pwd; printf %s \"$PPCP_TEST\"", cwd=str(tmp_path),
+                                env={"PPCP_TEST": "a b=c"})
+    assert result.stdout == f"{tmp_path}\n".encode() + b"a b=c"
+
+
+async def test_default_cwd_is_home(session: Session) -> None:
+    result = await session.exec(["pwd"])
+    assert result.stdout.decode().strip() == os.path.realpath(os.path.expanduser("~"))
+
+
+async def test_missing_cwd_is_a_channel_error(session: Session, tmp_path: Path) -> None:
+    with pytest.raises(ChannelError, match="working directory"):
+        await session.exec(["true"], cwd=str(tmp_path / "nope"))
+
+
+async def test_command_not_found(session: Session) -> None:
+    # A string goes through the shell: like ssh, exit status 127 and the shell's message.
+    result = await session.exec("no-such-command-ppcp")
+    assert result.exit_code == 127 and b"not found" in result.stderr
+    # An argv is exec'd directly: the channel is refused with the OS error.
+    with pytest.raises(ChannelError, match="cannot execute 'no-such-command-ppcp'") as info:
+        await session.exec(["no-such-command-ppcp"])
+    assert type(info.value) is ChannelError
+    assert (await session.exec(["true"])).exit_code == 0  # the session is fine
+
+
+async def test_exec_disabled(serve: StartServer, connect: Connect) -> None:
+    session = await connect(await serve(ServerPolicy(allow_exec=False)))
+    with pytest.raises(PolicyDenied, match="disabled"):
+        await session.exec(["true"])
+    with pytest.raises(PolicyDenied):
+        await session.open_shell()
+    chan = await session.open_messages()  # the session itself lives on
+    await chan.close()
+
+
+async def test_allowlist(serve: StartServer, connect: Connect) -> None:
+    session = await connect(await serve(ServerPolicy(exec_allowlist=("echo", "true"))))
+    assert (await session.exec(["echo", "hi"])).stdout == b"hi\n"
+    # Plain words are run without a shell, so $HOME would not be expanded anyway.
+    assert (await session.exec("echo plain words")).stdout == b"plain words\n"
+    with pytest.raises(PolicyDenied, match="allow-list"):
+        await session.exec(["ls"])
+    with pytest.raises(PolicyDenied, match="shell syntax"):
+        await session.exec("echo hi; ls")
+    with pytest.raises(PolicyDenied, match="shell syntax"):
+        await session.exec("echo $(ls)")
+    with pytest.raises(PolicyDenied, match="environment"):
+        await session.exec(["echo"], env={"LD_PRELOAD": "/tmp/x.so"})
+    with pytest.raises(PolicyDenied):
+        await session.exec(["/bin/ls"])
+    with pytest.raises(PolicyDenied):
+        await session.open_shell()
+    assert (await session.exec(["true"])).exit_code == 0
+
+
+async def test_malformed_requests_are_refused(session: Session) -> None:
+    for payload in (b"not json", b"[]", b'{"argv": []}', b'{"argv": "ls"}',
+                    b'{"command": "x", "argv": ["y"]}', b'{"argv": ["a\\u0000b"]}',
+                    b'{"command": "true", "timeout": -1}', b'{"command": "true", "bogus": 1}'):
+        with pytest.raises(ChannelError):
+            await session.open_channel("exec", payload)
+    assert (await session.exec(["true"])).exit_code == 0
+
+
+async def test_bad_signal_request_is_ignored(session: Session) -> None:
+    proc = await session.start_exec(["cat"])
+    async with proc:
+        await proc.signal(0)
+        await proc.channel.send_json("signal", {"signal": "KILL"})
+        await proc.write_stdin(b"alive\n")
+        assert await proc.read() == (0, b"alive\n")
+        await proc.close_stdin()
+        assert (await proc.wait()).exit_code == 0
+
+
+async def test_children_die_with_the_session(serve: StartServer, connect: Connect) -> None:
+    server = await serve()
+    session = await connect(server)
+    proc = await session.start_exec(["sh", "-c", "sleep 300 & echo $!; wait"])
+    item = await proc.read()
+    assert item is not None
+    child = int(item[1])
+    assert proc.pid is not None
+    session.abort()  # the connection drops without a close exchange
+    await wait_pid_gone(proc.pid)
+    await wait_pid_gone(child)
+
+
+async def test_children_die_when_the_session_closes(session: Session) -> None:
+    proc = await session.start_exec(["sleep", "300"])
+    assert proc.pid is not None
+    await session.close()
+    await wait_pid_gone(proc.pid)
+
+
+async def test_children_die_when_the_channel_closes(session: Session) -> None:
+    proc = await session.start_exec(["sh", "-c", "sleep 300 & echo $!; wait"])
+    item = await proc.read()
+    assert item is not None and proc.pid is not None
+    await proc.close()
+    await wait_pid_gone(proc.pid)
+    await wait_pid_gone(int(item[1]))
+    assert (await session.exec(["true"])).exit_code == 0
+
+
+async def test_cancelling_exec_kills_the_command(session: Session) -> None:
+    task = asyncio.ensure_future(session.exec(["sleep", "300"]))
+    await until(lambda: any(ch.kind == "exec" for ch in session.channels.values()))
+    channel = next(ch for ch in session.channels.values() if ch.kind == "exec")
+    pid = json.loads(await channel.wait_accepted())["pid"]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await wait_pid_gone(pid)
+
+
+async def test_fast_producer_is_bounded_by_the_window(
+    serve: StartServer, connect: Connect
+) -> None:
+    """`yes` with a client that does not read: the server buffers about nothing."""
+    server = await serve()
+    session = await connect(server)
+    proc = await session.start_exec(["yes"])
+    async with proc:
+        served = next(iter(server.sessions))
+        channel_id = proc.channel.channel_id
+        await until(lambda: served.mux.channels[channel_id].send_window == 0)
+        window = session.mux.config.window
+        buffered = sum(len(d) for _, d in proc.channel._data)
+        assert buffered == window  # exactly one window in flight, nothing more
+        transport = served._transport
+        assert transport is not None and transport.get_write_buffer_size() < MiB
+        # Reading one chunk reopens the window only by that chunk's size.
+        await proc.read()
+        assert served.mux.channels[channel_id].send_window <= window
+
+
+async def test_nothing_runs_before_authentication(serve: StartServer, tmp_path: Path) -> None:
+    """A CHANNEL_OPEN sent instead of a handshake is refused; no command runs."""
+    server = await serve()
+    marker = tmp_path / "ran"
+    body = (
+        (1).to_bytes(4, "big") + (1 << 20).to_bytes(4, "big") + (1 << 20).to_bytes(4, "big")
+        + b"\x04exec" + b'{"command": "touch %s"}' % str(marker).encode()
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(encode_frame(FrameType.CHANNEL_OPEN, body))
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)  # the server answers and hangs up
+    writer.close()
+    assert data[:1] == bytes((FrameType.ALERT,))
+    assert not marker.exists()
+
+
+def test_blocking_exec(blocking_session: ppcp.Session) -> None:
+    result = blocking_session.exec("echo hi; echo err >&2; exit 7")
+    assert result == ExecResult(b"hi\n", b"err\n", 7, None)
+    with blocking_session.start_exec(["cat"]) as proc:
+        proc.write_stdin(b"abc")
+        proc.close_stdin()
+        assert list(proc) == [(0, b"abc")]
+        assert proc.wait().exit_code == 0
+    with blocking_session.start_exec(["sleep", "30"]) as proc:
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(timeout=10).signal == signal.SIGTERM
+        assert proc.signal_number == signal.SIGTERM
+    with blocking_session.start_exec(["sleep", "30"]) as proc:
+        proc.cancel()
+        assert proc.wait(timeout=10).signal == signal.SIGTERM
+    with pytest.raises(ChannelError):
+        blocking_session.exec(["no-such-command-ppcp"])
+
+
+def test_blocking_exec_disabled(blocking_server: object) -> None:
+    server = blocking_server(ServerPolicy(allow_exec=False))  # type: ignore[operator]
+    with ppcp.connect("127.0.0.1", server.port, _psk()) as session:
+        with pytest.raises(PolicyDenied):
+            session.exec("true")
+
+
+def _psk() -> str:
+    from channel_helpers import PSK_TEXT
+
+    return PSK_TEXT
+
+
+def test_serve_kwargs_keep_discovery_off() -> None:
+    import inspect
+
+    if "discovery" in inspect.signature(ppcp.aio.serve).parameters:
+        assert serve_kwargs() == {"discovery": False}
+    assert socket.AF_INET  # loopback only: every server here binds 127.0.0.1

@@ -1,0 +1,159 @@
+"""ppcp exec: streaming, exit codes, stdin, policy, failures, fan-out."""
+
+from __future__ import annotations
+
+from conftest import Env, StartServer
+
+
+def test_exec_streams_and_returns_the_exit_code(env: Env, server: StartServer) -> None:
+    srv = server()
+    res = env.run("exec", "--host", srv.address, "--", "echo out; echo err >&2; exit 7")
+    assert res.returncode == 7
+    assert res.stdout == "out\n"
+    assert res.stderr == "err\n"
+    res = env.run("exec", "--host", srv.address, "--", "printf", "%s|", "a b", "c")
+    assert (res.returncode, res.stdout) == (0, "a b|c|")
+    assert "exec for" in srv.wait_for(r"exec for .*printf")
+
+
+def test_exec_without_double_dash(env: Env, server: StartServer) -> None:
+    srv = server()
+    res = env.run("--host", srv.address, "exec", "ls", "-d", "/")
+    assert (res.returncode, res.stdout) == (0, "/\n"), res.stderr
+
+
+def test_exec_forwards_piped_stdin(env: Env, server: StartServer) -> None:
+    srv = server()
+    data = "".join(f"line {i}\n" for i in range(5000))
+    res = env.run("exec", "--host", srv.address, "--", "wc", "-l", input=data)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "5000"
+    res = env.run("exec", "-n", "--host", srv.address, "--", "wc", "-c", input=data)
+    assert res.stdout.strip() == "0"
+
+
+def test_remote_command_not_found_is_127(env: Env, server: StartServer) -> None:
+    srv = server()
+    res = env.run("exec", "--host", srv.address, "--", "no-such-command-xyz")
+    assert res.returncode == 127
+    assert "no-such-command-xyz" in res.stderr and "No such file" in res.stderr
+    res = env.run("exec", "--host", srv.address, "--", "no-such-command-xyz --flag")
+    assert res.returncode == 127  # through the shell, which says so itself
+
+
+def test_remote_signal_is_128_plus_n(env: Env, server: StartServer) -> None:
+    srv = server()
+    res = env.run("exec", "--host", srv.address, "--", "kill -TERM $$")
+    assert res.returncode == 128 + 15
+
+
+def test_exec_disabled_and_allowlist(env: Env, server: StartServer) -> None:
+    srv = server("--no-exec")
+    res = env.run("exec", "--host", srv.address, "--", "true")
+    assert res.returncode == 255
+    assert "refused" in res.stderr and "exec is disabled" in res.stderr
+    assert "Traceback" not in res.stderr
+    srv2 = server("--allow", "echo")
+    res = env.run("exec", "--host", srv2.address, "--", "echo", "allowed")
+    assert (res.returncode, res.stdout) == (0, "allowed\n"), res.stderr
+    res = env.run("exec", "--host", srv2.address, "--", "cat", "/etc/hostname")
+    assert res.returncode == 255 and "allow-list" in res.stderr
+
+
+def test_no_server_at_host(env: Env) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = env.run("exec", "--host", f"127.0.0.1:{port}", "--", "true")
+    assert res.returncode == 255
+    assert "connection refused" in res.stderr and "Traceback" not in res.stderr
+    res = env.run("send", "hi", "--host", f"127.0.0.1:{port}")
+    assert res.returncode == 3
+    assert res.stderr.count("\n") <= 2
+
+
+def test_nothing_answers_discovery(env: Env) -> None:
+    # Discovery PINGs go to a UDP port nothing listens on.
+    args = ("--timeout", "0.3", "--discovery-port", "9", "--unicast", "127.0.0.1")
+    res = env.run("scan", *args)
+    assert res.returncode == 3 and "no PPCP server answered" in res.stderr
+    res = env.run("scan", "--json", *args)
+    assert res.returncode == 3 and res.stdout.strip() == "[]"
+    res = env.run("send", "hi", "nobody-here", *args)
+    assert res.returncode == 3 and "'nobody-here'" in res.stderr
+    res = env.run("exec", "nobody-here", *args, "--", "true")
+    assert res.returncode == 255 and "'nobody-here'" in res.stderr
+
+
+def test_unknown_name_while_another_server_answers(env: Env, server: StartServer) -> None:
+    srv = server("--name", "alpha", discovery=True)
+    args = ("--timeout", "0.5", "--discovery-port", str(srv.discovery_port))
+    args += ("--unicast", "127.0.0.1")
+    res = env.run("exec", "beta", *args, "--", "true")
+    assert res.returncode == 255
+    assert "no PPCP server named 'beta'" in res.stderr
+    res = env.run("exec", "alpha", *args, "--", "echo", "found")
+    assert (res.returncode, res.stdout) == (0, "found\n"), res.stderr
+
+
+def test_wrong_key(env: Env, server: StartServer) -> None:
+    srv = server()
+    other = env.new_key("other.psk")
+    res = env.run("exec", "--psk-file", str(other), "--host", srv.address, "--", "true")
+    assert res.returncode == 255
+    assert "authentication failed" in res.stderr
+    res = env.run("send", "x", "--psk-file", str(other), "--host", srv.address)
+    assert res.returncode == 4
+    assert "same pre-shared key" in res.stderr and "Traceback" not in res.stderr
+    # The server logs the failure with the client's address.
+    assert "127.0.0.1:" in srv.wait_for(r"handshake with .* failed")
+
+
+def test_verbose_shows_the_traceback(env: Env) -> None:
+    env.psk_file.chmod(0o644)
+    res = env.run("-v", "send", "x", "--host", "127.0.0.1:1")
+    assert res.returncode == 8
+    assert "Traceback" in res.stderr
+
+
+def test_fan_out_to_several_servers(env: Env, server: StartServer) -> None:
+    a = server("--name", "alpha")
+    b = server("--name", "beta")
+    cfg = env.home / ".config" / "ppcp" / "config.toml"
+    cfg.write_text(f'[aliases]\nalpha = "{a.address}"\nbeta = "{b.address}"\n')
+    res = env.run("exec", "alpha", "beta", "--", "echo one; echo two; exit 0")
+    assert res.returncode == 0, res.stderr
+    lines = sorted(res.stdout.splitlines())
+    assert lines == ["alpha | one", "alpha | two", "beta  | one", "beta  | two"]
+    assert "summary" in res.stderr and "exit 0" in res.stderr
+    # Different exit codes: 1 overall, each listed in the summary.
+    res = env.run("exec", "alpha", "beta", "-e", "PPCP_T=y", "--", 'test "$PPCP_T" = x')
+    assert res.returncode == 1
+    assert res.stderr.count("exit 1") == 2
+    # A server that cannot be reached makes it 255.
+    cfg.write_text(f'[aliases]\nalpha = "{a.address}"\ngone = "127.0.0.1:1"\n')
+    res = env.run("exec", "alpha", "gone", "--", "true")
+    assert res.returncode == 255
+    assert "gone" in res.stderr and "connection refused" in res.stderr
+
+
+def test_fan_out_to_all_discovered(env: Env, server: StartServer) -> None:
+    a = server("--name", "alpha", discovery=True)
+    b = server("--name", "beta", discovery=True)
+    res = env.run(
+        "exec",
+        "--all",
+        "--timeout",
+        "1",
+        "--unicast",
+        f"127.0.0.1:{a.discovery_port}",
+        "--unicast",
+        f"127.0.0.1:{b.discovery_port}",
+        "--",
+        "echo hi",
+        input="",
+    )
+    assert res.returncode == 0, res.stderr
+    assert sorted(res.stdout.splitlines()) == ["alpha | hi", "beta  | hi"]

@@ -1,0 +1,242 @@
+"""ppcp put / ppcp get: scp-like copies, errors, disk full, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pty
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import PPCP, Env, Server, StartServer
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def random_file(path: Path, size: int) -> Path:
+    with path.open("wb") as f:
+        left = size
+        while left:
+            n = min(left, 4 << 20)
+            f.write(os.urandom(n))
+            left -= n
+    return path
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    d = tmp_path / "root"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def srv(server: StartServer, root: Path) -> Server:
+    return server("--root", str(root))
+
+
+def test_put_and_get_a_file(env: Env, srv: Server, root: Path, tmp_path: Path) -> None:
+    src = random_file(tmp_path / "data.bin", 3 << 20)
+    res = env.run("put", str(src), "box:", "--host", srv.address)
+    assert res.returncode == 0, res.stderr
+    assert "sent 1 file" in res.stderr and "3.0 MiB" in res.stderr
+    assert sha256(root / "data.bin") == sha256(src)
+    out = tmp_path / "back"
+    out.mkdir()
+    res = env.run("get", ":data.bin", str(out), "--host", srv.address)
+    assert res.returncode == 0, res.stderr
+    assert sha256(out / "data.bin") == sha256(src)
+    # Not a terminal: no progress bar, only the summary line.
+    assert "\r" not in res.stderr and res.stderr.count("\n") == 1
+    res = env.run("-q", "get", ":data.bin", str(out / "copy.bin"), "--host", srv.address)
+    assert (res.returncode, res.stderr) == (0, "")
+    assert sha256(out / "copy.bin") == sha256(src)
+
+
+def test_directories_need_r(env: Env, srv: Server, root: Path, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_text("a")
+    (tree / "sub" / "b.txt").write_text("b")
+    res = env.run("put", str(tree), ":", "--host", srv.address)
+    assert res.returncode == 2 and "-r" in res.stderr
+    res = env.run("put", "-r", str(tree), ":", "--host", srv.address)
+    assert res.returncode == 0, res.stderr
+    assert (root / "tree" / "sub" / "b.txt").read_text() == "b"
+    res = env.run("get", "-r", ":tree", str(tmp_path / "copy"), "--host", srv.address)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "copy" / "sub" / "b.txt").read_text() == "b"
+
+
+def test_several_files_into_a_directory(env: Env, srv: Server, root: Path, tmp_path: Path) -> None:
+    (root / "inbox").mkdir()
+    files = [tmp_path / f"f{i}.txt" for i in range(3)]
+    for i, f in enumerate(files):
+        f.write_text(str(i))
+    res = env.run("put", *map(str, files), ":inbox", "--host", srv.address)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in (root / "inbox").iterdir()) == ["f0.txt", "f1.txt", "f2.txt"]
+
+
+def test_remote_spec_errors(env: Env, srv: Server, tmp_path: Path) -> None:
+    f = tmp_path / "x"
+    f.write_text("x")
+    res = env.run("put", str(f), "no-colon")
+    assert res.returncode == 2 and "NAME:PATH" in res.stderr
+    res = env.run("put", str(f), ":x")  # no name and no --host
+    assert res.returncode == 2
+    res = env.run("put", str(tmp_path / "missing"), ":x", "--host", srv.address)
+    assert res.returncode == 6 and "missing" in res.stderr
+
+
+def test_paths_outside_the_root_are_refused(env: Env, srv: Server, tmp_path: Path) -> None:
+    res = env.run("get", ":../../etc/passwd", str(tmp_path), "--host", srv.address)
+    assert res.returncode == 7
+    assert "'..'" in res.stderr and "Traceback" not in res.stderr
+    res = env.run("get", ":no-such-file", str(tmp_path), "--host", srv.address)
+    assert res.returncode == 7 and "no such file" in res.stderr
+
+
+def test_files_disabled(env: Env, server: StartServer, tmp_path: Path) -> None:
+    srv = server("--no-files")
+    res = env.run("get", ":x", str(tmp_path), "--host", srv.address)
+    assert res.returncode == 7 and "refused" in res.stderr
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to run a server that cannot bypass file permissions",
+)
+def test_permission_denied(env: Env, server: StartServer, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "locked").write_text("secret")
+    (root / "locked").chmod(0)
+    (root / "ro").mkdir(mode=0o555)
+    drop = "-dac_override,-dac_read_search"
+    srv = server(
+        "--root", str(root), wrap=["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}"]
+    )
+    res = env.run("get", ":locked", str(tmp_path), "--host", srv.address)
+    assert res.returncode == 7
+    assert "Permission denied" in res.stderr and "Traceback" not in res.stderr
+    res = env.run("put", str(env.psk_file), ":ro/", "--host", srv.address)
+    assert res.returncode == 7 and "Permission denied" in res.stderr
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True, timeout=20).returncode:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=20)
+
+
+def test_disk_full(env: Env, server: StartServer, tiny_fs: Path, tmp_path: Path) -> None:
+    srv = server("--root", str(tiny_fs))
+    src = random_file(tmp_path / "big.bin", 3 << 20)
+    res = env.run("put", str(src), ":", "--host", srv.address)
+    assert res.returncode == 6
+    assert "no space left" in res.stderr and "Traceback" not in res.stderr
+    assert res.stderr.count("\n") <= 2
+    assert not (tiny_fs / "big.bin").exists()
+
+
+def wait_for_part(path: Path, timeout: float = 30.0) -> int:
+    """Poll (bounded) until the part file holds some bytes; its size."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size >= 1 << 20:
+            return size
+        select.select([], [], [], 0.005)
+    raise AssertionError(f"{path} did not appear within {timeout} s")
+
+
+@pytest.mark.parametrize("direction", ["put", "get"])
+def test_interrupted_transfer_resumes(
+    env: Env, srv: Server, root: Path, tmp_path: Path, direction: str
+) -> None:
+    size = 96 << 20
+    if direction == "put":
+        src = random_file(tmp_path / "big.bin", size)
+        args = ("put", str(src), ":", "--host", srv.address)
+        dest, part = root / "big.bin", root / ".big.bin.ppcp-part"
+    else:
+        src = random_file(root / "big.bin", size)
+        out = tmp_path / "out"
+        out.mkdir()
+        args = ("get", ":big.bin", str(out), "--host", srv.address)
+        dest, part = out / "big.bin", out / ".big.bin.ppcp-part"
+    client = env.popen(*args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_part(part)
+        client.send_signal(signal.SIGKILL)
+    finally:
+        client.wait(15)
+    assert client.returncode == -signal.SIGKILL
+    assert part.exists() and not dest.exists()
+    res = env.run(*args, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "resumed from" in res.stderr
+    assert sha256(dest) == sha256(src)
+    assert not part.exists()
+
+
+def test_progress_bar_on_a_terminal(env: Env, srv: Server, tmp_path: Path) -> None:
+    src = random_file(tmp_path / "bar.bin", 8 << 20)
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(
+            sys.executable,
+            [*PPCP, "put", str(src), ":", "--host", srv.address],
+            {**env.vars, "TERM": "xterm"},
+        )
+    screen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if not select.select([fd], [], [], deadline - time.monotonic())[0]:
+                break
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            screen += chunk
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, screen
+    assert b"bar.bin" in screen and b"8.4 MB" in screen, screen

@@ -1,0 +1,131 @@
+"""ppcp shell under a real pseudo-terminal: type, read the screen, exit, terminal restored."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import PPCP, Env, Server, StartServer
+
+# Runs `ppcp shell` in the pty and reports whether the terminal modes survived.
+WRAPPER = """
+import subprocess, sys, termios
+before = termios.tcgetattr(0)
+child = subprocess.Popen(sys.argv[1:])
+print(f"CHILD {child.pid}", flush=True)
+rc = child.wait()
+after = termios.tcgetattr(0)
+print(f"\\r\\nWRAPPER rc={rc} restored={before == after}", flush=True)
+"""
+
+
+class Terminal:
+    def __init__(self, env: Env, *args: str) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # child: becomes the wrapper, in the pty
+            os.execve(sys.executable, [sys.executable, "-c", WRAPPER, *PPCP, *args], env.vars)
+        self.screen = b""
+        self.child_pid = int(self.expect(rb"CHILD (\d+)").group(1))
+
+    def expect(self, pattern: bytes, timeout: float = 20.0) -> re.Match[bytes]:
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.screen)
+            if m:
+                return m
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                raise AssertionError(f"{pattern!r} not seen; screen:\n{self.screen!r}")
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:  # EIO: the pty closed
+                chunk = b""
+            if not chunk:
+                raise AssertionError(f"{pattern!r} not seen before EOF:\n{self.screen!r}")
+            self.screen += chunk
+
+    def type(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def finish(self) -> tuple[int, bool]:
+        m = self.expect(rb"WRAPPER rc=(-?\d+) restored=(True|False)")
+        os.waitpid(self.pid, 0)
+        return int(m.group(1)), m.group(2) == b"True"
+
+    def close(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(self.fd)
+
+
+@pytest.fixture
+def terminal(env: Env) -> Iterator[list[Terminal]]:
+    opened: list[Terminal] = []
+    yield opened
+    for t in opened:
+        t.close()
+
+
+def open_shell(env: Env, srv: Server, terminals: list[Terminal]) -> Terminal:
+    t = Terminal(env, "shell", "--host", srv.address)
+    terminals.append(t)
+    # Raw mode flushes type-ahead: wait for the remote prompt before typing.
+    t.expect(rb"[#$] $")
+    return t
+
+
+def test_shell_runs_commands_and_restores_the_terminal(
+    env: Env, server: StartServer, terminal: list[Terminal]
+) -> None:
+    srv = server()
+    t = open_shell(env, srv, terminal)
+    t.type("echo answer-$((6*7))\r")
+    t.expect(rb"answer-42")
+    t.type("exit 3\r")
+    assert t.finish() == (3, True)
+
+
+def test_terminal_restored_when_the_server_goes_away(
+    env: Env, server: StartServer, terminal: list[Terminal]
+) -> None:
+    srv = server()
+    t = open_shell(env, srv, terminal)
+    t.type("echo ready-$((1+1))\r")
+    t.expect(rb"ready-2")
+    assert srv.stop() == 0
+    assert "closing 1 session(s)" in srv.log
+    rc, restored = t.finish()
+    assert restored
+    assert rc == 255
+    assert b"ppcp:" in t.screen
+
+
+def test_terminal_restored_when_the_client_is_terminated(
+    env: Env, server: StartServer, terminal: list[Terminal]
+) -> None:
+    srv = server()
+    t = open_shell(env, srv, terminal)
+    t.type("echo up-$((2+2))\r")
+    t.expect(rb"up-4")
+    os.kill(t.child_pid, signal.SIGTERM)
+    rc, restored = t.finish()
+    assert restored
+    assert rc == 255
+    assert b"SIGTERM" in t.screen
+
+
+def test_shell_refused_by_policy(env: Env, server: StartServer) -> None:
+    srv = server("--no-exec")
+    res = env.run("shell", "--host", srv.address)
+    assert res.returncode == 255
+    assert "refused" in res.stderr

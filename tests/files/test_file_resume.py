@@ -1,0 +1,156 @@
+"""Interrupted transfers: nothing under the real name, a part file kept, resume from it."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from files_helpers import MiB, NO_BINARY, Loopback, make_file, sha256_file
+
+import ppcp
+from ppcp.control import transfer
+from ppcp.core.config import SUPPORTED_CAPABILITIES
+from ppcp.transport.aio_driver import AsyncSession
+
+PATHS = {"binary": SUPPORTED_CAPABILITIES, "base64": NO_BINARY}
+SIZE = 24 * MiB
+CUT = 8 * MiB
+
+
+@pytest.fixture(params=sorted(PATHS))
+def caps(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    return PATHS[request.param]
+
+
+def cut_after(session: AsyncSession, limit: int) -> transfer.ProgressCallback:
+    """A progress callback that kills the connection (no close) after ``limit`` bytes."""
+
+    def progress(done: int, total: int, rate: float) -> None:
+        if done >= limit:
+            session.abort()
+
+    return progress
+
+
+def part_of(path: Path) -> Path:
+    return path.with_name(f".{path.name}.ppcp-part")
+
+
+async def test_put_killed_mid_transfer_then_resumed(lo: Loopback, caps: tuple[str, ...]) -> None:
+    src = lo.local / "big.bin"
+    digest = make_file(src, SIZE)
+    dest = lo.root / "big.bin"
+    async with lo.client(caps) as session:
+        with pytest.raises(ppcp.PPCPError):
+            await session.put(src, "big.bin", progress=cut_after(session, CUT))
+    await lo.server_idle()
+    assert not dest.exists()
+    kept = part_of(dest).stat().st_size
+    assert 0 < kept < SIZE
+    async with lo.client(caps) as session:
+        result = await session.put(src, "big.bin")
+    assert result.sha256 == digest == sha256_file(dest)
+    assert result.resumed_from == kept
+    assert result.bytes == SIZE - kept < SIZE
+    assert result.total == SIZE
+    assert not part_of(dest).exists()
+
+
+async def test_get_killed_mid_transfer_then_resumed(lo: Loopback, caps: tuple[str, ...]) -> None:
+    digest = make_file(lo.root / "big.bin", SIZE)
+    dest = lo.local / "big.bin"
+    async with lo.client(caps) as session:
+        with pytest.raises(ppcp.PPCPError):
+            await session.get("big.bin", dest, progress=cut_after(session, CUT))
+    assert not dest.exists()
+    kept = part_of(dest).stat().st_size
+    assert CUT <= kept < SIZE
+    seen: list[int] = []
+    async with lo.client(caps) as session:
+        result = await session.get("big.bin", dest, progress=lambda d, t, r: seen.append(d))
+    assert result.sha256 == digest == sha256_file(dest)
+    assert result.resumed_from == kept and result.bytes == SIZE - kept
+    assert seen[0] > kept and seen[-1] == SIZE  # progress counts the resumed prefix as done
+    assert not part_of(dest).exists()
+
+
+async def test_a_part_that_differs_is_not_trusted(lo: Loopback) -> None:
+    digest = make_file(lo.root / "f.bin", 4 * MiB)
+    part = part_of(lo.local / "f.bin")
+    part.write_bytes(b"not the same prefix" * 1000)
+    async with lo.client() as session:
+        result = await session.get("f.bin", lo.local / "f.bin")
+    assert (result.resumed_from, result.bytes, result.sha256) == (0, 4 * MiB, digest)
+    assert sha256_file(lo.local / "f.bin") == digest and not part.exists()
+
+
+async def test_a_part_longer_than_the_file_is_discarded(lo: Loopback) -> None:
+    digest = make_file(lo.local / "f.bin", MiB)
+    make_file(part_of(lo.root / "f.bin"), 2 * MiB)
+    async with lo.client() as session:
+        result = await session.put(lo.local / "f.bin", "f.bin")
+    assert (result.resumed_from, result.sha256) == (0, digest)
+    assert sha256_file(lo.root / "f.bin") == digest
+
+
+async def test_resume_false_starts_over(lo: Loopback) -> None:
+    digest = make_file(lo.root / "f.bin", 3 * MiB)
+    with open(lo.root / "f.bin", "rb") as f:
+        part_of(lo.local / "f.bin").write_bytes(f.read(2 * MiB))  # a valid prefix
+    async with lo.client() as session:
+        result = await session.get("f.bin", lo.local / "f.bin", resume=False)
+    assert (result.resumed_from, result.bytes, result.sha256) == (0, 3 * MiB, digest)
+
+
+async def test_a_complete_part_is_just_verified_and_renamed(lo: Loopback) -> None:
+    digest = make_file(lo.local / "f.bin", 2 * MiB)
+    make_file(part_of(lo.root / "f.bin"), 2 * MiB)  # same content: same generator
+    async with lo.client() as session:
+        result = await session.put(lo.local / "f.bin", "f.bin")
+    assert (result.resumed_from, result.bytes, result.sha256) == (2 * MiB, 0, digest)
+    assert sha256_file(lo.root / "f.bin") == digest
+
+
+async def test_disk_full_keeps_the_part_for_resume(
+    lo: Loopback, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    digest = make_file(lo.local / "f.bin", 6 * MiB)
+    real_write_at = transfer.write_at
+
+    def full_disk(fd: int, data: bytes | memoryview, pos: int) -> None:
+        if pos + len(data) > 3 * MiB:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write_at(fd, data, pos)
+
+    monkeypatch.setattr(transfer, "write_at", full_disk)
+    async with lo.client() as session:
+        with pytest.raises(ppcp.TransferError, match="no space left on device") as info:
+            await session.put(lo.local / "f.bin", "f.bin")
+        assert info.value.remote
+        assert "f.bin" in info.value.message
+        assert not (lo.root / "f.bin").exists()
+        assert part_of(lo.root / "f.bin").stat().st_size == 3 * MiB
+        monkeypatch.setattr(transfer, "write_at", real_write_at)  # space freed
+        result = await session.put(lo.local / "f.bin", "f.bin")
+    assert (result.resumed_from, result.bytes, result.sha256) == (3 * MiB, 3 * MiB, digest)
+
+
+async def test_checksum_mismatch_discards_the_part(
+    lo: Loopback, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sender whose bytes do not match its final hash: nothing is kept."""
+    make_file(lo.local / "f.bin", MiB + 5)
+    real = transfer.send_data
+
+    async def corrupting(channel, encoding, fd, pos, size, h, progress, shown):  # type: ignore[no-untyped-def]
+        await real(channel, encoding, fd, pos, size, h, progress, shown)
+        h.update(b"tampered")
+
+    monkeypatch.setattr(transfer, "send_data", corrupting)
+    async with lo.client() as session:
+        with pytest.raises(ppcp.TransferError, match="checksum mismatch"):
+            await session.put(lo.local / "f.bin", "f.bin")
+    assert not (lo.root / "f.bin").exists()
+    assert not part_of(lo.root / "f.bin").exists()

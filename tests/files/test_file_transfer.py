@@ -1,0 +1,291 @@
+"""put/get over loopback: files, directories, both data paths, compression, metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from files_helpers import (
+    MiB,
+    NO_BINARY,
+    NO_ZLIB,
+    PSK,
+    Loopback,
+    config,
+    loopback,
+    make_file,
+    sha256_file,
+    text_file,
+    tree_snapshot,
+)
+
+import ppcp
+from ppcp.control.router import ServerPolicy
+from ppcp.core.config import SUPPORTED_CAPABILITIES
+
+PATHS = {"binary": SUPPORTED_CAPABILITIES, "base64": NO_BINARY}
+
+
+@pytest.fixture(params=sorted(PATHS))
+def caps(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """The client's capabilities: with or without binary-data (the base64 path)."""
+    return PATHS[request.param]
+
+
+async def test_put_then_get_a_file(lo: Loopback, caps: tuple[str, ...]) -> None:
+    size = 5 * MiB + 12345
+    digest = make_file(lo.local / "data.bin", size)
+    encoding = "binary" if "binary-data" in caps else "base64"
+    async with lo.client(caps) as session:
+        up = await session.put(lo.local / "data.bin", "copy.bin")
+        assert (up.files, up.bytes, up.total, up.sha256) == (1, size, size, digest)
+        assert up.encoding == encoding and not up.compressed and up.path == "copy.bin"
+        down = await session.get("copy.bin", str(lo.local / "back.bin"))
+        assert (down.files, down.bytes, down.sha256) == (1, size, digest)
+        assert down.encoding == encoding
+    assert sha256_file(lo.root / "copy.bin") == digest
+    assert sha256_file(lo.local / "back.bin") == digest
+    leftovers = [p.name for p in (*lo.root.iterdir(), *lo.local.iterdir()) if "part" in p.name]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize("size", [0, 1, MiB, MiB + 1])
+async def test_boundary_sizes(lo: Loopback, caps: tuple[str, ...], size: int) -> None:
+    digest = make_file(lo.local / "f", size)
+    async with lo.client(caps) as session:
+        await session.put(lo.local / "f", "f")
+        result = await session.get("f", lo.local / "g")
+    assert result.sha256 == digest == sha256_file(lo.root / "f") == sha256_file(lo.local / "g")
+
+
+async def test_scp_rules_for_existing_directories(lo: Loopback) -> None:
+    make_file(lo.local / "one.txt", 100)
+    (lo.root / "inbox").mkdir()
+    (lo.local / "downloads").mkdir()
+    async with lo.client() as session:
+        result = await session.put(lo.local / "one.txt", "inbox")
+        assert result.path == "inbox/one.txt"
+        assert (lo.root / "inbox" / "one.txt").stat().st_size == 100
+        result = await session.get("inbox/one.txt", lo.local / "downloads")
+        assert result.path == str(lo.local / "downloads" / "one.txt")
+        assert (lo.local / "downloads" / "one.txt").stat().st_size == 100
+        # The root itself is "" (and "." / "./"): the file lands in it.
+        result = await session.put(lo.local / "one.txt", "")
+        assert result.path == "one.txt"
+
+
+async def test_overwrite_replaces_atomically(lo: Loopback) -> None:
+    (lo.root / "f").write_bytes(b"old contents")
+    old_inode = (lo.root / "f").stat().st_ino
+    make_file(lo.local / "f", 3 * MiB)
+    async with lo.client() as session:
+        await session.put(lo.local / "f", "f")
+    assert (lo.root / "f").stat().st_size == 3 * MiB
+    assert (lo.root / "f").stat().st_ino != old_inode  # renamed over, not rewritten
+
+
+async def test_mode_and_mtime_are_preserved(lo: Loopback) -> None:
+    src = lo.local / "script.sh"
+    src.write_bytes(b"#!/bin/sh\necho hi\n")
+    os.chmod(src, 0o751)
+    os.utime(src, ns=(1_600_000_000_123_456_789, 1_500_000_000_987_654_321))
+    async with lo.client() as session:
+        await session.put(src, "script.sh")
+        os.chmod(lo.root / "script.sh", 0o640)
+        os.utime(lo.root / "script.sh", ns=(1_400_000_000_000_000_000,) * 2)
+        await session.get("script.sh", lo.local / "back.sh")
+    up = (lo.root / "script.sh").stat()
+    down = (lo.local / "back.sh").stat()
+    assert stat.S_IMODE(down.st_mode) == 0o640
+    assert down.st_mtime_ns == 1_400_000_000_000_000_000
+    assert stat.S_IMODE(up.st_mode) == 0o640  # what we set after the put
+    # and the put itself preserved what the source had:
+    async with lo.client() as session:
+        await session.put(src, "script2.sh")
+    up = (lo.root / "script2.sh").stat()
+    assert stat.S_IMODE(up.st_mode) == 0o751
+    assert up.st_mtime_ns == 1_500_000_000_987_654_321
+
+
+async def test_setuid_bits_are_not_transferred(lo: Loopback) -> None:
+    src = lo.local / "tool"
+    src.write_bytes(b"x")
+    os.chmod(src, 0o4755)
+    async with lo.client() as session:
+        await session.put(src, "tool")
+    assert stat.S_IMODE((lo.root / "tool").stat().st_mode) == 0o755
+
+
+async def test_progress_is_monotonic_with_the_right_total(
+    lo: Loopback, caps: tuple[str, ...]
+) -> None:
+    size = 6 * MiB + 7
+    make_file(lo.local / "p.bin", size)
+    for direction in ("put", "get"):
+        calls: list[tuple[int, int, float]] = []
+
+        def progress(done: int, total: int, rate: float, calls: list = calls) -> None:  # type: ignore[type-arg]
+            calls.append((done, total, rate))
+
+        async with lo.client(caps) as session:
+            if direction == "put":
+                await session.put(lo.local / "p.bin", "p.bin", progress=progress)
+            else:
+                await session.get("p.bin", lo.local / "q.bin", progress=progress)
+        dones = [c[0] for c in calls]
+        assert len(calls) >= 6, direction
+        assert dones == sorted(dones) and len(set(dones)) == len(dones)
+        assert dones[-1] == size
+        assert {c[1] for c in calls} == {size}
+        assert all(c[2] >= 0 for c in calls) and calls[-1][2] > 0
+
+
+def build_tree(top: Path) -> None:
+    (top / "a" / "b" / "c").mkdir(parents=True)
+    (top / "empty").mkdir()
+    (top / "a" / "empty-too").mkdir()
+    make_file(top / "top.bin", 2 * MiB + 3)
+    make_file(top / "a" / "one.bin", 1000, b"one")
+    make_file(top / "a" / "b" / "two.bin", MiB, b"two")
+    (top / "a" / "b" / "c" / "zero").write_bytes(b"")
+    os.chmod(top / "a" / "one.bin", 0o600)
+    os.chmod(top / "a" / "b", 0o750)
+
+
+async def test_recursive_put_and_get(lo: Loopback, caps: tuple[str, ...]) -> None:
+    src = lo.local / "tree"
+    src.mkdir()
+    build_tree(src)
+    os.utime(src / "a", ns=(1_000_000_000_000_000_000,) * 2)
+    expected = tree_snapshot(src)
+    async with lo.client(caps) as session:
+        up = await session.put(src, "", recursive=True)
+        assert up.path == "tree"
+        assert (up.files, up.directories) == (4, 6)
+        assert up.bytes == 2 * MiB + 3 + 1000 + MiB
+        assert tree_snapshot(lo.root / "tree") == expected
+        assert (lo.root / "tree" / "a").stat().st_mtime_ns == 1_000_000_000_000_000_000
+        # get into an existing directory: lands inside it, as "tree"
+        (lo.local / "copies").mkdir()
+        down = await session.get("tree", lo.local / "copies", recursive=True)
+        assert (down.files, down.directories, down.path) == (4, 6, str(lo.local / "copies" / "tree"))
+    assert tree_snapshot(lo.local / "copies" / "tree") == expected
+    async with lo.client(caps) as session:
+        fresh = lo.local / "fresh"  # does not exist: becomes the copy itself
+        down = await session.get("tree", fresh, recursive=True)
+        assert down.path == str(fresh) and down.files == 4
+    assert tree_snapshot(fresh) == expected
+
+
+async def test_directories_need_recursive(lo: Loopback) -> None:
+    (lo.local / "d").mkdir()
+    (lo.root / "rd").mkdir()
+    async with lo.client() as session:
+        with pytest.raises(ppcp.TransferError, match="recursive"):
+            await session.put(lo.local / "d", "d")
+        with pytest.raises(ppcp.TransferError, match="recursive"):
+            await session.get("rd", lo.local / "rd")
+        # The session survives channel errors.
+        make_file(lo.local / "ok", 10)
+        await session.put(lo.local / "ok", "ok")
+    assert not (lo.local / "rd").exists()
+
+
+async def test_missing_paths_are_clear_errors(lo: Loopback) -> None:
+    async with lo.client() as session:
+        with pytest.raises(ppcp.TransferError, match="no-such-file"):
+            await session.put(lo.local / "no-such-file", "x")
+        with pytest.raises(ppcp.RemotePathError, match="nope"):
+            await session.get("nope", lo.local / "x")
+        with pytest.raises(ppcp.RemotePathError, match="does not exist"):
+            await session.put(__file__, "missing-dir/x")
+
+
+async def test_recursive_transfer_skips_special_files(lo: Loopback) -> None:
+    src = lo.local / "s"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_bytes(b"f")
+    os.mkfifo(src / "fifo")
+    os.symlink("sub/f", src / "link-to-file")
+    os.symlink("sub", src / "link-to-dir")
+    async with lo.client() as session:
+        up = await session.put(src, "", recursive=True)
+    assert sorted(os.listdir(lo.root / "s")) == ["link-to-file", "sub"]
+    assert (lo.root / "s" / "link-to-file").read_bytes() == b"f"  # followed: a copy
+    assert any("fifo" in s and "FIFO" in s for s in up.skipped)
+    assert any("link-to-dir" in s for s in up.skipped)
+
+
+async def test_compression_path(dirs: tuple[Path, Path]) -> None:
+    root, local = dirs
+    digest = text_file(local / "text.txt", 3 * MiB + 5)
+    make_file(local / "random.bin", MiB + 9)  # zlib does not help: stored blocks
+    async with loopback(root, local) as lo:
+        for caps in (SUPPORTED_CAPABILITIES, NO_BINARY):
+            async with lo.client(caps) as session:
+                up = await session.put(local / "text.txt", "text.txt", compress=True)
+                assert up.compressed and up.sha256 == digest
+                await session.put(local / "random.bin", "random.bin", compress=True)
+                down = await session.get("text.txt", local / "back.txt", compress=True)
+                assert down.compressed and down.sha256 == digest
+            assert sha256_file(root / "random.bin") == sha256_file(local / "random.bin")
+            assert sha256_file(local / "back.txt") == digest
+    # compress=True without zlib negotiated: sent uncompressed, and says so.
+    async with loopback(root, local, capabilities=NO_ZLIB) as lo, lo.client() as session:
+        up = await session.put(local / "text.txt", "plain.txt", compress=True)
+        assert not up.compressed and up.sha256 == digest
+
+
+async def test_policy_can_disable_files(dirs: tuple[Path, Path]) -> None:
+    root, local = dirs
+    make_file(local / "f", 10)
+    policy = ServerPolicy(root=root, allow_files=False)
+    async with loopback(root, local, policy=policy) as lo, lo.client() as session:
+        with pytest.raises(ppcp.PolicyDenied):
+            await session.put(local / "f", "f")
+        with pytest.raises(ppcp.PolicyDenied):
+            await session.get("f", local / "g")
+
+
+async def test_concurrent_transfers_on_one_session(lo: Loopback) -> None:
+    digests = [make_file(lo.local / f"c{i}", 2 * MiB + i, bytes([i])) for i in range(4)]
+    async with lo.client() as session:
+        results = await asyncio.gather(
+            *(session.put(lo.local / f"c{i}", f"c{i}") for i in range(4))
+        )
+    assert [r.sha256 for r in results] == digests
+    assert [sha256_file(lo.root / f"c{i}") for i in range(4)] == digests
+
+
+def test_blocking_api(dirs: tuple[Path, Path]) -> None:
+    root, local = dirs
+    digest = make_file(local / "b.bin", 2 * MiB + 1)
+
+    async def start() -> ppcp.aio.Server:
+        from files_helpers import serve_kwargs
+
+        return await ppcp.aio.serve(
+            "127.0.0.1",
+            0,
+            PSK,
+            config=config(),
+            policy=ServerPolicy(root=root),
+            **serve_kwargs(),
+        )
+
+    from ppcp.transport.blocking import run
+
+    server = run(start())
+    try:
+        seen: list[int] = []
+        with ppcp.connect("127.0.0.1", server.port, PSK, config=config()) as session:
+            up = session.put(local / "b.bin", "b.bin", progress=lambda d, t, r: seen.append(d))
+            down = session.get("b.bin", str(local / "c.bin"))
+        assert isinstance(up, ppcp.TransferResult)
+        assert up.sha256 == down.sha256 == digest == sha256_file(local / "c.bin")
+        assert seen[-1] == 2 * MiB + 1
+    finally:
+        run(server.aclose())
