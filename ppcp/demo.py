@@ -8,7 +8,6 @@ whose contents it cannot read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import tempfile
@@ -56,7 +55,7 @@ def describe(direction: str, frame_type: int, body: bytes) -> None:
         alert = Alert.decode(body)
         line += f"\n      code={alert.code} reason={alert.reason!r}"
     else:
-        line += f"   ciphertext {body[:12].hex()}…"
+        line += f"  {body[:6].hex()}…"
     console.print(line)
 
 
@@ -68,6 +67,7 @@ class Tap:
         self.quiet = False
         self.server: asyncio.Server | None = None
         self.frames = 0
+        self.seen = bytearray()
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -90,6 +90,7 @@ class Tap:
                 frame_type, _flags, length = HEADER.unpack(header)
                 body = await reader.readexactly(length)
                 self.frames += 1
+                self.seen += header + body
                 if not self.quiet:
                     describe(direction, frame_type, body)
                 writer.write(header + body)
@@ -121,9 +122,9 @@ async def main() -> None:
         psk,
         config=SessionConfig(name="demo-server"),
         policy=ServerPolicy(root=server_root),
-        **_discovery_kwargs(),
+        discovery_port=0,
     )
-    console.print(f"  server 'demo-server' listening on 127.0.0.1:{server.port}, root {server_root}")
+    console.print(f"  server 'demo-server' on 127.0.0.1:{server.port}, file root {server_root}")
 
     phase("1. Discovery: PING → PONG")
     await _demo_discovery(server, psk)
@@ -147,7 +148,8 @@ async def main() -> None:
     )
 
     phase("3. Encrypted records (the tap sees only ciphertext)")
-    await session.send(b"hello from the client: this text never appears on the wire")
+    marker = b"hello from the client: this text never appears on the wire"
+    await session.send(marker)
     console.print("  sent one MESSAGE record; rekey_after_records=6 forces KEY_UPDATE records soon")
 
     phase("4. Remote exec over a channel")
@@ -179,6 +181,10 @@ async def main() -> None:
     phase("6. Orderly close")
     await session.close()
     console.print("  CLOSE records exchanged; neither side saw a truncation")
+    leaked = marker in tap.seen
+    console.print(
+        f"  the tap relayed {len(tap.seen)} bytes; the message text appears in them: {leaked}"
+    )
 
     phase("7. A client with the wrong key")
     try:
@@ -189,27 +195,26 @@ async def main() -> None:
     console.print("\n[bold green]Demo complete.[/bold green] Run `make test` for the full suite.")
 
 
-def _discovery_kwargs() -> dict[str, object]:
-    import inspect
-
-    params = inspect.signature(ppcp.aio.serve).parameters
-    return {"discovery_port": 0} if "discovery_port" in params else {}
-
-
 async def _demo_discovery(server: ppcp.aio.Server, psk: str) -> None:
-    discovery = getattr(server, "discovery", None)
-    aio_discover = getattr(ppcp.aio, "discover", None)
-    if discovery is None or aio_discover is None:
-        console.print("  (discovery not available in this build)")
+    assert server.discovery is not None
+    port = server.discovery.port
+    console.print(
+        f"  responder on UDP {port}; the demo PINGs it by unicast (a LAN scan would also\n"
+        "  broadcast on every interface and browse _ppcp._tcp.local. over mDNS)"
+    )
+    try:
+        found = await ppcp.aio.discover(
+            port, timeout=1.0, psk=psk, targets=[f"127.0.0.1:{port}"], limit=1
+        )
+    except ppcp.PPCPError as exc:
+        console.print(f"  [red]no answer[/red]: {exc}")
         return
-    port = discovery.port
-    with contextlib.suppress(ppcp.PPCPError):
-        found = await aio_discover(psk=psk, port=port, targets=[f"127.0.0.1:{port}"], timeout=1.0)
-        for info in found:
-            console.print(
-                f"  PONG from {info.name!r} id={info.id[:12]}… at {list(info.addresses)} "
-                f"tcp port {info.port} rtt {info.rtt * 1000:.2f} ms verified={info.verified}"
-            )
+    for info in found:
+        console.print(
+            f"  PONG from {info.name!r} id={info.id[:12]}… at {list(info.addresses)} "
+            f"tcp port {info.port}, rtt {(info.rtt or 0) * 1000:.2f} ms, "
+            f"PSK tag verified={info.verified}"
+        )
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ def test_vectors_decode_as_the_rfc_says() -> None:
     for name in ("file_entry", "chunk", "end"):
         r = Reader(vectors[name])
         assert r.u32() == 1
-        requests[r.vec8().decode()] = r.rest()
+        key = r.vec8().decode()
+        requests[key] = r.rest()
     entry = transfer.FileEntry.decode(requests["file"])
     assert (entry.path, entry.size, entry.mode) == ((), 13, 0o644)
     data = transfer.decode_chunk(requests["chunk"], 0, entry.size)
