@@ -410,3 +410,41 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
+
+
+# -- profiling ------------------------------------------------------------------------
+
+
+def start_profiler(kind: str | None) -> Any:
+    """``pyinstrument`` (wall-clock call tree) or ``cprofile`` (CPU time per function)."""
+    if not kind:
+        return None
+    if kind == "cprofile":
+        import cProfile
+
+        prof = cProfile.Profile(time.thread_time)
+        prof.enable()
+        return prof
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.0005, async_mode="disabled")
+    profiler.start()
+    return profiler
+
+
+def stop_profiler(profiler: Any, kind: str | None, path: str | Path | None) -> None:
+    if profiler is None or path is None:
+        return
+    if kind == "cprofile":
+        import io
+        import pstats
+
+        profiler.disable()
+        out = io.StringIO()
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(25)
+        Path(path).write_text(out.getvalue())
+        return
+    profiler.stop()
+    Path(path).write_text(profiler.output_text(unicode=False, color=False))

@@ -11,7 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import BIN, GiB, MiB, Procs, Report, child_env, free_port, wait_port
+from bench.common import (
+    BIN,
+    RESULTS_DIR,
+    GiB,
+    MiB,
+    Procs,
+    Report,
+    child_env,
+    free_port,
+    wait_port,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,7 @@ class Settings:
     socket_handshakes: int = 200
     transfer_timeout: float = 300.0
     section_budget: float = 600.0
+    total_budget: float = 3600.0  # sections not started by then are skipped
 
     @classmethod
     def smoke_settings(cls) -> Settings:
@@ -45,13 +56,14 @@ class Settings:
             warm_runs=10,
             concurrent=20,
             concurrent_rounds=2,
-            idle_sessions=40,
-            idle_hold=2.0,
+            idle_sessions=30,
+            idle_hold=1.5,
             idle_heartbeat=0.5,
             handshake_runs=40,
             socket_handshakes=20,
             transfer_timeout=30.0,
-            section_budget=30.0,
+            section_budget=20.0,
+            total_budget=45.0,
         )
 
 
@@ -65,7 +77,7 @@ class Context:
     psk: str = ""
     psk_file: Path = field(default_factory=Path)
     ssh_keys: Any = None  # bench.peers.SshKeys when asyncssh is available
-    profile_dir: Path | None = None
+    out_dir: Path = RESULTS_DIR
 
     def __post_init__(self) -> None:
         import ppcp
@@ -108,6 +120,7 @@ class Context:
         heartbeat: float | None = None,
         max_unauthenticated: int | None = None,
         profile: Path | None = None,
+        profiler: str = "pyinstrument",
     ) -> tuple[subprocess.Popen[bytes], int]:
         """A PPCP or asyncssh server in a child process; (process, port)."""
         port = free_port()
@@ -120,7 +133,7 @@ class Context:
         if max_unauthenticated is not None:
             cmd += ["--max-unauthenticated", str(max_unauthenticated)]
         if profile is not None:
-            cmd += ["--profile", str(profile)]
+            cmd += ["--profile", str(profile), "--profiler", profiler]
         log = open(self.work / f"server-{kind}-{port}.log", "wb")  # noqa: SIM115
         proc = self.procs.start(cmd, stdout=log, stderr=log, env=self.env())
         log.close()

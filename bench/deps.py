@@ -20,7 +20,6 @@ from bench.common import PYTHON
 PIP_PACKAGES = {
     "asyncssh": "asyncssh>=2.14",
     "matplotlib": "matplotlib>=3.8",
-    "psutil": "psutil>=5.9",
     "pyinstrument": "pyinstrument>=4.6",
 }
 APT_PACKAGES = {"sshd": "openssh-server", "ssh": "openssh-client"}

@@ -41,12 +41,15 @@ async def serve_sink(channel: Any, policy: Any) -> None:
         pass
 
 
-async def _serve() -> None:
+async def _serve(window: int) -> None:
     import ppcp.aio
     from ppcp.control import router
+    from ppcp.control.channels import MuxConfig
 
     router.SERVICES["bench-sink"] = "bench.heartbeat_under_load:serve_sink"
-    config = ppcp.SessionConfig(name="bench-server", heartbeat_interval=0)
+    config = ppcp.SessionConfig(
+        name="bench-server", heartbeat_interval=0, mux=MuxConfig(window=window)
+    )
     server = await ppcp.aio.serve("127.0.0.1", 0, PSK, config=config, discovery=False)
     print(server.port, flush=True)
     # Runs until the client closes our stdin.
@@ -83,7 +86,9 @@ async def _execs(session: Any, runs: int, deadline: float) -> list[float]:
     return samples
 
 
-async def _client(port: int, size: int, interval: float, execs: int, budget: float) -> dict[str, Any]:
+async def _client(
+    port: int, size: int, interval: float, execs: int, budget: float
+) -> dict[str, Any]:
     import ppcp.aio
 
     deadline = time.monotonic() + budget
@@ -141,12 +146,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=0.05, help="heartbeat interval (s)")
     parser.add_argument("--execs", type=int, default=200, help="exec samples (default 200)")
     parser.add_argument("--deadline", type=float, default=600.0, help="overall budget (s)")
+    parser.add_argument(
+        "--window", type=int, default=4096, help="per-channel window, KiB (default 4096)"
+    )
     args = parser.parse_args(argv)
     if args.serve:
-        asyncio.run(_serve())
+        asyncio.run(_serve(args.window * 1024))
         return 0
     server = subprocess.Popen(
-        [sys.executable, "-m", "bench.heartbeat_under_load", "--serve"],
+        [
+            sys.executable,
+            "-m",
+            "bench.heartbeat_under_load",
+            "--serve",
+            "--window",
+            str(args.window),
+        ],
         cwd=REPO,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -166,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+    result["window_kib"] = args.window
     hb, load = result["heartbeat_idle"], result["heartbeat_under_load"]
     print(
         f"transfer: {result['size_mib']} MiB in {result['seconds']} s "

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import LOOPBACK
+from bench.common import LOOPBACK, start_profiler, stop_profiler
 
 PSK_ENV = "PPCP_BENCH_PSK"
 
@@ -216,12 +216,7 @@ def server_port(server: Any) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    profiler = None
-    if args.profile:
-        from pyinstrument import Profiler
-
-        profiler = Profiler(interval=0.0005, async_mode="disabled")
-        profiler.start()
+    profiler = start_profiler(args.profiler if args.profile else None)
     if args.kind == "ppcp":
         psk = os.environ[PSK_ENV]
         server = await start_ppcp(
@@ -241,9 +236,7 @@ async def _serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     print(json.dumps({"port": server_port(server), "pid": os.getpid()}), flush=True)
     await stop.wait()
-    if profiler is not None:
-        profiler.stop()
-        Path(args.profile).write_text(profiler.output_text(unicode=False, color=False))
+    stop_profiler(profiler, args.profiler, args.profile)
     server.close()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(server.wait_closed(), 3)
@@ -257,7 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keys", help="asyncssh key dir")
     parser.add_argument("--heartbeat", type=float, default=None)
     parser.add_argument("--max-unauthenticated", type=int, default=None)
-    parser.add_argument("--profile", help="write a pyinstrument text profile here on exit")
+    parser.add_argument("--profile", help="write a profile here on exit")
+    parser.add_argument("--profiler", choices=["pyinstrument", "cprofile"], default="pyinstrument")
     args = parser.parse_args(argv)
     asyncio.run(_serve(args))
     sys.exit(0)

@@ -23,18 +23,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import deps
-from bench.common import RESULTS_DIR, MiB, Procs, Report
+from bench.common import RESULTS_DIR, Deadline, MiB, Procs, Report
 from bench.context import Context, Settings
 from bench.sshd import SshDaemon
 
 # name -> (needs the sshd?, description)
 SECTIONS: dict[str, tuple[bool, str]] = {
     "handshake": (False, "handshake CPU per side vs the crypto floor"),
+    "transfer": (True, "file upload/download vs scp, sftp, ssh cat, asyncssh SFTP"),
     "cold": (True, "cold connect+handshake+exec true (library and CLI)"),
     "warm": (True, "warm exec true on an open session"),
     "concurrent": (False, "N concurrent connect+auth+exec from one asyncio client"),
     "idle": (False, "N idle sessions with heartbeats on one server (RSS)"),
-    "transfer": (True, "file upload/download vs scp, sftp, ssh cat, asyncssh SFTP"),
     "discovery": (False, "discovery first-answer latency between network namespaces"),
     "extras": (False, "the other teams' bench scripts (files, heartbeat under load)"),
     "profile": (False, "pyinstrument profiles of put/get and the handshake (opt-in)"),
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     report.raw["available"] = have
 
     with Procs() as procs:
-        ctx = Context(settings, report, procs, have)
+        ctx = Context(settings, report, procs, have, out_dir=args.out)
         try:
             _run_sections(ctx, sections, args)
         finally:
@@ -156,7 +156,11 @@ def _run_sections(ctx: Context, sections: list[str], args: argparse.Namespace) -
                 ssh = stack.enter_context(SshDaemon(ctx.procs))
             except Exception as exc:
                 ctx.report.note("sshd", f"could not start the bench sshd: {exc}")
+        budget = Deadline(ctx.settings.total_budget)
         for name in sections:
+            if budget.expired:
+                ctx.report.skip(name, f"time budget ({ctx.settings.total_budget:g} s) used up")
+                continue
             t = time.monotonic()
             print(f"[bench] {name} ...", flush=True)
             try:

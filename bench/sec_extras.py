@@ -14,11 +14,22 @@ from __future__ import annotations
 
 import json
 import os
-import time
+import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.common import PYTHON, REPO, RESULTS_DIR, MiB, Row, Skip, run_child, summarize
+from bench.common import (
+    PYTHON,
+    REPO,
+    RESULTS_DIR,
+    MiB,
+    Row,
+    Skip,
+    last_json_line,
+    run_child,
+    start_profiler,
+    stop_profiler,
+)
 from bench.context import Context, have_session_api
 
 BENCH_DIR = REPO / "bench"
@@ -49,87 +60,148 @@ def _script_result(ctx: Context, name: str, args: list[str], timeout: float) -> 
 
 
 def run_discovery(ctx: Context) -> None:
+    """bench/discovery.py (root + network namespaces): first-answer latency."""
     section = "discovery"
     if ctx.settings.smoke:
         ctx.report.skip(section, "needs root and network namespaces: not part of --smoke")
         return
+    out = RESULTS_DIR / "discovery.json"
+    out.unlink(missing_ok=True)
     try:
-        result = _script_result(ctx, "discovery", [], ctx.settings.section_budget)
+        result = _script_result(ctx, "discovery", ["--runs", "100"], ctx.settings.section_budget)
     except Skip as exc:
         ctx.report.skip(section, str(exc))
         return
+    data: dict[str, Any] = {}
+    if out.exists():
+        data = json.loads(out.read_text())
+    result["json"] = data
     ctx.report.raw[section] = result
-    if result["returncode"] != 0:
-        ctx.report.note(section, f"bench/discovery.py exited {result['returncode']}")
-    data = result["json"] or {}
-    first = _find_latency(data)
-    if first is not None:
-        ctx.report.add(
-            Row(
-                section,
-                "discovery-first-answer",
-                "discovery first-answer latency (netns)",
-                "s",
-                first,
-                note="from bench/discovery.py",
-            )
+    if result["returncode"] != 0 or not data:
+        tail = (result["stderr_tail"] or result["stdout_tail"]).strip().splitlines()[-1:]
+        ctx.report.note(
+            section, f"bench/discovery.py exited {result['returncode']}: {' '.join(tail)}"
         )
-    else:
-        ctx.report.note(section, "bench/discovery.py output kept in latest.json (raw.discovery)")
+        return
+    picks = [
+        ("one", "first_ms", "scan start -> first verified PONG (1 server, netns)"),
+        ("one", "find_server_ms", "ppcp.find_server() incl. TCP connect (netns)"),
+        ("five", "first_ms", "scan start -> first PONG of 5 servers (netns)"),
+        ("five", "all_ms", "scan start -> all 5 PONGs (netns)"),
+    ]
+    for group, key, what in picks:
+        stat = (data.get(group) or {}).get(key)
+        if isinstance(stat, dict) and stat.get("n"):
+            ctx.report.add(
+                Row(
+                    section,
+                    f"discovery-{group}-{key}",
+                    what,
+                    "s",
+                    {
+                        k: (v / 1000 if k in ("median", "min", "max", "p99") else v)
+                        for k, v in stat.items()
+                    },
+                    note=f"p99 {stat.get('p99')} ms; from bench/discovery.py",
+                )
+            )
 
 
-def _find_latency(data: Any) -> dict[str, Any] | None:
-    """A first-answer latency summary in whatever shape the script printed."""
-    if not isinstance(data, dict):
-        return None
-    for key, value in data.items():
-        if "first" in key and isinstance(value, dict) and "median" in value:
-            scale = 0.001 if key.endswith("_ms") else 1.0
-            return {k: (v * scale if isinstance(v, int | float) else v) for k, v in value.items()}
-        if "first" in key and isinstance(value, list) and value:
-            scale = 0.001 if key.endswith("_ms") else 1.0
-            return summarize([float(v) * scale for v in value])
-    return None
+EXTRAS = {
+    # script -> (smoke args, full args, where its JSON lands: None = last stdout line)
+    "files_throughput": (
+        ["--size-mib", "8", "--runs", "1"],
+        ["--size-mib", "1024", "--runs", "1"],
+        "files_throughput.json",
+    ),
+    "heartbeat_under_load": (
+        ["--size", "16", "--execs", "10", "--deadline", "25"],
+        ["--size", "1024", "--execs", "200", "--deadline", "300"],
+        None,
+    ),
+}
 
 
 def run_extras(ctx: Context) -> None:
     section = "extras"
-    for name in ("files_throughput", "heartbeat_under_load"):
-        args = ["--smoke"] if ctx.settings.smoke else []
+    for name, (smoke_args, full_args, json_name) in EXTRAS.items():
+        args = list(smoke_args if ctx.settings.smoke else full_args)
+        json_path = ctx.work / json_name if json_name else None
+        if json_path is not None:
+            args += ["--json", str(json_path)]
         try:
-            result = _script_result(ctx, name, args, ctx.settings.section_budget)
+            result = _script_result(ctx, name, args, ctx.settings.section_budget + 60)
         except Skip as exc:
             ctx.report.skip(section, str(exc))
             continue
+        except TimeoutError as exc:
+            ctx.report.note(section, f"bench/{name}.py: {exc}")
+            continue
+        if json_path is not None and json_path.exists():
+            result["json"] = json.loads(json_path.read_text())
         ctx.report.raw.setdefault(section, {})[name] = result
         if result["returncode"] != 0:
             ctx.report.note(section, f"bench/{name}.py exited {result['returncode']}")
+        else:
+            ctx.report.note(section, f"bench/{name}.py: output in latest.json (raw.extras)")
+    _extras_rows(ctx)
+
+
+def _extras_rows(ctx: Context) -> None:
+    raw = ctx.report.raw.get("extras", {})
+    hb = (raw.get("heartbeat_under_load") or {}).get("json") or {}
+    for key, what in (
+        ("heartbeat_idle", "heartbeat RTT, idle session"),
+        ("heartbeat_under_load", "heartbeat RTT during a bulk transfer"),
+        ("exec_true_under_load", "warm exec true during a bulk transfer"),
+    ):
+        stat = hb.get(key) or {}
+        if stat.get("median_ms") is not None:
+            ctx.report.add(
+                Row(
+                    "extras",
+                    f"hb-{key}",
+                    what + " (bench/heartbeat_under_load.py)",
+                    "s",
+                    {
+                        "n": stat.get("n"),
+                        "median": stat["median_ms"] / 1000,
+                        "min": None,
+                        "max": stat["max_ms"] / 1000 if stat.get("max_ms") else None,
+                    },
+                    note=f"p99 {stat.get('p99_ms')} ms" if stat.get("p99_ms") else "",
+                )
+            )
 
 
 # -- profiling ---------------------------------------------------------------------------
 
 
 def run_profile(ctx: Context) -> None:
+    """Profiles of the handshake and the put/get hot path, each with two profilers.
+
+    pyinstrument: wall-clock call tree (where the time goes, waiting included);
+    cProfile with a thread-CPU timer: CPU per function, robust on a busy machine.
+    """
     section = "profile"
     if not ctx.have.get("pyinstrument"):
         ctx.report.skip(section, "pyinstrument not installed")
         return
-    out_dir = RESULTS_DIR
+    out_dir = ctx.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
-    files["handshake"] = str(_profile_handshake(ctx, out_dir))
+    for kind in ("pyinstrument", "cprofile"):
+        files[f"handshake-{kind}"] = str(_profile_handshake(ctx, out_dir, kind))
     if have_session_api("put", "get"):
-        files.update(_profile_transfer(ctx, out_dir))
+        for kind in ("pyinstrument", "cprofile"):
+            files.update(_profile_transfer(ctx, out_dir, kind))
     else:
         ctx.report.skip(section, "put/get not implemented yet: no transfer profile")
     ctx.report.raw[section] = files
-    for what, path in files.items():
-        ctx.report.note(section, f"{what}: {path}")
+    ctx.report.note(section, f"{len(files)} profiles written to {out_dir}/profile-*.txt")
 
 
-def _profile_handshake(ctx: Context, out_dir: Path) -> Path:
-    from pyinstrument import Profiler
-
+def _profile_handshake(ctx: Context, out_dir: Path, kind: str) -> Path:
     from bench.sec_handshake import ppcp_in_memory_once
     from ppcp.core.config import SessionConfig
     from ppcp.crypto.psk import derive_psk_key
@@ -137,21 +209,19 @@ def _profile_handshake(ctx: Context, out_dir: Path) -> Path:
     psk_key = derive_psk_key(ctx.psk)
     config = SessionConfig(name="bench")
     n = 200 if ctx.settings.smoke else 3000
-    profiler = Profiler(interval=0.0001, async_mode="disabled")
-    profiler.start()
+    path = out_dir / f"profile-handshake-{kind}.txt"
+    profiler = start_profiler(kind)
     for _ in range(n):
         ppcp_in_memory_once(psk_key, config)
-    profiler.stop()
-    path = out_dir / "profile-handshake.txt"
-    path.write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+    stop_profiler(profiler, kind, path)
     return path
 
 
-def _profile_transfer(ctx: Context, out_dir: Path) -> dict[str, str]:
+def _profile_transfer(ctx: Context, out_dir: Path, kind: str) -> dict[str, str]:
     from bench.sec_transfer import make_file
 
     size = ctx.settings.file_size if ctx.settings.smoke else min(ctx.settings.file_size, 512 * MiB)
-    base = ctx.work / "prof"
+    base = ctx.work / f"prof-{kind}"
     remote = base / "remote"
     remote.mkdir(parents=True)
     src = base / "src.bin"
@@ -160,27 +230,29 @@ def _profile_transfer(ctx: Context, out_dir: Path) -> dict[str, str]:
     files: dict[str, str] = {}
     try:
         for op in ("put", "get"):
-            server_prof = out_dir / f"profile-{op}-server.txt"
-            client_prof = out_dir / f"profile-{op}-client.txt"
-            proc, port = ctx.start_server("ppcp", remote, profile=server_prof)
+            server_prof = out_dir / f"profile-{op}-server-{kind}.txt"
+            client_prof = out_dir / f"profile-{op}-client-{kind}.txt"
+            server_prof.unlink(missing_ok=True)
+            proc, port = ctx.start_server("ppcp", remote, profile=server_prof, profiler=kind)
             try:
                 cmd = [PYTHON, "-m", "bench.worker", "ppcp-transfer", "--port", str(port)]
                 cmd += ["--op", op, "--mode", "binary", "--profile", str(client_prof)]
-                cmd += ["--remote", "up.bin" if op == "put" else "src.bin"]
+                cmd += ["--profiler", kind, "--remote", "up.bin" if op == "put" else "src.bin"]
                 cmd += ["--local", str(src if op == "put" else base / "down.bin")]
                 r = run_child(cmd, ctx.settings.transfer_timeout * 3, env=ctx.env())
                 if r.returncode != 0:
                     raise RuntimeError(f"profiled {op}: {r.stderr.decode(errors='replace')[-800:]}")
+                out = last_json_line(r.stdout)
+                ctx.report.note(
+                    "profile",
+                    f"{op} {size // MiB} MiB under {kind}: {size / MiB / out['seconds']:.0f} MiB/s",
+                )
             finally:
                 ctx.procs.stop(proc, timeout=30)
-            deadline = time.monotonic() + 10
-            while not server_prof.exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            files[f"{op}-client"] = str(client_prof)
-            files[f"{op}-server"] = str(server_prof)
+            files[f"{op}-client-{kind}"] = str(client_prof)
+            files[f"{op}-server-{kind}"] = str(server_prof)
             (remote / "up.bin").unlink(missing_ok=True)
             (base / "down.bin").unlink(missing_ok=True)
     finally:
-        src.unlink(missing_ok=True)
-        (remote / "src.bin").unlink(missing_ok=True)
+        shutil.rmtree(base, ignore_errors=True)
     return files

@@ -22,7 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import LOOPBACK, Deadline, proc_status_kib, raise_nofile
+from bench.common import (
+    LOOPBACK,
+    Deadline,
+    proc_status_kib,
+    raise_nofile,
+    start_profiler,
+    stop_profiler,
+)
 from bench.peers import PSK_ENV, SshKeys, asyncssh_connect, ppcp_client_config
 
 
@@ -61,7 +68,7 @@ async def _ppcp_connect(port: int, **config: Any) -> Any:
 
 
 async def ppcp_transfer(args: argparse.Namespace) -> dict[str, Any]:
-    profiler = _start_profiler(args.profile)
+    profiler = start_profiler(args.profiler if args.profile else None)
     session = await _ppcp_connect(args.port, binary=args.mode == "binary")
     try:
         caps = list(session.capabilities)
@@ -77,7 +84,7 @@ async def ppcp_transfer(args: argparse.Namespace) -> dict[str, Any]:
         cpu = _cpu() - cpu0
     finally:
         await session.close()
-    _stop_profiler(profiler, args.profile)
+    stop_profiler(profiler, args.profiler, args.profile)
     return {
         "seconds": elapsed,
         "cpu_seconds": cpu,
@@ -198,25 +205,6 @@ async def asyncssh_idle(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-# -- profiling --------------------------------------------------------------------------
-
-
-def _start_profiler(path: str | None) -> Any:
-    if not path:
-        return None
-    from pyinstrument import Profiler
-
-    profiler = Profiler(interval=0.0005, async_mode="disabled")
-    profiler.start()
-    return profiler
-
-
-def _stop_profiler(profiler: Any, path: str | None) -> None:
-    if profiler is not None and path:
-        profiler.stop()
-        Path(path).write_text(profiler.output_text(unicode=False, color=False))
-
-
 COMMANDS = {
     "ppcp-transfer": ppcp_transfer,
     "ppcp-idle": ppcp_idle,
@@ -241,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heartbeat", type=float, default=1.0)
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=300.0)
-    parser.add_argument("--profile")
+    parser.add_argument("--profile", help="write a profile of the transfer here")
+    parser.add_argument("--profiler", choices=["pyinstrument", "cprofile"], default="pyinstrument")
     args = parser.parse_args(argv)
     result = asyncio.run(COMMANDS[args.command](args))
     sys.stdout.write(json.dumps(result) + "\n")

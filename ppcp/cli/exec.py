@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,30 +169,55 @@ def run_one(ctx: Any, target: Any, request: Request) -> int:
         else:
             process.close_stdin()
         out, err = sys.stdout.buffer, sys.stderr.buffer
-        interrupted = False
-        iterator = iter(process)
-        while True:
-            try:
-                item = next(iterator, None)
-            except KeyboardInterrupt:
-                if interrupted:
-                    process.cancel()
-                    raise
-                interrupted = True  # first Ctrl-C goes to the remote command
-                process.signal(2)
-                continue
-            if item is None:
-                break
-            stream, data = item
-            target_stream = err if is_stderr(stream) else out
-            target_stream.write(data)
-            target_stream.flush()
-        result = process.wait()
+        with forwarded_interrupts(process):
+            for stream, data in process:
+                target_stream = err if is_stderr(stream) else out
+                target_stream.write(data)
+                target_stream.flush()
+            result = process.wait()
         if getattr(result, "timed_out", False):
             click.echo(f"ppcp: {target.label}: the remote command timed out.", err=True)
         return exit_status(result)
     finally:
         session.close()
+
+
+@contextmanager
+def forwarded_interrupts(*processes: Any, live: list[Any] | None = None) -> Iterator[None]:
+    """Ctrl-C: SIGINT to the remote command; again: cancel it; a third time: give up.
+
+    A signal handler (not KeyboardInterrupt) so that no output is lost and the
+    stream is never interrupted halfway; the requests go out from a thread.
+    ``live`` is a list of processes that fan-out workers fill as they start.
+    """
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    count = 0
+
+    def send(targets: list[Any], first: bool) -> None:
+        for process in targets:
+            with suppress(Exception):  # the command may have ended meanwhile
+                if first:
+                    process.signal(signal.SIGINT)
+                else:
+                    process.cancel()
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal count
+        count += 1
+        if count > 2:
+            raise KeyboardInterrupt
+        targets = [*processes, *(live or [])]
+        threading.Thread(target=send, args=(targets, count == 1), daemon=True).start()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def start(session: Any, request: Request) -> Any:
@@ -295,9 +322,15 @@ def run_many(ctx: Any, names: list[str], all_: bool, request: Request) -> int:
         request = Request(**{**request.__dict__, "stdin_data": sys.stdin.buffer.read()})
     width = max(len(label) for label, _ in jobs)
     lock = threading.Lock()
-    with ThreadPoolExecutor(max_workers=min(32, len(jobs))) as pool:
+    live: list[Any] = []
+    with (
+        forwarded_interrupts(live=live),
+        ThreadPoolExecutor(max_workers=min(32, len(jobs))) as pool,
+    ):
         outcomes = list(
-            pool.map(lambda job: _run_prefixed(ctx, job[0], job[1], request, width, lock), jobs)
+            pool.map(
+                lambda job: _run_prefixed(ctx, job[0], job[1], request, width, lock, live), jobs
+            )
         )
     return _summarize(outcomes, width)
 
@@ -317,7 +350,13 @@ def _discovered_targets(ctx: Any, skip: set[str]) -> list[tuple[str, Any]]:
 
 
 def _run_prefixed(
-    ctx: Any, label: str, target: Any, request: Request, width: int, lock: threading.Lock
+    ctx: Any,
+    label: str,
+    target: Any,
+    request: Request,
+    width: int,
+    lock: threading.Lock,
+    live: list[Any],
 ) -> _Outcome:
     from ppcp.cli.errors import classify
 
@@ -330,6 +369,7 @@ def _run_prefixed(
             except CommandNotStarted as exc:
                 out.write(f"ppcp: {exc.reason}\n".encode(), True)
                 return _Outcome(label, status=exc.status)
+            live.append(process)
             if request.stdin_data:
                 process.write_stdin(request.stdin_data)
             process.close_stdin()

@@ -56,17 +56,22 @@ def print_table(servers: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for title in ("NAME", "ID", "ADDRESSES", "PORT", "RTT", "CAPABILITIES", "VERIFIED"):
-        table.add_column(title, justify="right" if title in ("PORT", "RTT") else "left")
+    table.add_column("NAME", no_wrap=True)
+    table.add_column("ID", no_wrap=True)
+    table.add_column("ADDRESSES", overflow="fold")
+    table.add_column("PORT", justify="right", no_wrap=True)
+    table.add_column("RTT", justify="right", no_wrap=True)
+    table.add_column("CAPABILITIES", overflow="fold")
+    table.add_column("VERIFIED", no_wrap=True)
     for s in servers:
         rtt = s["rtt"]
         table.add_row(
             str(s["name"]),
-            str(s["id"] or ""),
-            ", ".join(s["addresses"] or []),
+            str(s["id"] or "")[:12],  # like docker: --json has the whole id
+            "\n".join(s["addresses"] or []),
             str(s["port"]),
-            f"{rtt * 1000:.1f} ms" if isinstance(rtt, int | float) else "",
-            ", ".join(s["capabilities"] or []),
-            "yes" if s["verified"] else "no",
+            f"{rtt * 1000:.1f} ms" if isinstance(rtt, int | float) else "-",
+            ",".join(s["capabilities"] or []),
+            "yes" if s["verified"] else "no (mDNS)",
         )
     Console(soft_wrap=False).print(table)

@@ -34,6 +34,7 @@ DEFAULT_WINDOW = 4 << 20
 DEFAULT_MAX_PACKET = 1 << 20
 MIN_MAX_PACKET = 1024
 DEFAULT_MAX_CHANNELS = 256
+DEFAULT_MAX_PENDING_REQUESTS = 256
 MAX_PAYLOAD = 64 * 1024
 MAX_KIND_BYTES = 32
 DATA_HEADER = 5  # u32 channel id + u8 stream
@@ -162,6 +163,9 @@ class MuxConfig:
     window: int = DEFAULT_WINDOW
     max_packet: int = DEFAULT_MAX_PACKET
     max_channels: int = DEFAULT_MAX_CHANNELS
+    # CHANNEL_REQUESTs received on one channel and not yet read by its
+    # service (enforced by the driver): requests are not flow-controlled.
+    max_pending_requests: int = DEFAULT_MAX_PENDING_REQUESTS
 
     def __post_init__(self) -> None:
         if not 0 < self.window <= MAX_WINDOW:
@@ -170,6 +174,8 @@ class MuxConfig:
             raise ValueError("max_packet out of range")
         if self.max_channels <= 0:
             raise ValueError("max_channels must be positive")
+        if self.max_pending_requests <= 0:
+            raise ValueError("max_pending_requests must be positive")
 
 
 class ChannelMux:
@@ -390,6 +396,8 @@ class ChannelMux:
             payload = r.rest()
             if window > MAX_WINDOW or max_packet < MIN_MAX_PACKET:
                 raise ProtocolError("CHANNEL_ACCEPT window or packet size out of range")
+            if len(payload) > MAX_PAYLOAD:
+                raise ProtocolError("CHANNEL_ACCEPT payload too large")
             ch.send_window = window
             ch.send_max_packet = min(max_packet, MAX_RECORD_PLAINTEXT - DATA_HEADER)
             if ch.close_pending is not None:

@@ -219,9 +219,11 @@ def encode_exit_status(returncode: int, timed_out: bool) -> bytes:
 
 
 def require_capability(session: AsyncSession, capability: str) -> None:
+    """Refuse locally a service the session did not negotiate (it needs channels too)."""
     session.raise_if_failed()
-    if capability not in session.capabilities:
-        raise ChannelError(f"the peer does not offer {capability!r} (no such capability)")
+    for needed in ("channels", capability):
+        if needed not in session.capabilities:
+            raise ChannelError(f"the peer does not offer {needed!r} (capability not negotiated)")
 
 
 # -- client -------------------------------------------------------------------------

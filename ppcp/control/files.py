@@ -10,6 +10,7 @@ directory goes inside it, and directories need ``recursive=True``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 from collections.abc import Callable
@@ -62,6 +63,8 @@ if TYPE_CHECKING:
     from ppcp.transport.blocking import Session
 
 __all__ = ["FilesMixin", "SyncFilesMixin", "TransferResult", "serve_get", "serve_put"]
+
+log = logging.getLogger("ppcp.server")
 
 CAPABILITY = "files"
 MAX_ENTRIES = 1_000_000  # entries in one recursive transfer
@@ -392,6 +395,7 @@ def _encoding(channel: AsyncChannel, request: dict[str, Any], what: str) -> Enco
 
 
 def _refuse(channel: AsyncChannel, exc: PPCPError) -> None:
+    log.info("%s for %s refused: %s", channel.kind, channel.session.peer_name, exc.message)
     code = int(exc.code) if exc.code >= CloseCode.CHANNEL_ERROR else CloseCode.CHANNEL_ERROR
     channel.reject(code, exc.message)
 
@@ -421,10 +425,25 @@ async def serve_put(channel: AsyncChannel, policy: ServerPolicy) -> None:
         _refuse(channel, exc)
         return
     channel.accept(encode_json({"v": PROTOCOL, "path": join(dest)}))
+    peer, shown = channel.session.peer_name, display(join(dest))
+    log.info("put from %s: receiving %s %s", peer, kind, shown)
+    progress, stats = Progress(None, 0), Stats()
     receiver = Receiver(
-        channel, encoding, tree, dest, resume, Progress(None, 0), Stats(), single=kind == "file"
+        channel, encoding, tree, dest, resume, progress, stats, single=kind == "file"
     )
-    await receiver.run()
+    try:
+        await receiver.run()
+    except PPCPError as exc:
+        log.warning("put from %s: %s failed: %s", peer, shown, exc.message)
+        raise
+    log.info(
+        "put from %s: %s done, %d file(s), %d bytes received, %d resumed",
+        peer,
+        shown,
+        stats.files,
+        progress.moved,
+        stats.resumed_from,
+    )
 
 
 def put_destination(tree: Tree, parts: tuple[str, ...], kind: str, name: str) -> tuple[str, ...]:
@@ -472,7 +491,15 @@ async def serve_get(channel: AsyncChannel, policy: ServerPolicy) -> None:
     channel.accept(
         encode_json({"v": PROTOCOL, "type": kind, "name": name, "size": total, "files": files})
     )
-    await send_entries(channel, encoding, items, Progress(None, total), Stats())
+    peer, shown = channel.session.peer_name, display(join(parse_wire_path(request.get("path"))))
+    log.info("get by %s: sending %s %s (%d file(s), %d bytes)", peer, kind, shown, files, total)
+    progress = Progress(None, total)
+    try:
+        await send_entries(channel, encoding, items, progress, Stats())
+    except PPCPError as exc:
+        log.warning("get by %s: %s failed: %s", peer, shown, exc.message)
+        raise
+    log.info("get by %s: %s done, %d bytes sent", peer, shown, progress.moved)
 
 
 def get_source(

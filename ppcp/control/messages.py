@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ppcp.control.aio_channel import AsyncChannel, decode_json, encode_json
+from ppcp.control.exec import require_capability
 from ppcp.core.errors import ChannelError, CloseCode, error_for_code
 from ppcp.utils.codec import has_control_chars
 
@@ -169,9 +170,7 @@ class MessagesMixin:
         """Open a message channel on ``topic``; see :class:`MessageChannel`."""
         session = cast("AsyncSession", self)
         check_topic(topic)
-        session.raise_if_failed()
-        if "channels" not in session.capabilities:
-            raise ChannelError("the peer does not offer 'channels' (no such capability)")
+        require_capability(session, "channels")
         channel = await session.open_channel(KIND, encode_json({"topic": topic}))
         return MessageChannel(channel, topic, session.config.max_message_size)
 
@@ -324,7 +323,9 @@ async def serve_message(channel: AsyncChannel, policy: ServerPolicy) -> None:
         except Exception as exc:
             # The sender learns that its message was not handled; the server lives on.
             log.exception("on_message failed for a message from %s on %r", peer, topic)
-            await channel.close(CloseCode.CHANNEL_ERROR, f"message handler failed ({type(exc).__name__})")
+            await channel.close(
+                CloseCode.CHANNEL_ERROR, f"message handler failed ({type(exc).__name__})"
+            )
             return
         if reply is not None:
             await messages.send(reply)

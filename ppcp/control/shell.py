@@ -320,10 +320,12 @@ def _terminal_size(fd: int) -> tuple[int, int]:
     return max(1, size.columns), max(1, size.lines)
 
 
-def _attach(sh: Shell, in_fd: int, out_fd: int) -> int:
-    from ppcp.transport.blocking import _LoopThread
+async def _running_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
 
-    loop = _LoopThread.get().loop
+
+def _attach(sh: Shell, in_fd: int, out_fd: int) -> int:
+    loop = _run(_running_loop())  # the blocking API's loop thread
     saved = termios.tcgetattr(in_fd) if os.isatty(in_fd) else None
     previous_handler: Any = None
     watching_winch = threading.current_thread() is threading.main_thread()

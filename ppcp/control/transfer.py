@@ -843,4 +843,3 @@ def file_vectors_markdown() -> str:
         lines.extend(value[i : i + 64] for i in range(0, len(value), 64))
     lines.append("```")
     return "\n".join(lines)
-

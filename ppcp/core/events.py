@@ -29,7 +29,9 @@ class MessageReceived(Event):
 
 @dataclass(frozen=True, slots=True)
 class ConnectionClosed(Event):
-    """The peer closed the session (orderly or with an error code)."""
+    """The session ended: the peer closed it (orderly or with an error code),
+    or this side detected an error after delivering earlier events
+    (``error.remote`` tells which)."""
 
     code: int
     reason: str

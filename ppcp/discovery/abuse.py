@@ -38,6 +38,9 @@ class ResponderLimits:
     # A nonce seen within this many seconds is a replay.
     replay_window: float = 60.0
     replay_capacity: int = 4096
+    # Linux: drop datagrams that cannot be PINGs in the kernel already
+    # (ppcp.discovery.prefilter); the checks here run regardless.
+    kernel_filter: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.max_datagram <= MAX_DATAGRAM:

@@ -116,7 +116,7 @@ async def aio_find_server(
         tried: set[tuple[str, int]] = set()
         while (now := loop.time()) < deadline:
             if deferred and now >= grace_end:
-                candidate: Sighting | None = deferred.pop(0)
+                candidate: Sighting = deferred.pop(0)
             else:
                 wake = min(deadline, grace_end) if deferred else deadline
                 try:
@@ -128,7 +128,6 @@ async def aio_find_server(
                 if not candidate.verified and loop.time() < grace_end:
                     deferred.append(candidate)
                     continue
-            assert candidate is not None
             info = scan.collector.get(candidate.id)
             if info is not None and info.verified and not candidate.verified:
                 continue  # a verified PONG for this server arrived meanwhile

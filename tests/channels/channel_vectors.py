@@ -41,7 +41,6 @@ from ppcp.core.errors import CloseCode
 from ppcp.core.events import Event
 from ppcp.core.states import Role
 from ppcp.transport.frames import Frame, FrameType, encode_header
-from ppcp.utils.codec import Writer
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 VECTOR_BLOCK = "channel-vectors"
@@ -106,7 +105,9 @@ def generate() -> list[tuple[str, int, int, bytes]]:
     step("window_adjust", client, server, [WindowOpened(cid)])
     status = encode_exit_status(0, False)
     server.mux.send_request(cid, "exit-status", status)
-    step("channel_request_exit_status", server, client, [ChannelRequest(cid, "exit-status", status)])
+    step(
+        "channel_request_exit_status", server, client, [ChannelRequest(cid, "exit-status", status)]
+    )
     server.mux.close_channel(cid)
     step("channel_close", server, client, [ChannelClosed(cid, CloseCode.NORMAL, "")])
     client.conn.records.clear()  # the client's answering CLOSE is the same layout
@@ -123,7 +124,9 @@ def generate() -> list[tuple[str, int, int, bytes]]:
     )
     msg_payload = b'{"topic":"default"}'
     mid = client.mux.open_channel("message", msg_payload)
-    step("channel_open_message", client, server, [ChannelOpenRequested(mid, "message", msg_payload)])
+    step(
+        "channel_open_message", client, server, [ChannelOpenRequested(mid, "message", msg_payload)]
+    )
     server.mux.accept(mid)
     client.mux.handle_record(
         Frame(FrameType.CHANNEL_ACCEPT, 0, b"", b""), server.conn.records.pop()[2]

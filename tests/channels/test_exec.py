@@ -62,7 +62,7 @@ async def test_killed_by_signal(session: Session, sig: int) -> None:
 async def test_signal_is_sent_to_the_process_group(session: Session) -> None:
     proc = await session.start_exec(["sh", "-c", "sleep 60 & echo $!; wait"])
     async with proc:
-        stream, line = await proc.read() or (None, b"")
+        _, line = await proc.read() or (None, b"")
         child = int(line)
         # (Not SIGINT: a non-interactive sh starts background jobs with SIGINT ignored.)
         await proc.signal(signal.SIGTERM)
@@ -135,8 +135,9 @@ async def test_cancel(session: Session) -> None:
 
 
 async def test_cwd_and_env(session: Session, tmp_path: Path) -> None:
-    result = await session.exec("pwd; printf %s \"$PPCP_TEST\"", cwd=str(tmp_path),
-                                env={"PPCP_TEST": "a b=c"})
+    result = await session.exec(
+        'pwd; printf %s "$PPCP_TEST"', cwd=str(tmp_path), env={"PPCP_TEST": "a b=c"}
+    )
     assert result.stdout == f"{tmp_path}\n".encode() + b"a b=c"
 
 
@@ -192,9 +193,16 @@ async def test_allowlist(serve: StartServer, connect: Connect) -> None:
 
 
 async def test_malformed_requests_are_refused(session: Session) -> None:
-    for payload in (b"not json", b"[]", b'{"argv": []}', b'{"argv": "ls"}',
-                    b'{"command": "x", "argv": ["y"]}', b'{"argv": ["a\\u0000b"]}',
-                    b'{"command": "true", "timeout": -1}', b'{"command": "true", "bogus": 1}'):
+    for payload in (
+        b"not json",
+        b"[]",
+        b'{"argv": []}',
+        b'{"argv": "ls"}',
+        b'{"command": "x", "argv": ["y"]}',
+        b'{"argv": ["a\\u0000b"]}',
+        b'{"command": "true", "timeout": -1}',
+        b'{"command": "true", "bogus": 1}',
+    ):
         with pytest.raises(ChannelError):
             await session.open_channel("exec", payload)
     assert (await session.exec(["true"])).exit_code == 0
@@ -252,9 +260,7 @@ async def test_cancelling_exec_kills_the_command(session: Session) -> None:
     await wait_pid_gone(pid)
 
 
-async def test_fast_producer_is_bounded_by_the_window(
-    serve: StartServer, connect: Connect
-) -> None:
+async def test_fast_producer_is_bounded_by_the_window(serve: StartServer, connect: Connect) -> None:
     """`yes` with a client that does not read: the server buffers about nothing."""
     server = await serve()
     session = await connect(server)
@@ -278,8 +284,11 @@ async def test_nothing_runs_before_authentication(serve: StartServer, tmp_path: 
     server = await serve()
     marker = tmp_path / "ran"
     body = (
-        (1).to_bytes(4, "big") + (1 << 20).to_bytes(4, "big") + (1 << 20).to_bytes(4, "big")
-        + b"\x04exec" + b'{"command": "touch %s"}' % str(marker).encode()
+        (1).to_bytes(4, "big")
+        + (1 << 20).to_bytes(4, "big")
+        + (1 << 20).to_bytes(4, "big")
+        + b"\x04exec"
+        + b'{"command": "touch %s"}' % str(marker).encode()
     )
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(encode_frame(FrameType.CHANNEL_OPEN, body))
@@ -311,9 +320,8 @@ def test_blocking_exec(blocking_session: ppcp.Session) -> None:
 
 def test_blocking_exec_disabled(blocking_server: object) -> None:
     server = blocking_server(ServerPolicy(allow_exec=False))  # type: ignore[operator]
-    with ppcp.connect("127.0.0.1", server.port, _psk()) as session:
-        with pytest.raises(PolicyDenied):
-            session.exec("true")
+    with ppcp.connect("127.0.0.1", server.port, _psk()) as session, pytest.raises(PolicyDenied):
+        session.exec("true")
 
 
 def _psk() -> str:

@@ -24,9 +24,7 @@ async def test_ten_thousand_commands_without_leaks(serve: StartServer, connect: 
     start = time.monotonic()
     done = 0
     for _ in range(COMMANDS // CONCURRENCY):
-        results = await asyncio.gather(
-            *(session.exec(["true"]) for _ in range(CONCURRENCY))
-        )
+        results = await asyncio.gather(*(session.exec(["true"]) for _ in range(CONCURRENCY)))
         assert all(r.exit_code == 0 for r in results)
         done += len(results)
     elapsed = time.monotonic() - start

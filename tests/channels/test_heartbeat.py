@@ -116,9 +116,7 @@ async def _freeze(proxy: FreezableProxy) -> None:
     proxy.freeze()
 
 
-async def test_heartbeats_flow_during_a_bulk_transfer(
-    serve: StartServer, connect: Connect
-) -> None:
+async def test_heartbeats_flow_during_a_bulk_transfer(serve: StartServer, connect: Connect) -> None:
     """64 MiB pushed to a sink on one channel; heartbeat RTTs stay small."""
     server = await serve(config=QUIET)
     # Frequent heartbeats to measure; max_missed high so a slow one is measured, not fatal.

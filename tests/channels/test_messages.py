@@ -65,9 +65,7 @@ async def test_inbox_collects_messages(serve: StartServer, connect: Connect) -> 
     ]
 
 
-async def test_default_logs_at_info(
-    session: Session, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_default_logs_at_info(session: Session, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="ppcp.server"):
         async with await session.open_messages("news") as chan:
             await chan.send(b"the message")
@@ -109,9 +107,11 @@ async def test_hook_failure_is_reported_to_the_sender(
     session = await connect(await serve(ServerPolicy(on_message=on_message)))
     chan = await session.open_messages()
     await chan.send(b"x")
-    with caplog.at_level(logging.ERROR, logger="ppcp.server"):
-        with pytest.raises(ChannelError, match="handler failed"):
-            await chan.close()
+    with (
+        caplog.at_level(logging.ERROR, logger="ppcp.server"),
+        pytest.raises(ChannelError, match="handler failed"),
+    ):
+        await chan.close()
     assert any("on_message failed" in r.getMessage() for r in caplog.records)
 
 
@@ -137,8 +137,9 @@ def test_blocking_messages(blocking_server: object) -> None:
         return b"%s/%s/%s" % (peer.encode(), topic.encode(), data)
 
     server = blocking_server(ServerPolicy(on_message=on_message))  # type: ignore[operator]
-    with ppcp.connect("127.0.0.1", server.port, PSK_TEXT,
-                      config=ppcp.SessionConfig(name="blocker")) as session:
+    with ppcp.connect(
+        "127.0.0.1", server.port, PSK_TEXT, config=ppcp.SessionConfig(name="blocker")
+    ) as session:
         with session.open_messages("chat") as chan:
             chan.send(b"hi")
             assert chan.recv(timeout=10) == b"blocker/chat/hi"

@@ -85,9 +85,8 @@ class Env:
         return path
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Env:
-    home = tmp_path / "home"
+def make_env(base: Path) -> Env:
+    home = base / "home"
     home.mkdir()
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
     variables = {
@@ -106,6 +105,12 @@ def env(tmp_path: Path) -> Env:
     assert res.returncode == 0, res.stderr
     assert e.psk_file.exists()
     return e
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    """A fresh isolated environment with its own key."""
+    return make_env(tmp_path)
 
 
 @dataclass
@@ -173,15 +178,15 @@ class Server:
             raise AssertionError("server did not stop on SIGTERM:\n" + self.log) from None
 
 
-StartServer = Callable[..., Server]
+class Servers:
+    """Starts ``ppcp <command> --bind 127.0.0.1 --port 0 ...`` and stops them all."""
 
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.started: list[Server] = []
 
-@pytest.fixture
-def server(env: Env) -> Iterator[StartServer]:
-    """Factory: start ``ppcp <command> --bind 127.0.0.1 --port 0 ...``."""
-    started: list[Server] = []
-
-    def start(
+    def __call__(
+        self,
         *extra: str,
         command: str = "serve",
         discovery: bool = False,
@@ -197,14 +202,14 @@ def server(env: Env) -> Iterator[StartServer]:
             args += ["--psk-file", str(psk_file)]
         proc = subprocess.Popen(
             [*(wrap or []), *PPCP, *args, *extra],
-            env={**env.vars, **(extra_env or {})},
-            cwd=env.home,
+            env={**self.env.vars, **(extra_env or {})},
+            cwd=self.env.home,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
         srv = Server(proc)
-        started.append(srv)
+        self.started.append(srv)
         threading.Thread(target=srv._read, daemon=True).start()
         threading.Thread(target=srv._read_stdout, daemon=True).start()
         m = LISTENING.search(srv.wait_for(LISTENING.pattern))
@@ -216,8 +221,33 @@ def server(env: Env) -> Iterator[StartServer]:
             srv.discovery_port = int(d.group(1))
         return srv
 
-    yield start
-    for srv in started:
-        if srv.proc.poll() is None:
-            srv.proc.kill()
-            srv.proc.wait(5)
+    def close(self) -> None:
+        for srv in self.started:
+            if srv.proc.poll() is None:
+                srv.proc.kill()
+                srv.proc.wait(5)
+
+
+StartServer = Callable[..., Server]
+
+
+@pytest.fixture
+def server(env: Env) -> Iterator[StartServer]:
+    """Factory: start a server in ``env`` (killed at the end of the test)."""
+    servers = Servers(env)
+    yield servers
+    servers.close()
+
+
+@pytest.fixture(scope="module")
+def shared_env(tmp_path_factory: pytest.TempPathFactory) -> Env:
+    """One environment for a module's tests that only read."""
+    return make_env(tmp_path_factory.mktemp("shared"))
+
+
+@pytest.fixture(scope="module")
+def shared(shared_env: Env) -> Iterator[Server]:
+    """One default ``ppcp serve`` for a module's tests that do not change it."""
+    servers = Servers(shared_env)
+    yield servers()
+    servers.close()

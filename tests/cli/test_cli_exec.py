@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from conftest import Env, StartServer
+from conftest import Env, Server, StartServer
 
 
-def test_exec_streams_and_returns_the_exit_code(env: Env, server: StartServer) -> None:
-    srv = server()
+def test_exec_streams_and_returns_the_exit_code(shared_env: Env, shared: Server) -> None:
+    env, srv = shared_env, shared
     res = env.run("exec", "--host", srv.address, "--", "echo out; echo err >&2; exit 7")
     assert res.returncode == 7
     assert res.stdout == "out\n"
@@ -16,14 +16,14 @@ def test_exec_streams_and_returns_the_exit_code(env: Env, server: StartServer) -
     assert "exec for" in srv.wait_for(r"exec for .*printf")
 
 
-def test_exec_without_double_dash(env: Env, server: StartServer) -> None:
-    srv = server()
+def test_exec_without_double_dash(shared_env: Env, shared: Server) -> None:
+    env, srv = shared_env, shared
     res = env.run("--host", srv.address, "exec", "ls", "-d", "/")
     assert (res.returncode, res.stdout) == (0, "/\n"), res.stderr
 
 
-def test_exec_forwards_piped_stdin(env: Env, server: StartServer) -> None:
-    srv = server()
+def test_exec_forwards_piped_stdin(shared_env: Env, shared: Server) -> None:
+    env, srv = shared_env, shared
     data = "".join(f"line {i}\n" for i in range(5000))
     res = env.run("exec", "--host", srv.address, "--", "wc", "-l", input=data)
     assert res.returncode == 0, res.stderr
@@ -32,8 +32,8 @@ def test_exec_forwards_piped_stdin(env: Env, server: StartServer) -> None:
     assert res.stdout.strip() == "0"
 
 
-def test_remote_command_not_found_is_127(env: Env, server: StartServer) -> None:
-    srv = server()
+def test_remote_command_not_found_is_127(shared_env: Env, shared: Server) -> None:
+    env, srv = shared_env, shared
     res = env.run("exec", "--host", srv.address, "--", "no-such-command-xyz")
     assert res.returncode == 127
     assert "no-such-command-xyz" in res.stderr and "No such file" in res.stderr
@@ -41,8 +41,8 @@ def test_remote_command_not_found_is_127(env: Env, server: StartServer) -> None:
     assert res.returncode == 127  # through the shell, which says so itself
 
 
-def test_remote_signal_is_128_plus_n(env: Env, server: StartServer) -> None:
-    srv = server()
+def test_remote_signal_is_128_plus_n(shared_env: Env, shared: Server) -> None:
+    env, srv = shared_env, shared
     res = env.run("exec", "--host", srv.address, "--", "kill -TERM $$")
     assert res.returncode == 128 + 15
 
@@ -89,18 +89,18 @@ def test_nothing_answers_discovery(env: Env) -> None:
 
 def test_unknown_name_while_another_server_answers(env: Env, server: StartServer) -> None:
     srv = server("--name", "alpha", discovery=True)
-    args = ("--timeout", "0.5", "--discovery-port", str(srv.discovery_port))
-    args += ("--unicast", "127.0.0.1")
-    res = env.run("exec", "beta", *args, "--", "true")
+    args = ("--discovery-port", str(srv.discovery_port), "--unicast", "127.0.0.1")
+    res = env.run("exec", "beta", "--timeout", "0.5", *args, "--", "true")
     assert res.returncode == 255
     assert "no PPCP server named 'beta'" in res.stderr
-    res = env.run("exec", "alpha", *args, "--", "echo", "found")
+    # Found as soon as it answers; the timeout is only an upper bound.
+    res = env.run("exec", "alpha", "--timeout", "10", *args, "--", "echo", "found")
     assert (res.returncode, res.stdout) == (0, "found\n"), res.stderr
 
 
-def test_wrong_key(env: Env, server: StartServer) -> None:
-    srv = server()
-    other = env.new_key("other.psk")
+def test_wrong_key(shared_env: Env, shared: Server) -> None:
+    env, srv = shared_env, shared
+    other = env.new_key("wrong.psk")
     res = env.run("exec", "--psk-file", str(other), "--host", srv.address, "--", "true")
     assert res.returncode == 255
     assert "authentication failed" in res.stderr
@@ -157,3 +157,31 @@ def test_fan_out_to_all_discovered(env: Env, server: StartServer) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert sorted(res.stdout.splitlines()) == ["alpha | hi", "beta  | hi"]
+
+
+def test_ctrl_c_is_forwarded_to_the_remote_command(shared_env: Env, shared: Server) -> None:
+    import signal
+    import subprocess
+
+    env, srv = shared_env, shared
+    client = env.popen(
+        "exec",
+        "--host",
+        srv.address,
+        "--",
+        "trap 'echo got-int; exit 5' INT; echo ready; while :; do sleep 0.1; done",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline() == b"ready\n"
+        client.send_signal(signal.SIGINT)
+        out, err = client.communicate(timeout=15)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(5)
+    assert out == b"got-int\n", err
+    assert client.returncode == 5

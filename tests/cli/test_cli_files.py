@@ -187,7 +187,7 @@ def wait_for_part(path: Path, timeout: float = 30.0) -> int:
 def test_interrupted_transfer_resumes(
     env: Env, srv: Server, root: Path, tmp_path: Path, direction: str
 ) -> None:
-    size = 96 << 20
+    size = 64 << 20
     if direction == "put":
         src = random_file(tmp_path / "big.bin", size)
         args = ("put", str(src), ":", "--host", srv.address)

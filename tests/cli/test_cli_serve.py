@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import Env, StartServer
@@ -37,8 +38,10 @@ def test_signal_closes_sessions_cleanly(env: Env, server: StartServer, sig: int)
     assert b"ppcp:" in err and b"Traceback" not in err
 
 
-def test_logs_connections_and_auth_failures(env: Env, server: StartServer) -> None:
-    srv = server("--name", "logged")
+def test_logs_connections_transfers_and_auth_failures(
+    env: Env, server: StartServer, tmp_path: Path
+) -> None:
+    srv = server("--name", "logged", "--root", str(tmp_path))
     assert "commands allowed" in srv.wait_for("server name 'logged'")
     assert env.run("exec", "--host", srv.address, "--", "true").returncode == 0
     assert "127.0.0.1:" in srv.wait_for(r"session with .* established")
@@ -46,6 +49,18 @@ def test_logs_connections_and_auth_failures(env: Env, server: StartServer) -> No
     env.run("exec", "--psk-file", str(other), "--host", srv.address, "--", "true")
     line = srv.wait_for(r"handshake with .* failed")
     assert "127.0.0.1:" in line and "pre-shared key" in line
+    # Commands, messages and transfers.
+    assert env.run("exec", "--host", srv.address, "--", "echo", "logged-cmd").returncode == 0
+    srv.wait_for(r"exec for .*echo logged-cmd")
+    assert env.run("send", "logged-msg", "--host", srv.address).returncode == 0
+    srv.wait_for(r"message from .*logged-msg")
+    src = tmp_path / "up.txt"
+    src.write_text("x" * 1000)
+    assert env.run("put", str(src), ":copy.txt", "--host", srv.address).returncode == 0
+    assert "1000 bytes received" in srv.wait_for(r"put from .*copy.txt done")
+    res = env.run("get", ":copy.txt", str(tmp_path / "back.txt"), "--host", srv.address)
+    assert res.returncode == 0, res.stderr
+    srv.wait_for(r"get by .*copy.txt done")
 
 
 def test_port_in_use(env: Env, server: StartServer) -> None:

@@ -19,7 +19,7 @@ from discovery_netns import Topology, netns_unavailable, remove_stale_namespaces
 
 import ppcp
 from ppcp.crypto.psk import derive_psk_key
-from ppcp.discovery import DiscoveryConfig, DiscoveryService
+from ppcp.discovery import DiscoveryConfig, DiscoveryService, ResponderLimits
 from ppcp.discovery import mdns as mdns_module
 from ppcp.discovery import scanner as scanner_module
 
@@ -64,9 +64,17 @@ def loopback_config() -> DiscoveryConfig:
 
 @pytest.fixture
 async def responder(psk: str) -> AsyncIterator[DiscoveryService]:
-    """A responder for server 'alpha' (TCP port 4242) on 127.0.0.1, ephemeral UDP port."""
+    """A responder for server 'alpha' (TCP port 4242) on 127.0.0.1, ephemeral UDP port.
+
+    Without the kernel pre-filter, so every datagram reaches the Python checks.
+    """
     service = await DiscoveryService.start(
-        derive_psk_key(psk), make_identity("alpha"), host="127.0.0.1", port=0, mdns=False
+        derive_psk_key(psk),
+        make_identity("alpha"),
+        host="127.0.0.1",
+        port=0,
+        mdns=False,
+        limits=ResponderLimits(kernel_filter=False),
     )
     yield service
     await service.aclose()

@@ -307,3 +307,13 @@ def test_a_verified_pong_replaces_a_full_hint() -> None:
         c.add(sighting(f"10.0.1.{i}", verified=False))
     info = c.add(sighting("10.0.2.1"))
     assert info is not None and info.verified and info.addresses == ("10.0.2.1",)
+
+
+def test_prefilter_program_jumps_stay_inside() -> None:
+    from ppcp.discovery.prefilter import ping_filter
+
+    program = ping_filter(1200)
+    for i, (code, jt, jf, _) in enumerate(program):
+        if code & 0x07 == 0x05:  # a conditional jump: both targets inside the program
+            assert i + 1 + jt < len(program) and i + 1 + jf < len(program)
+    assert program[-1] == (0x06, 0, 0, 0) and program[-2][0] == 0x06

@@ -5,7 +5,7 @@ from __future__ import annotations
 import resource
 
 import pytest
-from files_helpers import MiB, Loopback, make_file, sha256_file
+from files_helpers import Loopback, MiB, make_file, sha256_file
 
 GiB = 1 << 30
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from files_helpers import MiB, Loopback, loopback, make_file
+from files_helpers import Loopback, MiB, loopback, make_file
 
 import ppcp
 from ppcp.control import files
@@ -92,9 +92,7 @@ async def refused(
         ("a/" * 2048 + "b", "limited to 4096"),
     ],
 )
-async def test_bad_paths_are_refused(
-    lo: Loopback, outside: Path, path: str, words: str
-) -> None:
+async def test_bad_paths_are_refused(lo: Loopback, outside: Path, path: str, words: str) -> None:
     before = snapshot(lo.root.parent)
     async with lo.client() as session:
         for kind, payload in (("file-put", put_request(path)), ("file-get", get_request(path))):
@@ -170,9 +168,7 @@ async def test_symlinks_inside_the_root_are_followed(lo: Loopback) -> None:
     assert os.path.islink(lo.root / "abs")
 
 
-async def test_symlink_then_same_name_during_a_recursive_put(
-    lo: Loopback, outside: Path
-) -> None:
+async def test_symlink_then_same_name_during_a_recursive_put(lo: Loopback, outside: Path) -> None:
     """Entries of a put cannot be steered through a symlink that appears in the tree."""
     os.makedirs(lo.root / "t")
     os.symlink(outside, lo.root / "t" / "sub")
@@ -366,7 +362,7 @@ async def test_client_refuses_a_malicious_server(
 async def test_client_refuses_a_symlink_in_its_destination(
     dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, outside: Path
 ) -> None:
-    root, local = dirs
+    _, local = dirs
     (local / "d").mkdir()
     os.symlink(outside, local / "d" / "sub")
     before = snapshot(outside)
@@ -396,7 +392,7 @@ async def test_client_masks_dangerous_modes(
         await next_request(channel, "finished")
 
     monkeypatch.setattr(files, "serve_get", lambda channel, policy: evil(channel))
-    root, local = dirs
+    _, local = dirs
     async with loopback(*dirs) as lo, lo.client() as session:
         await session.get("tool", local)
     assert (local / "tool").read_bytes() == data

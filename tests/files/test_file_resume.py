@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from files_helpers import MiB, NO_BINARY, Loopback, make_file, sha256_file
+from files_helpers import NO_BINARY, Loopback, MiB, make_file, sha256_file
 
 import ppcp
 from ppcp.control import transfer

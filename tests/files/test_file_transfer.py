@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 from files_helpers import (
-    MiB,
     NO_BINARY,
     NO_ZLIB,
     PSK,
     Loopback,
+    MiB,
     config,
     loopback,
     make_file,
@@ -171,7 +171,11 @@ async def test_recursive_put_and_get(lo: Loopback, caps: tuple[str, ...]) -> Non
         # get into an existing directory: lands inside it, as "tree"
         (lo.local / "copies").mkdir()
         down = await session.get("tree", lo.local / "copies", recursive=True)
-        assert (down.files, down.directories, down.path) == (4, 6, str(lo.local / "copies" / "tree"))
+        assert (down.files, down.directories, down.path) == (
+            4,
+            6,
+            str(lo.local / "copies" / "tree"),
+        )
     assert tree_snapshot(lo.local / "copies" / "tree") == expected
     async with lo.client(caps) as session:
         fresh = lo.local / "fresh"  # does not exist: becomes the copy itself

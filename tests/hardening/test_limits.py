@@ -351,3 +351,35 @@ def test_session_config_default_is_the_documented_one() -> None:
     assert cfg.mux.max_channels == DEFAULT_MAX_CHANNELS
     assert cfg.handshake_timeout == DEFAULT_HANDSHAKE_TIMEOUT
     assert ServerLimits().max_unauthenticated == DEFAULT_MAX_UNAUTHENTICATED
+
+
+async def test_unanswered_channel_requests_are_capped() -> None:
+    """CHANNEL_REQUESTs are not flow-controlled: a service that does not read them must
+    not let a peer queue them without bound (here: a "message" channel, whose service
+    never reads requests).  Without the cap the server held all 2,000 (125 MiB)."""
+    async with running_server() as (server, recorder):
+        client = await connect_from(OTHER_HOST, server.port)
+        served = await asyncio.wait_for(recorder.sessions.get(), WAIT)
+        channel = await client.open_channel("message", b'{"topic":"t"}')
+        ((_, srv_channel),) = served.channels.items()
+        peak = 0
+        original = srv_channel._on_request
+
+        def on_request(name: str, payload: bytes) -> None:
+            nonlocal peak
+            original(name, payload)
+            peak = max(peak, len(srv_channel._requests))
+
+        srv_channel._on_request = on_request  # type: ignore[method-assign]
+        payload = bytes(MAX_PAYLOAD)
+        with pytest.raises(FlowControlError) as info:
+            for _ in range(2000):  # 125 MiB of requests if all were kept
+                await channel.send_request("junk", payload)
+            await client.send(b"sync")
+            await asyncio.wait_for(client.recv(), WAIT)
+        assert info.value.remote
+        assert isinstance(served._error, FlowControlError)
+        limit = served.config.mux.max_pending_requests
+        assert peak <= limit
+        print(f"\nserver held at most {peak} unanswered requests (limit {limit})")
+        await client.close()
