@@ -21,6 +21,7 @@ import ppcp
 import ppcp.aio
 from ppcp.control.router import ServerPolicy
 from ppcp.core.config import SessionConfig
+from ppcp.discovery.config import DiscoveryConfig
 from ppcp.handshake.messages import Alert, ClientHello, ServerHello
 from ppcp.transport.frames import HEADER, HEADER_LEN, FrameType
 
@@ -203,8 +204,17 @@ async def _demo_discovery(server: ppcp.aio.Server, psk: str) -> None:
         "  broadcast on every interface and browse _ppcp._tcp.local. over mDNS)"
     )
     try:
+        # Unicast to loopback only: the demo must not broadcast on the host's LAN.
+        loopback_only = DiscoveryConfig(
+            broadcast=False, multicast6=False, mdns=False, cache_path=None
+        )
         found = await ppcp.aio.discover(
-            port, timeout=1.0, psk=psk, targets=[f"127.0.0.1:{port}"], limit=1
+            port,
+            timeout=1.0,
+            psk=psk,
+            targets=[f"127.0.0.1:{port}"],
+            limit=1,
+            config=loopback_only,
         )
     except ppcp.PPCPError as exc:
         console.print(f"  [red]no answer[/red]: {exc}")

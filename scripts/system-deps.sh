@@ -6,6 +6,8 @@ set -u
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
+# avahi for the test that checks our mDNS records are visible to avahi-browse.
+command -v avahi-browse >/dev/null 2>&1 || need+=(avahi-utils avahi-daemon dbus)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing system packages: ${need[*]}"

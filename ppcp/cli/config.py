@@ -192,3 +192,25 @@ def effective_discovery_port(settings: Settings, config: FileConfig) -> int | No
     if settings.discovery_port is not None:
         return settings.discovery_port
     return config.discovery_port
+
+
+# -- shell completion ------------------------------------------------------------------
+
+
+def alias_names() -> list[str]:
+    """Alias names from the config file, for shell completion (never fails)."""
+    try:
+        return sorted(load_config(Settings()).aliases)
+    except Exception:  # completion must not print errors into the user's shell
+        return []
+
+
+def complete_name(ctx: Any, param: Any, incomplete: str) -> list[str]:
+    return [name for name in alias_names() if name.startswith(incomplete)]
+
+
+def complete_remote(ctx: Any, param: Any, incomplete: str) -> list[str]:
+    """``NAME:`` for the aliases (remote paths themselves are not completed)."""
+    if ":" in incomplete:
+        return []
+    return [f"{name}:" for name in alias_names() if name.startswith(incomplete)]

@@ -15,6 +15,7 @@ code meaning
      outside the server's root, a file the server may not read
 8    pre-shared key or config problem: key missing, too open, malformed
 130  interrupted (Ctrl-C)
+141  stdout closed early (``ppcp exec NAME -- yes | head``)
 ==== ==========================================================================
 
 ``ppcp exec`` and ``ppcp shell`` exit with the remote command's own status
@@ -46,6 +47,7 @@ EXIT_TRANSFER = 6
 EXIT_DENIED = 7
 EXIT_CONFIG = 8
 EXIT_INTERRUPTED = 130
+EXIT_SIGPIPE = 141  # 128 + SIGPIPE
 EXIT_OWN_FAILURE = 255
 
 
@@ -144,9 +146,9 @@ def handle_errors(
             except KeyboardInterrupt:
                 click.echo("ppcp: interrupted.", err=True)
                 code = EXIT_INTERRUPTED
-            except BrokenPipeError:
+            except BrokenPipeError:  # `ppcp ... | head`: stop quietly, like a killed writer
                 _silence_stdout()
-                code = EXIT_FAILED
+                code = EXIT_SIGPIPE
             except Exception as exc:  # the one boundary: everything becomes a sentence
                 code = report(exc, io_code=io_code, verbose=get_settings().verbose)
                 if own_failure is not None and code not in (EXIT_OK, EXIT_INTERRUPTED):

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from ppcp.cli.config import complete_name
 from ppcp.cli.errors import EXIT_OWN_FAILURE, OwnFailureCommand, handle_errors
 from ppcp.cli.options import global_options
 
@@ -37,7 +38,13 @@ class ExecCommand(OwnFailureCommand):
 
 
 @click.command("exec", cls=ExecCommand)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="NAME... -- CMD [ARGS]...")
+@click.argument(
+    "args",
+    nargs=-1,
+    type=click.UNPROCESSED,
+    metavar="NAME... -- CMD [ARGS]...",
+    shell_complete=complete_name,
+)
 @click.option("--all", "all_", is_flag=True, help="Run on every server that answers discovery.")
 @click.option(
     "--cwd", metavar="DIR", help="Remote working directory (relative to the server user's home)."

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
+from ppcp.cli.config import complete_remote
 from ppcp.cli.errors import EXIT_TRANSFER, handle_errors
 from ppcp.cli.options import global_options
 from ppcp.cli.transfer import transfer_options
 
 
 @click.command("get")
-@click.argument("remote", metavar="NAME:PATH")
+@click.argument("remote", metavar="NAME:PATH", shell_complete=complete_remote)
 @click.argument("local", required=False, default=".", metavar="[LOCAL]")
 @transfer_options
 @global_options

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ppcp.cli.config import complete_name
 from ppcp.cli.errors import handle_errors
 from ppcp.cli.options import global_options
 
@@ -12,7 +13,7 @@ DEFAULT_TOPIC = "default"
 
 @click.command("send")
 @click.argument("message")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_name)
 @click.option(
     "--topic", "-t", default=DEFAULT_TOPIC, show_default=True, help="Topic of the message."
 )

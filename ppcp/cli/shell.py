@@ -8,12 +8,13 @@ from typing import Any
 
 import click
 
+from ppcp.cli.config import complete_name
 from ppcp.cli.errors import EXIT_OWN_FAILURE, OwnFailureCommand, handle_errors
 from ppcp.cli.options import global_options
 
 
 @click.command("shell", cls=OwnFailureCommand)
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_name)
 @global_options
 @handle_errors(own_failure=EXIT_OWN_FAILURE)
 def command(name: str | None) -> None:

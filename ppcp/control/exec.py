@@ -596,7 +596,7 @@ async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
     home = home_directory()
     cwd = os.path.join(home, spec.cwd) if spec.cwd else home
     peer = channel.session.peer_name
-    log.info("exec for %s: %s", peer, shlex.join(argv))
+    log.info("exec for %s: %r", peer, argv)  # repr: no raw control characters in logs
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,

@@ -21,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import stat
@@ -32,7 +34,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ppcp.control.aio_channel import decode_json, encode_json
 from ppcp.control.channels import STREAM_STDOUT, ChannelMux
@@ -73,6 +75,7 @@ ZLIB_LEVEL = 1
 PROGRESS_EVERY = 1 << 20
 LOCK_WAIT = 5.0  # seconds a receiver waits for a part file another transfer holds
 LOCK_POLL = 0.05
+WORKER_THREADS = 8  # shared by all transfers of a process
 # A compressed block on the binary path: method, raw length, stored length.
 BLOCK = struct.Struct(">BII")
 METHOD_STORED = 0
@@ -80,6 +83,7 @@ METHOD_ZLIB = 1
 EMPTY_SHA256 = hashlib.sha256().hexdigest()
 
 ProgressCallback = Callable[[int, int, float], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -391,6 +395,72 @@ def inflate(data: bytes, size: int) -> bytes:
     return out
 
 
+@functools.cache
+def _executor(pid: int) -> concurrent.futures.ThreadPoolExecutor:
+    """Threads for file I/O and hashing (one pool per process: a fork gets its own)."""
+    return concurrent.futures.ThreadPoolExecutor(
+        max_workers=WORKER_THREADS, thread_name_prefix="ppcp-files"
+    )
+
+
+class Worker:
+    """Runs one blocking job at a time in a thread: file I/O, hashing, (de)compression.
+
+    hashlib, zlib and file I/O release the GIL, so a job overlaps with the
+    event loop's own work on the neighbouring piece (AES-GCM, the socket).
+    Jobs get a duplicate of the file descriptor, closed only when the last
+    job has really finished: a cancelled transfer never leaves a thread using
+    a descriptor number that was closed and reused.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = os.dup(fd)
+        self._job: concurrent.futures.Future[Any] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._job is not None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        assert self._job is None, "one job at a time"
+        self._job = _executor(os.getpid()).submit(fn, self.fd, *args)
+
+    async def result(self) -> Any:
+        job, self._job = self._job, None
+        assert job is not None
+        try:
+            return await asyncio.wrap_future(job)
+        except BaseException:
+            self._job = job  # still running if we were cancelled: close() waits for it
+            raise
+
+    def close(self) -> None:
+        job, self._job = self._job, None
+        fd = self.fd
+
+        def release(done: concurrent.futures.Future[Any] | None = None) -> None:
+            if done is not None and not done.cancelled():
+                done.exception()  # retrieved: the error was reported another way
+            os.close(fd)
+
+        if job is None:
+            release()
+        else:
+            job.cancel()
+            job.add_done_callback(release)
+
+
+async def in_thread(fd: int, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(fd, *args)`` in a worker thread."""
+    worker = Worker(fd)
+    try:
+        worker.submit(fn, *args)
+        result: T = await worker.result()
+        return result
+    finally:
+        worker.close()
+
+
 # -- sender ----------------------------------------------------------------------------------------
 
 
@@ -431,7 +501,7 @@ async def send_file(
         h = hashlib.sha256()
         if 0 < offset <= size:
             try:
-                mine = await asyncio.to_thread(hash_prefix, fd, offset)
+                mine = await in_thread(fd, hash_prefix, offset)
             except OSError as exc:
                 raise io_error(exc, "reading", item.shown) from None
             if mine.hexdigest() == their_prefix:
@@ -466,29 +536,45 @@ async def send_data(
     progress: Progress,
     shown: str,
 ) -> None:
+    """Send bytes ``[pos, size)``; a worker reads and hashes the next piece meanwhile."""
     chunk = CHUNK if encoding.binary else B64_CHUNK
-    buf = bytearray(chunk)
-    view = memoryview(buf)
-    acked = pos
-    while pos < size:
-        try:
-            n = read_at(fd, view[: min(chunk, size - pos)], pos)
-        except OSError as exc:
-            raise io_error(exc, "reading", shown) from None
-        if n == 0:
-            raise TransferError(f"{shown} shrank while it was being sent")
-        data = view[:n]
-        h.update(data)
-        if encoding.binary:
-            if encoding.zlib:
-                await channel.write(await asyncio.to_thread(encode_block, data))
+    buffers = (bytearray(chunk), bytearray(chunk))
+
+    def prepare(wfd: int, buf: bytearray, at: int, n: int) -> tuple[int, bytes | memoryview]:
+        view = memoryview(buf)
+        view = view[: read_at(wfd, view[:n], at)]
+        h.update(view)
+        if not view:
+            return 0, b""
+        if not encoding.binary:
+            return len(view), chunk_payload(at, view, encoding.zlib)
+        return len(view), encode_block(view) if encoding.zlib else view
+
+    worker = Worker(fd)
+    try:
+        acked = pos
+        turn = 0
+        if pos < size:
+            worker.submit(prepare, buffers[turn], pos, min(chunk, size - pos))
+        while pos < size:
+            try:
+                n, payload = await worker.result()
+            except OSError as exc:
+                raise io_error(exc, "reading", shown) from None
+            if n == 0:
+                raise TransferError(f"{shown} shrank while it was being sent")
+            turn ^= 1  # the other buffer is free: ``payload`` may be a view of this one
+            if pos + n < size:
+                worker.submit(prepare, buffers[turn], pos + n, min(chunk, size - pos - n))
+            if encoding.binary:
+                await channel.write(payload)
             else:
-                await channel.write(data)
-        else:
-            await channel.send_request("chunk", chunk_payload(pos, data, encoding.zlib))
-            acked = await wait_acks(channel, acked, pos + n)
-        pos += n
-        progress.advance(n)
+                await channel.send_request("chunk", payload)
+                acked = await wait_acks(channel, acked, pos + n)
+            pos += n
+            progress.advance(n)
+    finally:
+        worker.close()
 
 
 def chunk_payload(offset: int, data: memoryview | bytes, compress: bool) -> bytes:
@@ -610,7 +696,7 @@ class Receiver:
                 try:
                     os.fchmod(fd, entry.mode & 0o777)
                     os.utime(fd, ns=(time.time_ns(), entry.mtime_ns))
-                    await asyncio.to_thread(os.fsync, fd)
+                    await in_thread(fd, os.fsync)
                     os.rename(part, t.name, src_dir_fd=t.dir_fd, dst_dir_fd=t.dir_fd)
                 except OSError as exc:
                     raise io_error(exc, "storing", shown) from None
@@ -629,7 +715,7 @@ class Receiver:
         h = hashlib.sha256()
         if self.resume and 0 < have <= entry.size:
             try:
-                h = await asyncio.to_thread(hash_prefix, fd, have)
+                h = await in_thread(fd, hash_prefix, have)
             except OSError as exc:
                 raise io_error(exc, "reading", shown) from None
         else:
@@ -661,16 +747,46 @@ class Receiver:
     async def receive_data(
         self, fd: int, pos: int, size: int, h: hashlib._Hash, shown: str
     ) -> None:
-        channel = self.channel
-        progress = self.progress
-        if not self.encoding.binary:
-            await self.receive_chunks(fd, pos, size, h, shown)
-            return
+        """Receive bytes ``[pos, size)``; a worker hashes and writes the previous piece."""
+        worker = Worker(fd)
+        try:
+            if self.encoding.binary:
+                await self.receive_frames(worker, pos, size, h, shown)
+            else:
+                await self.receive_chunks(worker, pos, size, h, shown)
+            await self.stored(worker, shown)
+        finally:
+            worker.close()
+
+    async def store(
+        self,
+        worker: Worker,
+        data: bytes,
+        pos: int,
+        h: hashlib._Hash,
+        shown: str,
+        inflate_to: int | None = None,
+    ) -> None:
+        await self.stored(worker, shown)
+        worker.submit(store_piece, data, pos, h, inflate_to)
+
+    async def stored(self, worker: Worker, shown: str) -> None:
+        """Wait for the piece in the worker; count it as done."""
+        if worker.busy:
+            try:
+                n = await worker.result()
+            except OSError as exc:
+                raise io_error(exc, "writing", shown) from None
+            self.progress.advance(n)
+
+    async def receive_frames(
+        self, worker: Worker, pos: int, size: int, h: hashlib._Hash, shown: str
+    ) -> None:
         pending = bytearray()
         while pos < size:
-            item = await channel.read()
+            item = await self.channel.read()
             if item is None:
-                raise await peer_gone(channel)
+                raise await peer_gone(self.channel)
             stream, data = item
             if stream != STREAM_STDOUT:
                 raise ChannelError("file data arrived on an unexpected stream")
@@ -680,41 +796,43 @@ class Receiver:
             else:
                 if len(data) > size - pos:
                     raise ChannelError(f"the sender sent more than the announced size of {shown}")
-                blocks = [data]
-            for block in blocks:
-                h.update(block)
-                try:
-                    write_at(fd, block, pos)
-                except OSError as exc:
-                    raise io_error(exc, "writing", shown) from None
-                pos += len(block)
-                progress.advance(len(block))
+                blocks = [(data, None)]
+            for body, inflate_to in blocks:
+                await self.store(worker, body, pos, h, shown, inflate_to)
+                pos += len(body) if inflate_to is None else inflate_to
             if pos >= size and pending:
                 raise ChannelError(f"the sender sent more than the announced size of {shown}")
 
     async def receive_chunks(
-        self, fd: int, pos: int, size: int, h: hashlib._Hash, shown: str
+        self, worker: Worker, pos: int, size: int, h: hashlib._Hash, shown: str
     ) -> None:
         channel = self.channel
         acked = pos
         while pos < size:
             payload = await expect(channel, "chunk")
-            data = decode_chunk(payload, pos, size - pos)
-            h.update(data)
-            try:
-                write_at(fd, data, pos)
-            except OSError as exc:
-                raise io_error(exc, "writing", shown) from None
-            pos += len(data)
-            self.progress.advance(len(data))
+            data, inflate_to = decode_chunk(payload, pos, size - pos)
+            await self.store(worker, data, pos, h, shown, inflate_to)
+            pos += len(data) if inflate_to is None else inflate_to
             if pos - acked >= ACK_EVERY:
                 acked = pos
                 await channel.send_json("ack", {"offset": pos})
 
 
-def take_blocks(pending: bytearray, room: int) -> list[bytes]:
-    """Complete compressed blocks at the front of ``pending`` (consumed from it)."""
-    out = []
+def store_piece(fd: int, data: bytes, pos: int, h: hashlib._Hash, inflate_to: int | None) -> int:
+    """(In a worker) decompress if needed, hash and write one piece; return its size."""
+    if inflate_to is not None:
+        data = inflate(data, inflate_to)
+    h.update(data)
+    write_at(fd, data, pos)
+    return len(data)
+
+
+def take_blocks(pending: bytearray, room: int) -> list[tuple[bytes, int | None]]:
+    """Complete blocks at the front of ``pending`` (consumed from it).
+
+    Each is (stored bytes, size to inflate them to), or (bytes, None) when stored.
+    """
+    out: list[tuple[bytes, int | None]] = []
     while len(pending) >= BLOCK.size:
         method, size, stored = BLOCK.unpack_from(pending)
         if method not in (METHOD_STORED, METHOD_ZLIB) or not 0 < size <= CHUNK or stored > size:
@@ -728,12 +846,13 @@ def take_blocks(pending: bytearray, room: int) -> list[bytes]:
             break
         body = bytes(pending[BLOCK.size : end])
         del pending[:end]
-        out.append(inflate(body, size) if method == METHOD_ZLIB else body)
+        out.append((body, size if method == METHOD_ZLIB else None))
         room -= size
     return out
 
 
-def decode_chunk(payload: bytes, offset: int, room: int) -> bytes:
+def decode_chunk(payload: bytes, offset: int, room: int) -> tuple[bytes, int | None]:
+    """A ``chunk`` request: (bytes, size to inflate them to or None), checked."""
     obj = decode_json(payload, "chunk")
     if field_uint(obj, "offset", "chunk") != offset:
         raise ChannelError(f"chunk offset {obj.get('offset')} where {offset} was expected")
@@ -741,12 +860,15 @@ def decode_chunk(payload: bytes, offset: int, room: int) -> bytes:
         data = base64.b64decode(field_str(obj, "data", "chunk"), validate=True)
     except (binascii.Error, ValueError):
         raise ChannelError("malformed chunk: 'data' is not base64") from None
+    limit = min(room, B64_CHUNK)
     if field_bool(obj, "zlib", "chunk"):
         size = field_uint(obj, "size", "chunk", B64_CHUNK)
-        data = inflate(data, size)
-    if not data or len(data) > min(room, B64_CHUNK):
+        if not 0 < size <= limit or len(data) > size:
+            raise ChannelError("compressed chunk size out of range")
+        return data, size
+    if not 0 < len(data) <= limit:
         raise ChannelError("chunk size out of range")
-    return data
+    return data, None
 
 
 async def lock_part(dir_fd: int, part: str, shown: str) -> int:

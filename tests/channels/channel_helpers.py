@@ -20,7 +20,7 @@ import ppcp.aio
 from ppcp.control.aio_channel import AsyncChannel, decode_json
 from ppcp.control.channels import ChannelMux, MuxConfig
 from ppcp.control.router import ServerPolicy
-from ppcp.core.errors import PPCPError
+from ppcp.core.errors import PolicyDenied, PPCPError
 from ppcp.core.events import Event, HandshakeComplete
 from ppcp.core.states import Role
 from ppcp.crypto.psk import derive_psk_key
@@ -231,9 +231,15 @@ async def serve_hold(channel: AsyncChannel, policy: ServerPolicy) -> None:
     await channel.wait_closed()
 
 
+async def serve_deny(channel: AsyncChannel, policy: ServerPolicy) -> None:
+    """Raise before answering: the router turns it into a CHANNEL_REJECT."""
+    raise PolicyDenied("test service says no")
+
+
 TEST_SERVICES = {
     "test-sink": "channel_helpers:serve_sink",
     "test-hold": "channel_helpers:serve_hold",
+    "test-deny": "channel_helpers:serve_deny",
 }
 
 Runner = Callable[[], Awaitable[None]]

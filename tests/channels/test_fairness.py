@@ -80,3 +80,31 @@ async def test_unknown_service_is_rejected(session: ppcp.aio.AsyncSession) -> No
     with pytest.raises(ChannelRejected, match="unknown service"):
         await session.open_channel("no-such-service")
     assert (await session.exec(["true"])).exit_code == 0
+
+
+async def test_refusal_by_raising_leaves_no_channel_behind(
+    serve: StartServer, connect: Connect
+) -> None:
+    server = await serve()
+    session = await connect(server)
+    for _ in range(3):
+        with pytest.raises(ppcp.PolicyDenied, match="says no"):
+            await session.open_channel("test-deny")
+    served = next(iter(server.sessions))
+    assert served.channels == {} and served.mux.channels == {}
+    assert session.channels == {} and session.mux.channels == {}
+
+
+async def test_cancelled_open_is_closed_when_answered(serve: StartServer, connect: Connect) -> None:
+    server = await serve()
+    session = await connect(server)
+    opening = asyncio.ensure_future(session.open_channel("test-hold"))
+    await until(lambda: bool(session.mux.channels))  # CHANNEL_OPEN is on its way
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    # The server accepts; the client closes at once; both sides forget the channel.
+    served = next(iter(server.sessions))
+    await until(lambda: not session.channels and not session.mux.channels)
+    await until(lambda: not served.channels and not served.mux.channels)
+    assert (await session.exec(["true"])).exit_code == 0

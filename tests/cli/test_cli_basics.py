@@ -173,6 +173,27 @@ def test_shell_completion_script(env: Env) -> None:
         timeout=30,
     )
     assert "_PPCP_COMPLETE" in res.stdout and "complete " in res.stdout
+    # Server names complete from the config's aliases.
+    cfg = env.home / ".config" / "ppcp" / "config.toml"
+    cfg.write_text('[aliases]\nkitchen = "kitchen-pi"\nkeg = "10.0.0.1:9000"\n')
+    for words, expected in (
+        ("ppcp exec k", ["plain,keg", "plain,kitchen"]),
+        ("ppcp get kit", ["plain,kitchen:"]),
+        ("ppcp sh", ["plain,shell"]),
+    ):
+        res = subprocess.run(
+            [sys.executable, "-m", "ppcp.cli"],
+            capture_output=True,
+            text=True,
+            env={
+                **env.vars,
+                "_PPCP_COMPLETE": "bash_complete",
+                "COMP_WORDS": words,
+                "COMP_CWORD": str(len(words.split()) - 1),
+            },
+            timeout=30,
+        )
+        assert res.stdout.split() == expected, (words, res.stdout, res.stderr)
 
 
 def test_systemd_unit(env: Env, tmp_path: Path) -> None:

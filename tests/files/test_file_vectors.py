@@ -66,7 +66,8 @@ def test_vectors_decode_as_the_rfc_says() -> None:
         requests[key] = r.rest()
     entry = transfer.FileEntry.decode(requests["file"])
     assert (entry.path, entry.size, entry.mode) == ((), 13, 0o644)
-    data = transfer.decode_chunk(requests["chunk"], 0, entry.size)
+    data, inflate_to = transfer.decode_chunk(requests["chunk"], 0, entry.size)
+    assert inflate_to is None
     assert data == transfer.VECTOR_CONTENT
     assert base64.b64decode(json.loads(requests["chunk"])["data"]) == data
     assert json.loads(requests["end"])["sha256"] == hashlib.sha256(data).hexdigest()
