@@ -375,6 +375,7 @@ async def serve(
 __all__ = [
     "AsyncSession",
     "Server",
+    "ServerLimits",
     "ServerPolicy",
     "Session",
     "client_connect",

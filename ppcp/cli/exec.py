@@ -352,7 +352,9 @@ def _discovered_targets(ctx: Any, skip: set[str]) -> list[tuple[str, Any]]:
         if label in skip or not addresses:
             continue
         skip.add(label)
-        found.append((label, Target(label=label, host=str(addresses[0]), port=int(info.port))))
+        *first, last = (str(a) for a in addresses)
+        target = Target(label=label, host=last, port=int(info.port), fallbacks=tuple(first))
+        found.append((label, target))
     return found
 
 

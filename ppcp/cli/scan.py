@@ -58,10 +58,10 @@ def print_table(servers: list[dict[str, Any]]) -> None:
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("NAME", no_wrap=True)
     table.add_column("ID", no_wrap=True)
-    table.add_column("ADDRESSES", overflow="fold")
+    table.add_column("ADDRESSES")
     table.add_column("PORT", justify="right", no_wrap=True)
     table.add_column("RTT", justify="right", no_wrap=True)
-    table.add_column("CAPABILITIES", overflow="fold")
+    table.add_column("CAPABILITIES")
     table.add_column("VERIFIED", no_wrap=True)
     for s in servers:
         rtt = s["rtt"]
@@ -71,7 +71,7 @@ def print_table(servers: list[dict[str, Any]]) -> None:
             "\n".join(s["addresses"] or []),
             str(s["port"]),
             f"{rtt * 1000:.1f} ms" if isinstance(rtt, int | float) else "-",
-            ",".join(s["capabilities"] or []),
+            " ".join(s["capabilities"] or []),
             "yes" if s["verified"] else "no (mDNS)",
         )
     Console(soft_wrap=False).print(table)

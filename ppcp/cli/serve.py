@@ -64,6 +64,8 @@ def command(
     commands run and file transfers to stderr. The first line names the
     bound address: `listening on HOST:PORT`.
     """
+    if no_exec and allow:
+        raise click.UsageError("--no-exec and --allow exclude each other.")
     options = ServeOptions(
         name=name,
         bind=bind,

@@ -36,6 +36,8 @@ class Target:
     host: str | None = None
     port: int | None = None
     name: str | None = None
+    # Other addresses of the same server (from discovery), tried in order.
+    fallbacks: tuple[str, ...] = ()
 
     def describe(self) -> str:
         if self.host is not None:
@@ -117,6 +119,11 @@ class Context:
     def open_socket(self, target: Target) -> socket.socket:
         if target.host is not None:
             assert target.port is not None
+            for host in target.fallbacks:
+                try:
+                    return connect_tcp(host, target.port, self.timeout)
+                except CLIError:
+                    continue
             return connect_tcp(target.host, target.port, self.timeout)
         import ppcp
 

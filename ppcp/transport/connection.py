@@ -30,12 +30,12 @@ from ppcp.handshake.messages import MAX_REASON_BYTES, Alert
 from ppcp.key_exchange.ecdh import RandomSource
 from ppcp.transport.frames import (
     FLAG_MORE,
+    MAX_HANDSHAKE_BODY,
+    MAX_RECORD_BODY,
     MAX_RECORD_PLAINTEXT,
     MUX_TYPES,
     Frame,
     FrameBuffer,
-    MAX_HANDSHAKE_BODY,
-    MAX_RECORD_BODY,
     FrameType,
     encode_frame,
     encode_header,
@@ -311,11 +311,14 @@ class Connection:
     def _check_negotiated(self, ftype: int) -> None:
         """Records of a feature are only valid if its capability was negotiated."""
         needed = _CAPABILITY_FOR.get(ftype)
-        if needed is not None and self.result is not None:
-            if needed not in self.result.capabilities:
-                raise ProtocolError(
-                    f"record 0x{ftype:02x} needs capability {needed!r}, which was not negotiated"
-                )
+        if (
+            needed is not None
+            and self.result is not None
+            and needed not in self.result.capabilities
+        ):
+            raise ProtocolError(
+                f"record 0x{ftype:02x} needs capability {needed!r}, which was not negotiated"
+            )
 
     def _on_message_fragment(self, flags: int, plaintext: bytes) -> list[Event]:
         if flags & ~FLAG_MORE:

@@ -242,4 +242,6 @@ TEST_SERVICES = {
     "test-deny": "channel_helpers:serve_deny",
 }
 
-Runner = Callable[[], Awaitable[None]]
+# Fixture types (conftest.py): ``await serve(policy=, config=)``, ``await connect(server, ...)``.
+StartServer = Callable[..., Awaitable["ppcp.aio.Server"]]
+Connect = Callable[..., Awaitable["ppcp.aio.AsyncSession"]]

@@ -6,19 +6,16 @@ and session a test opens is closed at teardown.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
-from channel_helpers import PSK_TEXT, TEST_SERVICES, start_server
+from channel_helpers import PSK_TEXT, TEST_SERVICES, Connect, StartServer, start_server
 
 import ppcp
 import ppcp.aio
 from ppcp.control import router
 from ppcp.control.router import ServerPolicy
 from ppcp.transport.blocking import run
-
-StartServer = Callable[..., Awaitable[ppcp.aio.Server]]
-Connect = Callable[..., Awaitable[ppcp.aio.AsyncSession]]
 
 
 @pytest.fixture(autouse=True)

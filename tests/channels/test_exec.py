@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from channel_helpers import MiB, serve_kwargs, until, wait_pid_gone
-from conftest import Connect, StartServer
+from channel_helpers import Connect, MiB, StartServer, serve_kwargs, until, wait_pid_gone
 
 import ppcp
 import ppcp.aio
@@ -268,10 +267,14 @@ async def test_fast_producer_is_bounded_by_the_window(serve: StartServer, connec
     async with proc:
         served = next(iter(server.sessions))
         channel_id = proc.channel.channel_id
-        await until(lambda: served.mux.channels[channel_id].send_window == 0)
         window = session.mux.config.window
-        buffered = sum(len(d) for _, d in proc.channel._data)
-        assert buffered == window  # exactly one window in flight, nothing more
+
+        def buffered() -> int:
+            return sum(len(d) for _, d in proc.channel._data)
+
+        await until(lambda: buffered() >= window)
+        assert buffered() == window  # exactly one window arrived, nothing more
+        assert served.mux.channels[channel_id].send_window == 0
         transport = served._transport
         assert transport is not None and transport.get_write_buffer_size() < MiB
         # Reading one chunk reopens the window only by that chunk's size.

@@ -6,8 +6,7 @@ import asyncio
 import threading
 import time
 
-from channel_helpers import open_fds, until
-from conftest import Connect, StartServer
+from channel_helpers import Connect, StartServer, open_fds, until
 
 COMMANDS = 10_000
 CONCURRENCY = 16

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from channel_helpers import MiB, until
-from conftest import Connect, StartServer
+from channel_helpers import Connect, MiB, StartServer, until
 
 import ppcp
 import ppcp.aio
@@ -22,7 +21,7 @@ async def test_exec_completes_while_a_bulk_transfer_runs(
 ) -> None:
     session = await connect(await serve())
     # A sink that reads slowly: the bulk channel is always window-limited.
-    sink = await session.open_channel("test-sink", b'{"delay": 0.002}')
+    sink = await session.open_channel("test-sink", b'{"delay": 0.005}')
     block = b"\x00" * MiB
     pushed = 0
 
@@ -99,7 +98,8 @@ async def test_cancelled_open_is_closed_when_answered(serve: StartServer, connec
     server = await serve()
     session = await connect(server)
     opening = asyncio.ensure_future(session.open_channel("test-hold"))
-    await until(lambda: bool(session.mux.channels))  # CHANNEL_OPEN is on its way
+    await asyncio.sleep(0)  # one loop step: the task sends CHANNEL_OPEN and waits
+    assert session.mux.channels and not opening.done()
     opening.cancel()
     with pytest.raises(asyncio.CancelledError):
         await opening

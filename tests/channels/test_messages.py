@@ -7,8 +7,7 @@ import logging
 import os
 
 import pytest
-from channel_helpers import PSK_TEXT
-from conftest import Connect, StartServer
+from channel_helpers import PSK_TEXT, Connect, StartServer
 
 import ppcp
 import ppcp.aio

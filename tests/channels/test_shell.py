@@ -15,8 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from channel_helpers import PSK_TEXT, wait_pid_gone
-from conftest import Connect, StartServer
+from channel_helpers import PSK_TEXT, Connect, StartServer, wait_pid_gone
 
 import ppcp
 import ppcp.aio
@@ -58,11 +57,19 @@ async def test_size_resize_and_exit_code(session: Session) -> None:
     assert sh.exit_code == 3 and sh.signal_number is None
 
 
-async def test_login_shell_term_and_tty(session: Session) -> None:
+async def test_login_shell_term_and_tty(
+    session: Session, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The server (in this process) uses $SHELL and $HOME: pin them, so the user's own
+    # login scripts (slow prompt hooks, pyenv...) do not make the test depend on them.
+    monkeypatch.setenv("SHELL", "/bin/sh")
+    monkeypatch.setenv("HOME", str(tmp_path))
     sh = await session.open_shell(term="vt100")
     async with sh:
-        await sh.write(b'echo "T=$TERM"; tty; exit 0\n')
-        await read_until(sh, b"T=vt100\r\n/dev/pts/")  # TERM set, stdin is a pty
+        await sh.write(b'echo "T=$TERM" "A=$0"; tty; pwd; exit 0\n')
+        # TERM is set, argv[0] marks a login shell, stdin is a pty, cwd is home.
+        await read_until(sh, b"T=vt100 A=-sh\r\n/dev/pts/")
+        await read_until(sh, str(tmp_path).encode() + b"\r\n")
         assert await sh.wait() == 0
 
 
@@ -80,7 +87,8 @@ async def test_ctrl_c_reaches_the_remote_foreground_job(session: Session) -> Non
     sh = await session.open_shell(command="sh")
     async with sh:
         # Quoting keeps the echoed command line from matching the expected output.
-        await sh.write(b'echo "sleep""ing"; sleep 30; echo "after-""sleep"\n')
+        # The job prints once it is the terminal's foreground job, so ^C reaches it.
+        await sh.write(b'sh -c \'echo "sleep""ing"; exec sleep 30\'; echo "after-""sleep"\n')
         await read_until(sh, b"sleeping\r\n")
         await sh.write(b"\x03")  # ^C: the remote line discipline turns it into SIGINT
         await sh.write(b'echo "still-""here"\n')
@@ -249,7 +257,7 @@ async def test_blocking_shell_on_a_real_terminal(serve: StartServer) -> None:
         await reader.expect(b"17 61\r\n")
         await reader.expect(b"sum=42\r\n")
         # Raw mode: ^C is a byte for the remote side, not SIGINT for the local client.
-        os.write(master, b'echo "sleep""ing"; sleep 30; echo "not-""interrupted"\r')
+        os.write(master, b'sh -c \'echo "sleep""ing"; exec sleep 30\'; echo "not-""interrupted"\r')
         await reader.expect(b"sleeping\r\n")
         os.write(master, b"\x03")
         os.write(master, b'echo "interrupted-""ok"\r')

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Env, StartServer
+from cli_helpers import Env, StartServer
 
 
 def test_help_lists_every_command_without_heavy_imports(env: Env) -> None:

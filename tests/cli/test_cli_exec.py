@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import Env, Server, StartServer
+from cli_helpers import Env, Server, StartServer
 
 
 def test_exec_streams_and_returns_the_exit_code(shared_env: Env, shared: Server) -> None:

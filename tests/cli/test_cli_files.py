@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PPCP, Env, Server, StartServer
+from cli_helpers import PPCP, Env, Server, StartServer
 
 
 def sha256(path: Path) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import Env, StartServer
+from cli_helpers import Env, StartServer
 
 
 def test_send_to_listen_by_address(env: Env, server: StartServer) -> None:

@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import Env, StartServer
+from cli_helpers import Env, StartServer
 
 HELPER = Path(__file__).resolve().parent.parent / "discovery" / "discovery_netns.py"
 

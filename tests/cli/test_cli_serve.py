@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Env, StartServer
+from cli_helpers import Env, StartServer
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -51,7 +51,7 @@ def test_logs_connections_transfers_and_auth_failures(
     assert "127.0.0.1:" in line and "pre-shared key" in line
     # Commands, messages and transfers.
     assert env.run("exec", "--host", srv.address, "--", "echo", "logged-cmd").returncode == 0
-    srv.wait_for(r"exec for .*echo logged-cmd")
+    srv.wait_for(r"exec for .*echo.*logged-cmd")
     assert env.run("send", "logged-msg", "--host", srv.address).returncode == 0
     srv.wait_for(r"message from .*logged-msg")
     src = tmp_path / "up.txt"

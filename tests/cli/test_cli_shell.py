@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import PPCP, Env, Server, StartServer
+from cli_helpers import PPCP, Env, Server, StartServer
 
 # Runs `ppcp shell` in the pty and reports whether the terminal modes survived.
 WRAPPER = """

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from ppcp.control.channels import ChannelMux, ChannelState, MuxConfig
 from ppcp.core.config import SUPPORTED_CAPABILITIES
 from ppcp.core.errors import PPCPError
-from ppcp.core.events import Event
+from ppcp.core.events import ConnectionClosed, Event
 from ppcp.core.states import Role
 from ppcp.crypto.psk import derive_psk_key
 from ppcp.handshake.machine import HandshakeConfig
@@ -144,6 +144,13 @@ def feed_checked(conn: Connection, data: bytes, chunk: int, eof: bool) -> PPCPEr
         assert error is None, "receive_data succeeded after an error"
         assert all(isinstance(e, Event) for e in events)
         assert conn._frames.pending <= HEADER_LEN + MAX_RECORD_BODY + len(piece)
+        # An error after events completed in the same call is delivered as a
+        # final ConnectionClosed event instead of being raised.
+        if conn.error is not None:
+            closed = [e for e in events if isinstance(e, ConnectionClosed)]
+            assert closed and closed[-1] is events[-1], "failed without a final ConnectionClosed"
+            assert closed[-1].error is conn.error
+            error = conn.error
     if error is not None:
         # Sticky: every later call raises the very same error.
         try:

@@ -92,6 +92,15 @@ def frames_of(stream: bytes) -> list[Frame]:
     return out
 
 
+def feed_error(conn: Connection, data: bytes) -> PPCPError | None:
+    """The error feeding ``data`` ends in, raised or delivered after earlier events."""
+    try:
+        conn.receive_data(data)
+    except PPCPError as exc:
+        return exc
+    return conn.error
+
+
 def wire(frame: Frame) -> bytes:
     return frame.header + frame.body
 
@@ -157,6 +166,9 @@ class FramePipe:
             dst.events.extend(dst.conn.receive_data(data))
         except PPCPError as exc:
             dst.error = exc
+        else:
+            # Events completed before an error come first, then ConnectionClosed.
+            dst.error = dst.conn.error
 
     def pump(self) -> FramePipe:
         for _ in range(MAX_ROUNDS):

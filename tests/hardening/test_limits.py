@@ -32,6 +32,7 @@ from hardening_util import (
 from ppcp.control.channels import (
     DEFAULT_MAX_CHANNELS,
     DEFAULT_MAX_PACKET,
+    DEFAULT_MAX_PENDING_REQUESTS,
     DEFAULT_WINDOW,
     MAX_KIND_BYTES,
     MAX_PAYLOAD,
@@ -310,7 +311,30 @@ CODE_VALUES: dict[str, object] = {
     "MAX_WINDOW": MAX_WINDOW,
     "MAX_PAYLOAD": MAX_PAYLOAD,
     "MAX_KIND_BYTES": MAX_KIND_BYTES,
+    "max_pending_requests": DEFAULT_MAX_PENDING_REQUESTS,
+    "heartbeat_interval": SessionConfig().heartbeat_interval,
+    "heartbeat_max_missed": SessionConfig().heartbeat_max_missed,
 }
+
+
+def _service_values() -> dict[str, object]:
+    from ppcp.control import exec as exec_service
+    from ppcp.control import files, messages, paths
+    from ppcp.discovery.abuse import ResponderLimits
+    from ppcp.discovery.wire import MAX_DATAGRAM
+
+    responder = ResponderLimits()
+    return {
+        "paths.MAX_PATH_BYTES": paths.MAX_PATH_BYTES,
+        "paths.MAX_NAME_BYTES": paths.MAX_NAME_BYTES,
+        "files.MAX_ENTRIES": files.MAX_ENTRIES,
+        "exec.MAX_ARGS": exec_service.MAX_ARGS,
+        "messages.MAX_TOPIC_BYTES": messages.MAX_TOPIC_BYTES,
+        "discovery.MAX_DATAGRAM": MAX_DATAGRAM,
+        "discovery.per_source_rate": responder.per_source_rate,
+        "discovery.global_rate": responder.global_rate,
+        "discovery.replay_window": responder.replay_window,
+    }
 
 
 def _doc_rows() -> dict[str, str]:
@@ -318,7 +342,7 @@ def _doc_rows() -> dict[str, str]:
     section = text.split("## Limits", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
-        m = re.match(r"\|\s*`([A-Za-z_]+)`\s*\|\s*([^|]+?)\s*\|", line)
+        m = re.match(r"\|\s*`([A-Za-z_.]+)`\s*\|\s*([^|]+?)\s*\|", line)
         if m:
             rows[m.group(1)] = m.group(2)
     return rows
@@ -337,9 +361,12 @@ def _parse_default(text: str) -> float:
 
 def test_limits_table_matches_code() -> None:
     rows = _doc_rows()
-    missing = sorted(set(CODE_VALUES) - set(rows))
+    values = {**CODE_VALUES, **_service_values()}
+    missing = sorted(set(values) - set(rows))
     assert not missing, f"limits missing from docs/security.md: {missing}"
-    for name, value in CODE_VALUES.items():
+    extra = sorted(set(rows) - set(values))
+    assert not extra, f"documented limits the test does not know: {extra}"
+    for name, value in values.items():
         assert _parse_default(rows[name]) == float(value), (
             f"{name}: doc {rows[name]!r}, code {value}"
         )
