@@ -412,6 +412,23 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# -- event loop -----------------------------------------------------------------------
+
+UVLOOP_ENV = "PPCP_BENCH_UVLOOP"
+
+
+def use_uvloop_if_asked() -> bool:
+    """``--uvloop``: run asyncio on uvloop in this process (and, via the env, in children)."""
+    if not os.environ.get(UVLOOP_ENV):
+        return False
+    import asyncio
+
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
 # -- profiling ------------------------------------------------------------------------
 
 

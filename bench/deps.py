@@ -22,6 +22,8 @@ PIP_PACKAGES = {
     "matplotlib": "matplotlib>=3.8",
     "pyinstrument": "pyinstrument>=4.6",
 }
+# Only for --uvloop.
+OPTIONAL_PIP = {"uvloop": "uvloop>=0.19"}
 APT_PACKAGES = {"sshd": "openssh-server", "ssh": "openssh-client"}
 SSHD_PATHS = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
 
@@ -34,7 +36,7 @@ def ensure_pip(names: list[str], log: list[str]) -> list[str]:
     """pip-install the missing modules; return the names importable afterwards."""
     missing = [n for n in names if not have_module(n)]
     if missing:
-        reqs = [PIP_PACKAGES[n] for n in missing]
+        reqs = [{**PIP_PACKAGES, **OPTIONAL_PIP}[n] for n in missing]
         log.append(f"pip install {' '.join(reqs)}")
         proc = subprocess.run(
             [PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *reqs],

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import LOOPBACK, start_profiler, stop_profiler
+from bench.common import LOOPBACK, start_profiler, stop_profiler, use_uvloop_if_asked
 
 PSK_ENV = "PPCP_BENCH_PSK"
 
@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", help="write a profile here on exit")
     parser.add_argument("--profiler", choices=["pyinstrument", "cprofile"], default="pyinstrument")
     args = parser.parse_args(argv)
+    use_uvloop_if_asked()
     asyncio.run(_serve(args))
     sys.exit(0)
 

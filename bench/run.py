@@ -23,7 +23,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import deps
-from bench.common import RESULTS_DIR, Deadline, MiB, Procs, Report
+from bench.common import (
+    RESULTS_DIR,
+    UVLOOP_ENV,
+    Deadline,
+    MiB,
+    Procs,
+    Report,
+    use_uvloop_if_asked,
+)
 from bench.context import Context, Settings
 from bench.sshd import SshDaemon
 
@@ -60,6 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, help="repetitions of each transfer (default 3)")
     p.add_argument("--size-mib", type=int, help="transfer file size in MiB (default 1024)")
     p.add_argument("--no-install", action="store_true", help="never pip/apt install anything")
+    p.add_argument(
+        "--uvloop", action="store_true", help="run every PPCP and asyncssh end on uvloop"
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     p.add_argument("--list", action="store_true", help="list the sections and exit")
     return p.parse_args(argv)
@@ -94,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     have = deps.ensure_all(args.smoke or args.no_install, install_log)
     if args.no_install and not args.smoke:
         have["openssh"] = deps.sshd_path() is not None
+    if args.uvloop:
+        if not deps.ensure_pip(["uvloop"], install_log):
+            print("--uvloop: uvloop is not installed", file=sys.stderr)
+            return 2
+        os.environ[UVLOOP_ENV] = "1"
+        use_uvloop_if_asked()
     for line in install_log:
         print(f"[deps] {line}", flush=True)
     report = Report()
@@ -108,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
     elapsed = time.monotonic() - started
     title = (
-        f"PPCP benchmarks ({'smoke' if args.smoke else 'full'}; "
+        f"PPCP benchmarks ({'smoke' if args.smoke else 'full'}"
+        f"{'; uvloop' if args.uvloop else ''}; "
         f"{settings.file_size // MiB} MiB files; {elapsed:.0f} s)"
     )
     from bench import output
@@ -116,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     output.print_table(report, title)
     meta = {
         "mode": "smoke" if args.smoke else "full",
+        "event_loop": "uvloop" if args.uvloop else "asyncio",
         "sections": sections,
         "elapsed_s": round(elapsed, 1),
         "cpus": os.cpu_count(),

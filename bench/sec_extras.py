@@ -84,13 +84,13 @@ def run_discovery(ctx: Context) -> None:
         )
         return
     picks = [
-        ("one", "first_ms", "scan start -> first verified PONG (1 server, netns)"),
-        ("one", "find_server_ms", "ppcp.find_server() incl. TCP connect (netns)"),
-        ("five", "first_ms", "scan start -> first PONG of 5 servers (netns)"),
-        ("five", "all_ms", "scan start -> all 5 PONGs (netns)"),
+        ("one_server", "first_ms", "scan start -> first verified PONG (1 server, netns)"),
+        ("one_server", "find_server_ms", "ppcp.find_server() incl. TCP connect (netns)"),
+        ("five_servers", "first_ms", "scan start -> first PONG of 5 servers (netns)"),
+        ("five_servers", "all_ms", "scan start -> all 5 PONGs (netns)"),
     ]
     for group, key, what in picks:
-        stat = (data.get(group) or {}).get(key)
+        stat = (data.get(group) or data.get(group.split("_")[0]) or {}).get(key)
         if isinstance(stat, dict) and stat.get("n"):
             ctx.report.add(
                 Row(

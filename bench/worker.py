@@ -29,6 +29,7 @@ from bench.common import (
     raise_nofile,
     start_profiler,
     stop_profiler,
+    use_uvloop_if_asked,
 )
 from bench.peers import PSK_ENV, SshKeys, asyncssh_connect, ppcp_client_config
 
@@ -232,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", help="write a profile of the transfer here")
     parser.add_argument("--profiler", choices=["pyinstrument", "cprofile"], default="pyinstrument")
     args = parser.parse_args(argv)
+    use_uvloop_if_asked()
     result = asyncio.run(COMMANDS[args.command](args))
     sys.stdout.write(json.dumps(result) + "\n")
 

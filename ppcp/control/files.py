@@ -42,6 +42,7 @@ from ppcp.control.transfer import (
     Stats,
     TransferResult,
     abort,
+    channel_code,
     choose_encoding,
     field_bool,
     field_str,
@@ -396,8 +397,7 @@ def _encoding(channel: AsyncChannel, request: dict[str, Any], what: str) -> Enco
 
 def _refuse(channel: AsyncChannel, exc: PPCPError) -> None:
     log.info("%s for %s refused: %s", channel.kind, channel.session.peer_name, exc.message)
-    code = int(exc.code) if exc.code >= CloseCode.CHANNEL_ERROR else CloseCode.CHANNEL_ERROR
-    channel.reject(code, exc.message)
+    channel.reject(channel_code(exc), exc.message)
 
 
 async def serve_put(channel: AsyncChannel, policy: ServerPolicy) -> None:

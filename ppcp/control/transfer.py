@@ -80,7 +80,7 @@ WORKER_THREADS = 8  # shared by all transfers of a process
 BLOCK = struct.Struct(">BII")
 METHOD_STORED = 0
 METHOD_ZLIB = 1
-EMPTY_SHA256 = hashlib.sha256().hexdigest()
+CHANNEL_CODE_MAX = 0x01FF  # channel-scoped close codes are 0x0100..0x01FF
 
 ProgressCallback = Callable[[int, int, float], None]
 T = TypeVar("T")
@@ -316,13 +316,19 @@ async def expect(channel: AsyncChannel, name: str) -> bytes:
             raise ChannelError(f"expected a {name!r} request, got {got!r}")
 
 
+def channel_code(exc: PPCPError) -> int:
+    """The close code for ``exc`` on a channel: its own if channel-scoped (0x01xx)."""
+    if CloseCode.CHANNEL_ERROR <= exc.code <= CHANNEL_CODE_MAX:
+        return int(exc.code)
+    return CloseCode.TRANSFER_FAILED
+
+
 async def abort(channel: AsyncChannel, exc: BaseException) -> None:
     """Close ``channel`` telling the peer why, unless the peer closed it first."""
     if channel.closed:
         return
     if isinstance(exc, PPCPError) and not exc.remote:
-        code = int(exc.code) if exc.code >= CloseCode.CHANNEL_ERROR else CloseCode.TRANSFER_FAILED
-        await channel.close(code, exc.message)
+        await channel.close(channel_code(exc), exc.message)
     elif isinstance(exc, asyncio.CancelledError):
         await channel.close(CloseCode.TRANSFER_FAILED, "transfer cancelled")
     else:
@@ -688,12 +694,15 @@ class Receiver:
                 if not t.is_dir:
                     continue
                 flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-                fd = os.open(t.name, flags, dir_fd=t.dir_fd)
                 try:
-                    os.utime(fd, ns=(time.time_ns(), mtime_ns))
-                    os.fchmod(fd, mode & 0o777)
-                finally:
-                    os.close(fd)
+                    fd = os.open(t.name, flags, dir_fd=t.dir_fd)
+                    try:
+                        os.utime(fd, ns=(time.time_ns(), mtime_ns))
+                        os.fchmod(fd, mode & 0o777)
+                    finally:
+                        os.close(fd)
+                except OSError as exc:
+                    raise io_error(exc, "setting the mode and time of", quote(t.path)) from None
 
     async def receive_file(self, entry: FileEntry) -> None:
         with self.tree.resolve((*self.base, *entry.path)) as t:

@@ -29,7 +29,7 @@ from tests.fuzz import targets
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "build" / "fuzz"
-PER_INPUT_TIMEOUT = 10  # seconds: libFuzzer reports a hang beyond this
+PER_INPUT_TIMEOUT = 30  # seconds: libFuzzer reports a hang beyond this
 RSS_LIMIT_MB = 2048
 
 
@@ -67,6 +67,7 @@ def run_atheris(name: str, seconds: int) -> Result:
         f"-artifact_prefix={artifacts}/",
         "-print_final_stats=1",
     ]
+    before = set(artifacts.iterdir())
     started = time.monotonic()
     proc = subprocess.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 600, check=False
@@ -86,7 +87,32 @@ def run_atheris(name: str, seconds: int) -> Result:
     if not ok:
         crash = re.findall(r"(Test unit written to \S+)", log)
         detail += f"; FAILED (exit {proc.returncode}) {' '.join(crash)}; see {WORK / name}.log"
+        for artifact in sorted(set(artifacts.iterdir()) - before):
+            detail += f"; rerun of {artifact.name}: {_rerun(name, artifact)}"
     return Result(name, "atheris", elapsed, executed, ok, detail)
+
+
+def _rerun(name: str, artifact: Path) -> str:
+    """Replay one saved input without instrumentation: does it still fail or hang?"""
+    code = (
+        "import sys, time; from tests.fuzz import targets; data = open(sys.argv[2], 'rb').read(); "
+        "t = time.monotonic(); targets.TARGETS[sys.argv[1]](data); "
+        "print(f'passes in {time.monotonic() - t:.3f} s')"
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, name, str(artifact)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=PER_INPUT_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"still hangs (> {PER_INPUT_TIMEOUT} s)"
+    if proc.returncode == 0:
+        return proc.stdout.strip() + " (not reproducible: the machine was overloaded?)"
+    return "reproduces: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
 
 
 def run_hypothesis(name: str, seconds: int) -> Result:
