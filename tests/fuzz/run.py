@@ -105,7 +105,7 @@ def _rerun(name: str, artifact: Path) -> str:
             cwd=ROOT,
             capture_output=True,
             text=True,
-            timeout=PER_INPUT_TIMEOUT,
+            timeout=PER_INPUT_TIMEOUT + 300,  # interpreter start-up can be slow under load
             check=False,
         )
     except subprocess.TimeoutExpired:
