@@ -183,6 +183,11 @@ class Procs:
         self.close()
 
 
+# Killed children that had not exited yet when we stopped waiting (a machine
+# short of memory can take a while); reap_leftovers() collects them.
+_UNREAPED: list[subprocess.Popen[bytes]] = []
+
+
 def stop_group(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
     """SIGTERM the process group we created for ``proc``, then SIGKILL it if needed."""
     pgid = proc.pid  # start_new_session=True: the child leads its own group
@@ -196,6 +201,19 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
             os.killpg(pgid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(wait)
+    if proc.poll() is None:
+        _UNREAPED.append(proc)
+
+
+def reap_leftovers(timeout: float = 10.0) -> int:
+    """Wait (bounded) for SIGKILLed children that were slow to die; return how many remain."""
+    deadline = Deadline(timeout)
+    for proc in list(_UNREAPED):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(deadline.left(), 0.01))
+        if proc.returncode is not None:
+            _UNREAPED.remove(proc)
+    return len(_UNREAPED)
 
 
 @dataclass

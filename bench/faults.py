@@ -242,6 +242,7 @@ def run(
     local_dir.mkdir(parents=True, exist_ok=True)
     outcomes: list[Outcome] = []
     server, port = start_server(server_root)
+    live: list[Child] = [server]
     started = time.monotonic()
     try:
         for i in range(transfers):
@@ -262,6 +263,7 @@ def run(
             remote = name if op == "put" else f"src-{name}"
 
             client = Child(client_args(op, port, local, remote))
+            live.append(client)
             killed_at: int | None = None
             for _ in range(100_000):
                 event = client.event()
@@ -289,10 +291,20 @@ def run(
 
             if server.proc.poll() is not None:
                 server, port = start_server(server_root)
+                live.append(server)
             rerun = Child(client_args(op, port, local, remote))
-            result = rerun.wait_for("result")
+            live.append(rerun)
+            result = {"sha256": None, "resumed_from": 0}
+            for _ in range(100_000):
+                event = rerun.event()
+                if event is None or event["event"] == "error":
+                    problems.append(f"the rerun failed: {event}")
+                    break
+                if event["event"] == "result":
+                    result = event
+                    break
             rerun.finish()
-            if result["sha256"] != expected or sha256_file(dest) != expected:
+            if result["sha256"] != expected or not dest.exists() or sha256_file(dest) != expected:
                 problems.append("the rerun did not produce the right SHA-256")
             if part.exists():
                 problems.append("a part file was left after the rerun")
@@ -311,8 +323,12 @@ def run(
                 )
             )
             source.unlink()
-            dest.unlink()
+            dest.unlink(missing_ok=True)
+            live = [c for c in live if c.proc.poll() is None]
     finally:
+        for child in live:
+            if child is not server and child.proc.poll() is None:
+                child.kill()
         server.finish()
     mid = [o for o in outcomes if o.killed_at is not None]
     return {

@@ -196,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         serve(args.serve)
         return 0
     size = args.size_mib * MiB
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    shm: str | None = "/dev/shm"
+    # source, server copy, client copy; tmpfs is memory shared with everyone else
+    if not os.path.isdir("/dev/shm") or shutil.disk_usage("/dev/shm").free < 3 * size + (1 << 30):
+        print("not enough room on /dev/shm: using the default temporary directory", flush=True)
+        shm = None
     base = Path(tempfile.mkdtemp(prefix="ppcp-bench-files-", dir=shm))
     try:
         (base / "root").mkdir()

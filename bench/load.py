@@ -323,7 +323,7 @@ def run(
     started = time.monotonic()
     children: list[Child] = []
     try:
-        baseline = server.event(60)
+        baseline = server.event(300)
         port = str(baseline["port"])
         client_args = ["--port", port, "--sessions", str(sessions), "--execs", str(execs)]
         clients = Child("clients", [*common, *client_args, "--messages", str(messages)])

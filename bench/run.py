@@ -30,6 +30,7 @@ from bench.common import (
     MiB,
     Procs,
     Report,
+    reap_leftovers,
     use_uvloop_if_asked,
 )
 from bench.context import Context, Settings
@@ -122,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             _run_sections(ctx, sections, args)
         finally:
             ctx.cleanup()
+    left = reap_leftovers()
+    if left:
+        report.note("processes", f"{left} killed child process(es) had not exited at the end")
 
     elapsed = time.monotonic() - started
     title = (

@@ -316,6 +316,8 @@ def _rows(ctx: Context, methods: list[Method]) -> None:
                 continue
             shown.add(mine)
             lib_vs_tool = mine.startswith("lib") and peer in ("scp", "ssh-cat", "sftp")
+            if by_name[peer].error:  # a peer that failed or timed out is no yardstick
+                max_ratio = None
             mib_s = size_mib / a["median"] if a else None
             peer_mib_s = size_mib / b["median"]
             ctx.report.add(
@@ -331,6 +333,7 @@ def _rows(ctx: Context, methods: list[Method]) -> None:
                     target_text=f"time ratio <= {max_ratio:g} ({target})" if max_ratio else "",
                     note=(f"{mib_s:.0f} vs " if mib_s else "")
                     + f"{peer_mib_s:.0f} MiB/s"
+                    + ("; the peer failed in some runs (see notes)" if by_name[peer].error else "")
                     + ("; library timed in-call, peer incl. process start" if lib_vs_tool else ""),
                 )
             )

@@ -148,10 +148,15 @@ def is_stderr(stream: Any) -> bool:
 
 
 def run(names: list[str], all_: bool, request: Request) -> int:
+    from ppcp.cli.errors import CLIError
     from ppcp.cli.target import Context
 
     ctx = Context()
     unique = list(dict.fromkeys(names))
+    if ctx.settings.host and (all_ or len(unique) > 1):
+        raise CLIError(
+            EXIT_OWN_FAILURE, "--host names one server: use aliases for several addresses."
+        )
     if not all_ and len(unique) <= 1:
         return run_one(ctx, ctx.resolve(unique[0] if unique else None), request)
     return run_many(ctx, unique, all_, request)

@@ -160,6 +160,8 @@ def test_usage_errors(env: Env) -> None:
     assert res.returncode == 255
     res = env.run("exec", "host-only")
     assert res.returncode == 255 and "no command" in res.stderr
+    res = env.run("exec", "a", "b", "--host", "127.0.0.1:1", "--", "true")
+    assert res.returncode == 255 and "--host names one server" in res.stderr
     res = env.run("--host", "127.0.0.1:notaport", "send", "x")
     assert res.returncode == 2 and "not a port" in res.stderr
 
