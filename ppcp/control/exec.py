@@ -1,6 +1,6 @@
 """Exec service: run a command on the server, stream its I/O, report how it ended.
 
-Wire schema (docs/rfc-channels.md, "exec"):
+Wire schema (docs/rfc.md section 15.10.2, "exec"):
 
 * channel kind ``"exec"``; open payload, a JSON object: ``{"command": str}`` (run
   by the server user's shell, ``$SHELL -c``) or ``{"argv": [str, ...]}`` (run

@@ -1,6 +1,6 @@
 """Messages service: application messages on a channel, both directions.
 
-Wire schema (docs/rfc-channels.md, "message"):
+Wire schema (docs/rfc.md section 15.10.4, "message"):
 
 * channel kind ``"message"``; open payload ``{"topic": str}`` (1..64 bytes of
   UTF-8 without control characters; default ``"default"``);

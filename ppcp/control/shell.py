@@ -1,6 +1,6 @@
 """Shell service: an interactive PTY session on the server, and the client's terminal.
 
-Wire schema (docs/rfc-channels.md, "shell"):
+Wire schema (docs/rfc.md section 15.10.3, "shell"):
 
 * channel kind ``"shell"``; open payload ``{"term": str, "cols": int, "rows": int,
   "command": str | null}``: the server allocates a pseudo-terminal of that size,

@@ -1,4 +1,4 @@
-"""Discovery: find PPCP servers on the LAN (RFC draft docs/rfc-discovery.md).
+"""Discovery: find PPCP servers on the LAN (docs/rfc.md section 3).
 
 Two paths, merged by server id:
 

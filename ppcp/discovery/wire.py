@@ -1,6 +1,6 @@
 """PING and PONG datagrams: byte layouts and tags (sans-I/O).
 
-Normative text: docs/rfc-discovery.md.  In short::
+Normative text: docs/rfc.md section 3.  In short::
 
     PING = header(type=PING) || nonce[16] || padding || tag[32]
     PONG = header(type=PONG) || nonce[16] || server_id[16] || u16 port

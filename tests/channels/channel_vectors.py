@@ -11,8 +11,8 @@ can only be printed if encoder and decoder agree.
     python tests/channels/channel_vectors.py --update   # rewrite the blocks in docs/
 
 The blocks sit between ``<!-- channel-vectors:begin/end -->`` and
-``<!-- channel-state-table:begin/end -->`` in docs/rfc.md or, until the RFC
-absorbs them, docs/rfc-channels.md.
+``<!-- channel-state-table:begin/end -->`` in docs/rfc.md (section 15.5 and
+Appendix A.3); docs/rfc-channels.md, the draft, is only a fallback.
 """
 
 from __future__ import annotations
