@@ -21,10 +21,10 @@ from ppcp.core.config import DEFAULT_PORT, SessionConfig
 from ppcp.core.errors import (
     AuthenticationError,
     CloseCode,
+    ConnectionLost,
     PPCPError,
     RateLimited,
     ServerBusy,
-    map_exception,
 )
 from ppcp.core.limits import ServerLimits
 from ppcp.core.states import Role
@@ -48,25 +48,24 @@ async def connect(
     *,
     config: SessionConfig | None = None,
 ) -> AsyncSession:
-    """Open a TCP connection and run the client handshake."""
+    """Open a TCP connection and run the client handshake.
+
+    The TCP connect and the handshake each get ``config.handshake_timeout``.
+    """
     cfg = config or SessionConfig()
     loop = asyncio.get_running_loop()
-    try:
-        sock = await asyncio.wait_for(_open_socket(host, port), cfg.handshake_timeout)
-    except (OSError, TimeoutError) as exc:
-        raise map_exception(exc) from exc
-    return await open_session(
-        Role.CLIENT, psk, cfg, lambda factory: loop.create_connection(factory, sock=sock)
-    )
 
+    async def start(factory: Callable[[], asyncio.Protocol]) -> object:
+        try:
+            return await asyncio.wait_for(
+                loop.create_connection(factory, host, port), cfg.handshake_timeout
+            )
+        except TimeoutError:
+            raise ConnectionLost(
+                f"could not connect to {host}:{port} within {cfg.handshake_timeout:g} s"
+            ) from None
 
-async def _open_socket(host: str, port: int) -> socket.socket:
-    # Opening the socket ourselves lets TCP_NODELAY be set before SYN.
-    _, writer = await asyncio.open_connection(host, port)
-    sock: socket.socket = writer.get_extra_info("socket").dup()
-    writer.transport.abort()
-    sock.setblocking(False)
-    return sock
+    return await open_session(Role.CLIENT, psk, cfg, start)
 
 
 async def client_connect(
