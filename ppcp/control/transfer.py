@@ -7,7 +7,7 @@ sender announces entries (``dir``, ``file``, ``skip``) and ends with
 holds (resume), the sender says where it ``data`` starts, streams the bytes
 and sends ``end`` with the SHA-256 of the whole file, and the receiver
 answers ``done`` once the file is verified and renamed into place.  See
-docs/rfc-files.md for the normative description.
+docs/rfc.md section 16 for the normative description.
 
 Bytes travel as CHANNEL_DATA when both peers negotiated ``binary-data``, and
 as base64 ``chunk`` requests otherwise.  Memory stays constant whatever the
@@ -953,7 +953,7 @@ async def lock_part(dir_fd: int, part: str, shown: str) -> int:
     raise TransferError(f"another transfer to {shown} is in progress")
 
 
-# -- test vectors (docs/rfc-files.md) ----------------------------------------------------------
+# -- test vectors (docs/rfc.md appendix A.4) ----------------------------------------------------------
 
 VECTOR_CONTENT = b"Hello, PPCP!\n"
 VECTOR_MTIME_NS = 1_700_000_000_000_000_000

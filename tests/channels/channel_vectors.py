@@ -12,7 +12,7 @@ can only be printed if encoder and decoder agree.
 
 The blocks sit between ``<!-- channel-vectors:begin/end -->`` and
 ``<!-- channel-state-table:begin/end -->`` in docs/rfc.md (section 15.5 and
-Appendix A.3); docs/rfc-channels.md, the draft, is only a fallback.
+Appendix A.3).
 """
 
 from __future__ import annotations
@@ -186,9 +186,9 @@ def _markers(name: str) -> tuple[str, str]:
 
 
 def find_block(name: str) -> tuple[Path, str] | None:
-    """``(file, content)`` of block ``name``: docs/rfc.md first, then docs/rfc-channels.md."""
+    """``(file, content)`` of block ``name`` in docs/rfc.md."""
     begin, end = _markers(name)
-    for path in (DOCS / "rfc.md", DOCS / "rfc-channels.md"):
+    for path in (DOCS / "rfc.md",):
         if not path.exists():
             continue
         lines = path.read_text(encoding="utf-8").splitlines()

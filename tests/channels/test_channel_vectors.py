@@ -19,7 +19,7 @@ from ppcp.transport.frames import FLAG_REPLY, FrameType
 
 def test_vectors_block_is_current() -> None:
     found = find_block(VECTOR_BLOCK)
-    assert found is not None, "no channel-vectors block in docs/rfc.md or docs/rfc-channels.md"
+    assert found is not None, "no channel-vectors block in docs/rfc.md"
     path, text = found
     assert text == vectors_markdown(), (
         f"{path} is stale: run python tests/channels/channel_vectors.py --update"

@@ -1,7 +1,7 @@
 """Known-answer vectors: the bytes in the RFC draft are regenerated from the code.
 
 The block between the ``discovery-vectors`` markers is looked for in
-docs/rfc.md first (where the lead will move it), then docs/rfc-discovery.md.
+docs/rfc.md (Appendix A.2).
 ``python tests/discovery/test_discovery_vectors.py`` prints the block.
 """
 
@@ -62,13 +62,13 @@ def render() -> str:
 
 
 def documented() -> str:
-    for name in ("rfc.md", "rfc-discovery.md"):
+    for name in ("rfc.md",):
         path = DOCS / name
         if path.exists() and BEGIN in (text := path.read_text()):
             m = re.search(re.escape(BEGIN) + r"\n(.*?)\n" + re.escape(END), text, re.S)
             assert m, f"{path}: unterminated {BEGIN} block"
             return m.group(1).strip()
-    raise AssertionError(f"no {BEGIN} block in docs/rfc.md or docs/rfc-discovery.md")
+    raise AssertionError(f"no {BEGIN} block in docs/rfc.md")
 
 
 def test_vectors_match_the_spec() -> None:

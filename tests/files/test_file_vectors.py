@@ -18,15 +18,11 @@ BLOCK = "file-vectors"
 
 
 def rfc_block() -> str:
-    """The block from docs/rfc.md once the lead has merged it, else from docs/rfc-files.md."""
-    for name in ("rfc.md", "rfc-files.md"):
-        path = DOCS / name
-        if path.exists():
-            try:
-                return extract_block(path.read_text(encoding="utf-8"), BLOCK)
-            except KeyError:
-                continue
-    pytest.fail(f"no <!-- {BLOCK}:begin --> block in docs/rfc.md or docs/rfc-files.md")
+    """The block from docs/rfc.md (Appendix A.4)."""
+    try:
+        return extract_block((DOCS / "rfc.md").read_text(encoding="utf-8"), BLOCK)
+    except KeyError:
+        pytest.fail(f"no <!-- {BLOCK}:begin --> block in docs/rfc.md")
 
 
 def test_rfc_vectors_are_current() -> None:
