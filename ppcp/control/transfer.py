@@ -953,7 +953,7 @@ async def lock_part(dir_fd: int, part: str, shown: str) -> int:
     raise TransferError(f"another transfer to {shown} is in progress")
 
 
-# -- test vectors (docs/rfc.md appendix A.4) ----------------------------------------------------------
+# -- test vectors (docs/rfc.md appendix A.4) ------------------------------------------
 
 VECTOR_CONTENT = b"Hello, PPCP!\n"
 VECTOR_MTIME_NS = 1_700_000_000_000_000_000
