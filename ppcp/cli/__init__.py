@@ -56,7 +56,7 @@ def _version() -> str:
 @click.group(
     cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-    epilog="Exit codes and the config file are described in docs/cli.md. "
+    epilog="Exit codes and the config file are described in the README (Using the command line). "
     'Shell completion: eval "$(_PPCP_COMPLETE=bash_source ppcp)".',
 )
 @click.version_option(_version(), "--version", prog_name="ppcp", message="%(prog)s %(version)s")
