@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
@@ -56,9 +56,10 @@ def proofs_equal(a: bytes, b: bytes) -> bool:
 
 @dataclass(frozen=True)
 class TrafficKeys:
-    secret: bytes
-    key: bytes
-    iv: bytes
+    # Key material never appears in reprs (logs, tracebacks).
+    secret: bytes = field(repr=False)
+    key: bytes = field(repr=False)
+    iv: bytes = field(repr=False)
 
     @classmethod
     def from_secret(cls, secret: bytes) -> TrafficKeys:
@@ -76,9 +77,9 @@ class TrafficKeys:
 class HandshakeSecrets:
     """Everything derived from (PSK, ECDH secret, hello transcript)."""
 
-    handshake_secret: bytes
-    client_auth_key: bytes
-    server_auth_key: bytes
+    handshake_secret: bytes = field(repr=False)
+    client_auth_key: bytes = field(repr=False)
+    server_auth_key: bytes = field(repr=False)
 
     @classmethod
     def derive(cls, psk_key: bytes, ecdh_secret: bytes, hello_hash: bytes) -> HandshakeSecrets:

@@ -64,14 +64,14 @@ class HandshakeResult:
     capabilities: tuple[str, ...]
     peer_name: str
     session_id: bytes
-    send_keys: TrafficKeys
-    recv_keys: TrafficKeys
+    send_keys: TrafficKeys = field(repr=False)
+    recv_keys: TrafficKeys = field(repr=False)
 
 
 @dataclass
 class HandshakeMachine:
     role: Role
-    psk_key: bytes
+    psk_key: bytes = field(repr=False)
     config: HandshakeConfig
     rng: RandomSource
     _transcript: list[bytes] = field(default_factory=list)

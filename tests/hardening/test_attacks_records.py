@@ -244,12 +244,6 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="key material in dataclass reprs: HandshakeMachine.psk_key, TrafficKeys and "
-    "HandshakeResult fields are repr=True (ppcp/handshake/machine.py, ppcp/crypto/schedule.py "
-    "are outside hardening's edit list; fix: field(repr=False))",
-)
 def test_reprs_do_not_show_key_material() -> None:
     pipe = FramePipe(client_conn(PSK), server_conn(PSK)).handshake()
     conn = pipe.client.conn
