@@ -236,8 +236,8 @@ def run_child(
 ) -> ChildRun:
     """Run one process to completion; wall time includes process start.
 
-    The child is reaped with ``wait4`` so its own peak RSS (``ru_maxrss``) is
-    known exactly, not mixed with other children's.
+    ``maxrss_kib`` is the child's own peak RSS: its VmHWM sampled while it
+    runs (every <= 10 ms), bounded by the ``wait4`` rusage of that child alone.
     """
     started = time.perf_counter()
     proc: subprocess.Popen[bytes] = subprocess.Popen(
@@ -259,12 +259,14 @@ def run_child(
             readers.append(t)
     deadline = started + timeout
     status, rusage = 0, None
+    hwm_kib: int | None = None
     try:
         delay = 0.0005
         while True:
             pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
             if pid == proc.pid:
                 break
+            hwm_kib = proc_status_kib(proc.pid, "VmHWM") or hwm_kib
             if time.perf_counter() > deadline:
                 raise TimeoutError(f"{cmd[0]} did not finish within {timeout:.0f} s")
             time.sleep(delay)
@@ -280,9 +282,12 @@ def run_child(
                 os.killpg(proc.pid, signal.SIGKILL)
         for t in readers:
             t.join(5.0)
-    return ChildRun(
-        proc.returncode, elapsed, rusage.ru_maxrss, b"".join(out_chunks), b"".join(err_chunks)
-    )
+    # ru_maxrss of a child started with vfork/exec also counts the parent's
+    # memory it shared before exec (Linux folds the old mm's peak in at
+    # exec), so the child's own VmHWM, read last before it exited, is
+    # preferred; ru_maxrss only for a child too short-lived to be sampled.
+    maxrss = min(hwm_kib, rusage.ru_maxrss) if hwm_kib else rusage.ru_maxrss
+    return ChildRun(proc.returncode, elapsed, maxrss, b"".join(out_chunks), b"".join(err_chunks))
 
 
 def _drain(stream: Any, chunks: list[bytes]) -> None:

@@ -52,8 +52,10 @@ async def test_put_killed_mid_transfer_then_resumed(lo: Loopback, caps: tuple[st
     async with lo.client(caps) as session:
         result = await session.put(src, "big.bin")
     assert result.sha256 == digest == sha256_file(dest)
-    assert result.resumed_from == kept
-    assert result.bytes == SIZE - kept < SIZE
+    # The dead session's last write may still land after we looked at the
+    # part file, so the resume point is at least what we saw, never less.
+    assert kept <= result.resumed_from < SIZE
+    assert result.bytes == SIZE - result.resumed_from < SIZE
     assert result.total == SIZE
     assert not part_of(dest).exists()
 
@@ -71,8 +73,10 @@ async def test_get_killed_mid_transfer_then_resumed(lo: Loopback, caps: tuple[st
     async with lo.client(caps) as session:
         result = await session.get("big.bin", dest, progress=lambda d, t, r: seen.append(d))
     assert result.sha256 == digest == sha256_file(dest)
-    assert result.resumed_from == kept and result.bytes == SIZE - kept
-    assert seen[0] > kept and seen[-1] == SIZE  # progress counts the resumed prefix as done
+    assert kept <= result.resumed_from < SIZE  # a last in-flight write may land late
+    assert result.bytes == SIZE - result.resumed_from
+    # progress counts the resumed prefix as done
+    assert seen[0] > result.resumed_from and seen[-1] == SIZE
     assert not part_of(dest).exists()
 
 

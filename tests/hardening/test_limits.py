@@ -49,6 +49,7 @@ from ppcp.core.config import (
 from ppcp.core.errors import (
     ChannelError,
     CloseCode,
+    ConnectionLost,
     FlowControlError,
     FrameTooLarge,
     MessageTooLarge,
@@ -399,12 +400,14 @@ async def test_unanswered_channel_requests_are_capped() -> None:
 
         srv_channel._on_request = on_request  # type: ignore[method-assign]
         payload = bytes(MAX_PAYLOAD)
-        with pytest.raises(FlowControlError) as info:
+        # The server's CLOSE can be overtaken by the TCP reset that closing a
+        # socket with unread input causes, so the client may only see the reset.
+        with pytest.raises((FlowControlError, ConnectionLost)) as info:
             for _ in range(2000):  # 125 MiB of requests if all were kept
                 await channel.send_request("junk", payload)
             await client.send(b"sync")
             await asyncio.wait_for(client.recv(), WAIT)
-        assert info.value.remote
+        assert isinstance(info.value, ConnectionLost) or info.value.remote
         assert isinstance(served._error, FlowControlError)
         limit = served.config.mux.max_pending_requests
         assert peak <= limit
