@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 bench-smoke: $(STAMP)
-	$(PY) -m bench.run --smoke
+	$(PY) -m bench.run --smoke --out $${TMPDIR:-/tmp}/ppcp-bench-smoke
 
 fuzz: $(STAMP)
 	$(PY) -m pip install --quiet atheris
