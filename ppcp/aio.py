@@ -15,6 +15,7 @@ import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from ppcp.control.router import ServerPolicy, route
 from ppcp.core.config import DEFAULT_PORT, SessionConfig
@@ -279,8 +280,8 @@ class _AdmissionProtocol(asyncio.Protocol):
         self._inner: asyncio.Protocol | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._inner = self._server._admit(transport)
+        # A cast, not an isinstance check: uvloop's transports are not subclasses.
+        self._inner = self._server._admit(cast(asyncio.Transport, transport))
         if self._inner is not None:
             self._inner.connection_made(transport)
 

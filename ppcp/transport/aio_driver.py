@@ -13,7 +13,7 @@ import collections
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from ppcp.control import channels as mux_events
 from ppcp.control.aio_channel import AsyncChannel
@@ -56,9 +56,9 @@ class _SessionProtocol(asyncio.Protocol):
         self.session = session
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A cast, not an isinstance check: uvloop's transports are not subclasses.
         set_nodelay(transport.get_extra_info("socket"))
-        self.session._attach(transport)
+        self.session._attach(cast(asyncio.Transport, transport))
 
     def data_received(self, data: bytes) -> None:
         self.session._on_data(data)
