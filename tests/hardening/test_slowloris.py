@@ -158,7 +158,7 @@ async def test_single_host_slowloris_does_not_lock_out_others(many_fds: int) -> 
     strict=True,
     reason="known limit: an attacker with >= max_unauthenticated source addresses holds every "
     "handshake slot until the deadline; new clients get SERVER_BUSY meanwhile (fix would "
-    "need eviction of the oldest handshake, which conflicts with RFC section 16's SERVER_BUSY "
+    "need eviction of the oldest handshake, which conflicts with RFC section 17.1's SERVER_BUSY "
     "rule and tests/core's cap test)",
 )
 async def test_distributed_slowloris_holds_the_global_cap(many_fds: int) -> None:
