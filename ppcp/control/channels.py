@@ -249,7 +249,7 @@ class ChannelMux:
         while sent < len(view) and ch.send_window > 0:
             n = min(len(view) - sent, ch.send_window, ch.send_max_packet)
             header = channel_id.to_bytes(4, "big") + bytes((stream,))
-            self.conn.send_record(F.CHANNEL_DATA, header + bytes(view[sent : sent + n]))
+            self.conn.send_record(F.CHANNEL_DATA, b"".join((header, view[sent : sent + n])))
             ch.send_window -= n
             sent += n
         return sent
