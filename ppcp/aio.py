@@ -31,9 +31,8 @@ from ppcp.core.limits import ServerLimits
 from ppcp.core.states import Role
 from ppcp.crypto.psk import derive_psk_key
 from ppcp.discovery.responder import DiscoveryService, StrPath, start_server_discovery
-from ppcp.handshake.messages import Alert
 from ppcp.transport.aio_driver import AsyncSession, open_session, session_protocol
-from ppcp.transport.frames import FrameType, encode_frame
+from ppcp.transport.connection import alert_frame
 from ppcp.utils.ratelimit import AuthFailureLimiter, SourceCounter, source_key
 
 log = logging.getLogger("ppcp.server")
@@ -199,7 +198,7 @@ class Server:
             log.warning(
                 "refusing %s: %s (%d connections refused so far)", peer, error, self.refused
             )
-        transport.write(encode_frame(FrameType.ALERT, Alert(error.code, error.message).encode()))
+        transport.write(alert_frame(error.code, error.message))
         transport.close()
 
     async def _serve_one(self, session: AsyncSession, source: str = "local") -> None:

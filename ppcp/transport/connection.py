@@ -58,6 +58,12 @@ _CAPABILITY_FOR: dict[int, str] = {
 }
 
 
+def alert_frame(code: int, reason: str) -> bytes:
+    """A clear-text ALERT frame: the only thing a server may send a connection it
+    refuses before any handshake (SERVER_BUSY, RATE_LIMITED)."""
+    return encode_frame(FrameType.ALERT, Alert(code, reason).encode())
+
+
 @dataclass(frozen=True)
 class ConnectionConfig:
     handshake: HandshakeConfig
@@ -192,7 +198,7 @@ class Connection:
         return self._error
 
     def _send_alert(self, code: int, reason: str) -> None:
-        self._out.append(encode_frame(FrameType.ALERT, Alert(code, reason).encode()))
+        self._out.append(alert_frame(code, reason))
 
     def _send_close(self, code: int, reason: str) -> None:
         if self._close_sent or self._send is None:

@@ -8,7 +8,6 @@ either in whole writes or one byte at a time, optionally through a
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +20,10 @@ from ppcp.handshake.machine import HandshakeConfig
 from ppcp.key_exchange.ecdh import RandomSource
 from ppcp.transport.connection import Connection, ConnectionConfig
 from ppcp.transport.frames import Frame, FrameBuffer
+from ppcp.utils.vectors import StreamRNG
+
+# Deterministic random source: the same counter-mode stream as the RFC vectors.
+fixed_rng = StreamRNG
 
 PSK_TEXT = "ppcp-psk-" + "5a" * 32
 OTHER_PSK_TEXT = "ppcp-psk-" + "a5" * 32
@@ -44,20 +47,6 @@ def conn_config(name: str = "node", **kwargs: object) -> ConnectionConfig:
     kwargs.setdefault("capabilities", ("msg",))
     hs_kwargs = {k: kwargs.pop(k) for k in ("versions", "capabilities") if k in kwargs}
     return ConnectionConfig(HandshakeConfig(name, **hs_kwargs), **kwargs)  # type: ignore[arg-type]
-
-
-def fixed_rng(seed: bytes) -> RandomSource:
-    """A deterministic random source (SHA-256 in counter mode)."""
-    state = {"counter": 0}
-
-    def rng(n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            state["counter"] += 1
-            out += hashlib.sha256(seed + state["counter"].to_bytes(8, "big")).digest()
-        return out[:n]
-
-    return rng
 
 
 def chunks(data: bytes, size: int | None) -> Iterator[bytes]:

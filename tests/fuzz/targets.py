@@ -25,7 +25,6 @@ Everything is deterministic (fixed random sources), so a crash reproduces.
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Callable
 
 from ppcp.control.channels import ChannelMux, ChannelState, MuxConfig
@@ -35,7 +34,6 @@ from ppcp.core.events import ConnectionClosed, Event
 from ppcp.core.states import Role
 from ppcp.crypto.psk import derive_psk_key
 from ppcp.handshake.machine import HandshakeConfig
-from ppcp.key_exchange.ecdh import RandomSource
 from ppcp.transport.connection import Connection, ConnectionConfig
 from ppcp.transport.frames import (
     HEADER_LEN,
@@ -45,6 +43,7 @@ from ppcp.transport.frames import (
     FrameType,
     encode_frame,
 )
+from ppcp.utils.vectors import StreamRNG as fixed_rng  # the RFC vectors' source
 
 PSK = derive_psk_key("ppcp-psk-" + "f0" * 32)
 # Everything a handshake side ever sends: one hello or proof and one alert.
@@ -55,21 +54,6 @@ AMPLIFICATION = 4
 MAX_PIECES = 4096  # bound on feed calls per input
 
 Target = Callable[[bytes], None]
-
-
-def fixed_rng(seed: bytes) -> RandomSource:
-    """Deterministic random source (SHA-256 in counter mode)."""
-    counter = 0
-
-    def rng(n: int) -> bytes:
-        nonlocal counter
-        out = b""
-        while len(out) < n:
-            counter += 1
-            out += hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
-        return out[:n]
-
-    return rng
 
 
 def _config(name: str) -> ConnectionConfig:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +27,10 @@ from ppcp.key_exchange.ecdh import RandomSource
 from ppcp.transport.aio_driver import AsyncSession
 from ppcp.transport.connection import Connection, ConnectionConfig
 from ppcp.transport.frames import Frame, FrameBuffer, FrameType
+from ppcp.utils.vectors import StreamRNG
+
+# Deterministic random source: the same counter-mode stream as the RFC vectors.
+fixed_rng = StreamRNG
 
 HOST = "127.0.0.1"
 # A second loopback address: the "legitimate client" in per-source tests.
@@ -40,21 +43,6 @@ OTHER_PSK = derive_psk_key(OTHER_PSK_TEXT)
 MAX_ROUNDS = 64
 
 Hook = Callable[[Role, int, Frame], list[bytes]]
-
-
-def fixed_rng(seed: bytes) -> RandomSource:
-    """A deterministic random source (SHA-256 in counter mode)."""
-    counter = 0
-
-    def rng(n: int) -> bytes:
-        nonlocal counter
-        out = b""
-        while len(out) < n:
-            counter += 1
-            out += hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
-        return out[:n]
-
-    return rng
 
 
 def conn_config(
