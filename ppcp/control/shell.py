@@ -309,7 +309,7 @@ class SyncShellMixin:
         term = term or os.environ.get("TERM") or DEFAULT_TERM
         cols, rows = _terminal_size(out_fd)
         sh = self.open_shell(term=term, cols=cols, rows=rows, command=command)
-        return _attach(sh, in_fd, out_fd)
+        return _attach(sh, in_fd, out_fd, (cols, rows))
 
 
 def _terminal_size(fd: int) -> tuple[int, int]:
@@ -324,7 +324,7 @@ async def _running_loop() -> asyncio.AbstractEventLoop:
     return asyncio.get_running_loop()
 
 
-def _attach(sh: Shell, in_fd: int, out_fd: int) -> int:
+def _attach(sh: Shell, in_fd: int, out_fd: int, size_sent: tuple[int, int]) -> int:
     loop = _run(_running_loop())  # the blocking API's loop thread
     saved = termios.tcgetattr(in_fd) if os.isatty(in_fd) else None
     previous_handler: Any = None
@@ -333,14 +333,14 @@ def _attach(sh: Shell, in_fd: int, out_fd: int) -> int:
     try:
         if saved is not None:
             tty.setraw(in_fd, termios.TCSADRAIN)  # as ssh does: keep typeahead
+        window = _WindowSync(sh.aio, out_fd, size_sent)
         if watching_winch:
 
             def on_winch(signum: int, frame: object) -> None:
-                cols, rows = _terminal_size(out_fd)
-                asyncio.run_coroutine_threadsafe(_quiet(sh.aio.resize(cols, rows)), loop)
+                asyncio.run_coroutine_threadsafe(_quiet(window.sync()), loop)
 
             previous_handler = _signal.signal(_signal.SIGWINCH, on_winch)
-        forwarder = asyncio.run_coroutine_threadsafe(_forward_input(sh.aio, in_fd), loop)
+        forwarder = asyncio.run_coroutine_threadsafe(_forward_input(sh.aio, in_fd, window), loop)
         while True:
             data = sh.read()
             if data is None:
@@ -369,7 +369,28 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-async def _forward_input(sh: AsyncShell, fd: int) -> None:
+class _WindowSync:
+    """Sends the local terminal's size when it differs from the last size sent.
+
+    Runs only on the loop thread.  The input forwarder calls it before every
+    keystroke chunk, so a resize always reaches the server ahead of what was
+    typed after it; SIGWINCH alone cannot promise that, because its handler
+    runs on the main thread and races the loop's read of the keystrokes.
+    """
+
+    def __init__(self, sh: AsyncShell, fd: int, size_sent: tuple[int, int]) -> None:
+        self._sh = sh
+        self._fd = fd
+        self._sent = size_sent
+
+    async def sync(self) -> None:
+        size = _terminal_size(self._fd)
+        if size != self._sent:
+            self._sent = size
+            await self._sh.resize(*size)
+
+
+async def _forward_input(sh: AsyncShell, fd: int, window: _WindowSync) -> None:
     """Local keystrokes -> the remote terminal, until local EOF or the channel ends."""
     loop = asyncio.get_running_loop()
     try:
@@ -382,6 +403,7 @@ async def _forward_input(sh: AsyncShell, fd: int) -> None:
             if not data:
                 await sh.send_eof()
                 return
+            await window.sync()
             await sh.write(data)
     except (PPCPError, OSError):
         return

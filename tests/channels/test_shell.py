@@ -280,3 +280,57 @@ async def test_blocking_shell_on_a_real_terminal(serve: StartServer) -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
         os.close(master)
+
+
+class RecordingShell:
+    """Stands in for AsyncShell to record what the input forwarder sends, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, object]] = []
+        self.done = asyncio.Event()
+
+    async def resize(self, cols: int, rows: int) -> None:
+        self.sent.append(("resize", (cols, rows)))
+
+    async def write(self, data: bytes) -> None:
+        self.sent.append(("data", data))
+
+    async def send_eof(self) -> None:
+        self.sent.append(("eof", None))
+        self.done.set()
+
+
+async def test_a_resize_reaches_the_server_before_keys_typed_after_it() -> None:
+    # No SIGWINCH handler here: the ordering must not depend on signal delivery,
+    # which races the keystrokes (CI once saw the old size after a resize).
+    from ppcp.control.shell import _forward_input, _WindowSync
+
+    master, slave = os.openpty()
+    keys_read, keys_written = os.pipe()
+    try:
+        _set_winsize(slave, 80, 24)
+        shell = RecordingShell()
+        window = _WindowSync(shell, slave, (80, 24))  # type: ignore[arg-type]
+        forwarder = asyncio.ensure_future(_forward_input(shell, keys_read, window))  # type: ignore[arg-type]
+        os.write(keys_written, b"a")
+        _set_winsize(slave, 99, 33)
+        await asyncio.sleep(0)  # nothing else is scheduled; the forwarder may read "a" now or later
+        os.write(keys_written, b"b")
+        os.close(keys_written)
+        keys_written = -1
+        await asyncio.wait_for(shell.done.wait(), 10)
+        await asyncio.wait_for(forwarder, 10)
+        sent = shell.sent
+        assert sent[-1] == ("eof", None)
+        typed_after = next(
+            i
+            for i, (kind, value) in enumerate(sent)
+            if kind == "data" and value.endswith(b"b")  # type: ignore[attr-defined]
+        )
+        resizes = [i for i, (kind, _) in enumerate(sent) if kind == "resize"]
+        assert [sent[i][1] for i in resizes] == [(99, 33)]
+        assert resizes[0] < typed_after
+    finally:
+        for fd in (master, slave, keys_read, keys_written):
+            if fd >= 0:
+                os.close(fd)
