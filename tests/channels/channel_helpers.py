@@ -217,12 +217,18 @@ class FreezableProxy:
 
 
 async def serve_sink(channel: AsyncChannel, policy: ServerPolicy) -> None:
-    """Read and discard; ``{"delay": s}`` sleeps after every chunk (a slow reader)."""
-    delay = float(decode_json(channel.open_payload or b"{}", "sink").get("delay", 0))
+    """Read and discard; ``{"delay": s}`` sleeps after every chunk (a slow reader);
+    at EOF, ``{"report": true}`` writes back the byte count received, in decimal."""
+    options = decode_json(channel.open_payload or b"{}", "sink")
+    delay = float(options.get("delay", 0))
     channel.accept()
-    while await channel.read() is not None:
+    received = 0
+    while (chunk := await channel.read()) is not None:
+        received += len(chunk[1])
         if delay:
             await asyncio.sleep(delay)
+    if options.get("report"):
+        await channel.write(str(received).encode())
 
 
 async def serve_hold(channel: AsyncChannel, policy: ServerPolicy) -> None:
