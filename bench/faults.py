@@ -122,9 +122,9 @@ async def _client_role(args: argparse.Namespace) -> None:
 
     try:
         if args.role == "put":
-            result = await session.put(args.local, args.remote, progress=progress)
+            result = await session.put(args.local, args.remote, progress=progress, checksum=True)
         else:
-            result = await session.get(args.remote, args.local, progress=progress)
+            result = await session.get(args.remote, args.local, progress=progress, checksum=True)
     except PPCPError as exc:
         _emit(event="error", error=type(exc).__name__, message=str(exc))
         sys.exit(1)

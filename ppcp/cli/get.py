@@ -16,7 +16,9 @@ from ppcp.cli.transfer import transfer_options
 @transfer_options
 @global_options
 @handle_errors(io_code=EXIT_TRANSFER)
-def command(remote: str, local: str, recursive: bool, no_resume: bool, compress: bool) -> None:
+def command(
+    remote: str, local: str, recursive: bool, no_resume: bool, compress: bool, checksum: bool
+) -> None:
     """Copy PATH (a directory with -r) from the server NAME to LOCAL (default: .).
 
     An interrupted copy resumes when the same command is run again. With
@@ -24,4 +26,11 @@ def command(remote: str, local: str, recursive: bool, no_resume: bool, compress:
     """
     from ppcp.cli.transfer import get
 
-    get(remote, local, recursive=recursive, resume=not no_resume, compress=compress)
+    get(
+        remote,
+        local,
+        recursive=recursive,
+        resume=not no_resume,
+        compress=compress,
+        checksum=checksum,
+    )

@@ -14,7 +14,9 @@ from ppcp.cli.transfer import transfer_options
 @transfer_options
 @global_options
 @handle_errors(io_code=EXIT_TRANSFER)
-def command(paths: tuple[str, ...], recursive: bool, no_resume: bool, compress: bool) -> None:
+def command(
+    paths: tuple[str, ...], recursive: bool, no_resume: bool, compress: bool, checksum: bool
+) -> None:
     """Copy LOCAL files (directories with -r) to PATH on the server NAME.
 
     PATH is relative to the server's root. With several LOCALs, PATH is a
@@ -25,4 +27,11 @@ def command(paths: tuple[str, ...], recursive: bool, no_resume: bool, compress: 
 
     if len(paths) < 2:
         raise click.UsageError("expected LOCAL... NAME:PATH")
-    put(list(paths[:-1]), paths[-1], recursive=recursive, resume=not no_resume, compress=compress)
+    put(
+        list(paths[:-1]),
+        paths[-1],
+        recursive=recursive,
+        resume=not no_resume,
+        compress=compress,
+        checksum=checksum,
+    )

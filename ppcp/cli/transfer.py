@@ -12,6 +12,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def transfer_options(f: F) -> F:
     f = click.option(
+        "--checksum",
+        is_flag=True,
+        help="Also compare a SHA-256 of each file at both ends, and print it.",
+    )(f)
+    f = click.option(
         "-z", "--compress", is_flag=True, help="Compress data on the wire (slow links)."
     )(f)
     f = click.option(
@@ -44,7 +49,15 @@ def _check_local_source(path: str, recursive: bool) -> None:
         raise CLIError(EXIT_USAGE, f"{path} is a directory; use -r to copy directories.")
 
 
-def put(locals_: list[str], remote: str, *, recursive: bool, resume: bool, compress: bool) -> None:
+def put(
+    locals_: list[str],
+    remote: str,
+    *,
+    recursive: bool,
+    resume: bool,
+    compress: bool,
+    checksum: bool = False,
+) -> None:
     import os
     import posixpath
 
@@ -71,13 +84,22 @@ def put(locals_: list[str], remote: str, *, recursive: bool, resume: bool, compr
                     progress=bars.task(os.path.basename(os.path.normpath(local))),
                     resume=resume,
                     compress=compress,
+                    checksum=checksum,
                 )
             )
     if not quiet:
         _summary("sent", results, target.label)
 
 
-def get(remote: str, local: str, *, recursive: bool, resume: bool, compress: bool) -> None:
+def get(
+    remote: str,
+    local: str,
+    *,
+    recursive: bool,
+    resume: bool,
+    compress: bool,
+    checksum: bool = False,
+) -> None:
     import posixpath
 
     from ppcp.cli.options import get_settings
@@ -95,6 +117,7 @@ def get(remote: str, local: str, *, recursive: bool, resume: bool, compress: boo
             progress=bars.task(posixpath.basename(path.rstrip("/")) or path),
             resume=resume,
             compress=compress,
+            checksum=checksum,
         )
     if not quiet:
         _summary("received", [result], target.label)
@@ -118,5 +141,7 @@ def _summary(verb: str, results: list[Any], label: str) -> None:
             f"{verb} {what}, {size}{extra}, {where} {label}{path} in {r.seconds:.1f} s{rate}",
             err=True,
         )
+        if r.sha256:
+            click.echo(f"sha256 {r.sha256}", err=True)
         for name in r.skipped:
             click.echo(f"ppcp: skipped {name}", err=True)

@@ -84,6 +84,7 @@ class FilesMixin:
         progress: ProgressCallback | None = None,
         resume: bool = True,
         compress: bool = False,
+        checksum: bool = False,
     ) -> TransferResult:
         """Upload ``local`` (a file, or a directory with ``recursive=True``) to ``remote``.
 
@@ -91,10 +92,20 @@ class FilesMixin:
         receives the file inside it.  ``progress(done, total, bytes_per_s)``
         is called as data moves.  An interrupted upload resumes from what
         the server verifiably holds when ``resume`` is true.  ``compress``
-        asks for zlib when both peers support it.
+        asks for zlib when both peers support it.  ``checksum`` has both
+        ends compute the file's SHA-256 and compare it (reported in
+        ``TransferResult.sha256``); the session's AEAD already authenticates
+        every byte, so this costs CPU and buys a digest, not safety.
         """
         return await put_files(
-            cast("AsyncSession", self), local, remote, recursive, progress, resume, compress
+            cast("AsyncSession", self),
+            local,
+            remote,
+            recursive,
+            progress,
+            resume,
+            compress,
+            checksum,
         )
 
     async def get(
@@ -106,10 +117,19 @@ class FilesMixin:
         progress: ProgressCallback | None = None,
         resume: bool = True,
         compress: bool = False,
+        checksum: bool = False,
     ) -> TransferResult:
-        """Download ``remote`` (relative to the server's root) to ``local``."""
+        """Download ``remote`` (relative to the server's root) to ``local``; options as
+        :meth:`put`."""
         return await get_files(
-            cast("AsyncSession", self), remote, local, recursive, progress, resume, compress
+            cast("AsyncSession", self),
+            remote,
+            local,
+            recursive,
+            progress,
+            resume,
+            compress,
+            checksum,
         )
 
 
@@ -129,6 +149,7 @@ class SyncFilesMixin:
         progress: ProgressCallback | None = None,
         resume: bool = True,
         compress: bool = False,
+        checksum: bool = False,
     ) -> TransferResult:
         """Upload ``local`` to ``remote``; see :meth:`FilesMixin.put`."""
         from ppcp.transport.blocking import run
@@ -141,6 +162,7 @@ class SyncFilesMixin:
                 progress=progress,
                 resume=resume,
                 compress=compress,
+                checksum=checksum,
             )
         )
 
@@ -153,6 +175,7 @@ class SyncFilesMixin:
         progress: ProgressCallback | None = None,
         resume: bool = True,
         compress: bool = False,
+        checksum: bool = False,
     ) -> TransferResult:
         """Download ``remote`` to ``local``; see :meth:`FilesMixin.get`."""
         from ppcp.transport.blocking import run
@@ -165,6 +188,7 @@ class SyncFilesMixin:
                 progress=progress,
                 resume=resume,
                 compress=compress,
+                checksum=checksum,
             )
         )
 
@@ -180,6 +204,7 @@ async def put_files(
     progress: ProgressCallback | None,
     resume: bool,
     compress: bool,
+    checksum: bool,
 ) -> TransferResult:
     if not isinstance(remote, str):
         raise TypeError("the remote path must be a str")
@@ -207,7 +232,7 @@ async def put_files(
             "can be sent"
         )
     require_files(session)
-    encoding = choose_encoding(session.capabilities, compress)
+    encoding = choose_encoding(session.capabilities, compress, checksum)
     request = {
         "v": PROTOCOL,
         "path": remote,
@@ -215,6 +240,7 @@ async def put_files(
         "name": name,
         "resume": resume,
         "zlib": encoding.zlib,
+        "checksum": checksum,
     }
     channel = await session.open_channel("file-put", encode_json(request))
     tracker = Progress(progress, total)
@@ -238,12 +264,19 @@ async def get_files(
     progress: ProgressCallback | None,
     resume: bool,
     compress: bool,
+    checksum: bool,
 ) -> TransferResult:
     if not isinstance(remote, str):
         raise TypeError("the remote path must be a str")
     require_files(session)
-    encoding = choose_encoding(session.capabilities, compress)
-    request = {"v": PROTOCOL, "path": remote, "recursive": recursive, "zlib": encoding.zlib}
+    encoding = choose_encoding(session.capabilities, compress, checksum)
+    request = {
+        "v": PROTOCOL,
+        "path": remote,
+        "recursive": recursive,
+        "zlib": encoding.zlib,
+        "checksum": checksum,
+    }
     channel = await session.open_channel("file-get", encode_json(request))
     try:
         answer = decode_json(channel.open_payload, "file-get answer")
@@ -389,7 +422,8 @@ def _open_request(channel: AsyncChannel, what: str) -> dict[str, Any]:
 
 def _encoding(channel: AsyncChannel, request: dict[str, Any], what: str) -> Encoding:
     want_zlib = field_bool(request, "zlib", what)
-    encoding = choose_encoding(channel.session.capabilities, want_zlib)
+    checksum = field_bool(request, "checksum", what)
+    encoding = choose_encoding(channel.session.capabilities, want_zlib, checksum)
     if want_zlib and not encoding.zlib:
         raise ChannelError("zlib compression requested but not negotiated")
     return encoding

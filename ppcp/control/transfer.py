@@ -113,19 +113,25 @@ class TransferResult:
 
 @dataclass(frozen=True)
 class Encoding:
-    """How file bytes travel on one channel (fixed when the channel opens)."""
+    """How file bytes travel on one channel, and whether both ends digest them
+    (fixed when the channel opens)."""
 
     binary: bool
     zlib: bool
+    checksum: bool = False
 
     @property
     def name(self) -> str:
         return "binary" if self.binary else "base64"
 
 
-def choose_encoding(capabilities: Iterable[str], compress: bool) -> Encoding:
+def choose_encoding(
+    capabilities: Iterable[str], compress: bool, checksum: bool = False
+) -> Encoding:
     caps = set(capabilities)
-    return Encoding(binary="binary-data" in caps, zlib=compress and "zlib" in caps)
+    return Encoding(
+        binary="binary-data" in caps, zlib=compress and "zlib" in caps, checksum=checksum
+    )
 
 
 # -- message fields ------------------------------------------------------------------
@@ -560,11 +566,13 @@ async def send_file(
         await channel.send_json("data", {"offset": offset})
         stats.resumed_from += offset
         progress.skip(offset)
-        await send_data(channel, encoding, fd, offset, size, h, progress, item.shown)
-        digest = h.hexdigest()
-        await channel.send_json("end", {"sha256": digest})
+        digesting = h if encoding.checksum else None
+        await send_data(channel, encoding, fd, offset, size, digesting, progress, item.shown)
+        check_unchanged(fd, st, item.shown)
+        digest = h.hexdigest() if encoding.checksum else None
+        await channel.send_json("end", {} if digest is None else {"sha256": digest})
         done = decode_json(await expect(channel, "done"), "done")
-        if field_sha256(done, "sha256", "done") != digest:
+        if digest is not None and field_sha256(done, "sha256", "done") != digest:
             raise TransferError(f"the receiver stored {item.shown} with another checksum")
         stats.files += 1
         stats.sha256 = digest
@@ -573,17 +581,31 @@ async def send_file(
         os.close(fd)
 
 
+def check_unchanged(fd: int, before: os.stat_result, shown: str) -> None:
+    """Refuse to finish a file whose size or modification time moved while it was sent.
+
+    A digest of the bytes as they were read cannot see this (it matches what
+    was sent, torn or not); the file's metadata can, as tar checks it.
+    """
+    try:
+        after = os.fstat(fd)
+    except OSError as exc:
+        raise io_error(exc, "reading", shown) from None
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise TransferError(f"{shown} changed while it was being sent; the copy was not completed")
+
+
 async def send_data(
     channel: AsyncChannel,
     encoding: Encoding,
     fd: int,
     pos: int,
     size: int,
-    h: hashlib._Hash,
+    h: hashlib._Hash | None,
     progress: Progress,
     shown: str,
 ) -> None:
-    """Send bytes ``[pos, size)``; a worker reads and hashes the next piece meanwhile."""
+    """Send bytes ``[pos, size)``; a worker reads (and hashes) the next piece meanwhile."""
     chunk = CHUNK if encoding.binary else B64_CHUNK
     buffers = (bytearray(chunk), bytearray(chunk))
     compressor = Compressor() if encoding.zlib else None
@@ -591,7 +613,8 @@ async def send_data(
     def prepare(wfd: int, buf: bytearray, at: int, n: int) -> tuple[int, bytes | memoryview]:
         view = memoryview(buf)
         view = view[: read_at(wfd, view[:n], at)]
-        h.update(view)
+        if h is not None:
+            h.update(view)
         if not view:
             return 0, b""
         if not encoding.binary:
@@ -758,11 +781,11 @@ class Receiver:
         self.stats.files += 1
         self.stats.sha256 = digest
         self.progress.report()
-        await self.channel.send_json("done", {"sha256": digest})
+        await self.channel.send_json("done", {} if digest is None else {"sha256": digest})
 
     async def receive_into(
         self, fd: int, entry: FileEntry, shown: str, dir_fd: int, part: str
-    ) -> str:
+    ) -> str | None:
         channel = self.channel
         have = os.fstat(fd).st_size
         h = hashlib.sha256()
@@ -785,8 +808,13 @@ class Receiver:
             raise io_error(exc, "receiving", shown) from None
         self.stats.resumed_from += start
         self.progress.skip(start)
-        await self.receive_data(fd, start, entry.size, h, shown)
+        checksum = self.encoding.checksum
+        await self.receive_data(fd, start, entry.size, h if checksum else None, shown)
         end = decode_json(await expect(channel, "end"), "end")
+        if not checksum:
+            if "sha256" in end:
+                raise ChannelError("'end' carries a checksum the transfer did not ask for")
+            return None
         digest = h.hexdigest()
         if field_sha256(end, "sha256", "end") != digest:
             with contextlib.suppress(OSError):
@@ -798,7 +826,7 @@ class Receiver:
         return digest
 
     async def receive_data(
-        self, fd: int, pos: int, size: int, h: hashlib._Hash, shown: str
+        self, fd: int, pos: int, size: int, h: hashlib._Hash | None, shown: str
     ) -> None:
         """Receive bytes ``[pos, size)``; a worker hashes and writes the previous piece."""
         worker = Worker(fd, threaded=self.encoding.binary)
@@ -816,7 +844,7 @@ class Receiver:
         worker: Worker,
         data: bytes,
         pos: int,
-        h: hashlib._Hash,
+        h: hashlib._Hash | None,
         shown: str,
         inflate_to: int | None = None,
     ) -> None:
@@ -833,7 +861,7 @@ class Receiver:
             self.progress.advance(n)
 
     async def receive_frames(
-        self, worker: Worker, pos: int, size: int, h: hashlib._Hash, shown: str
+        self, worker: Worker, pos: int, size: int, h: hashlib._Hash | None, shown: str
     ) -> None:
         pending = bytearray()
         while pos < size:
@@ -857,7 +885,7 @@ class Receiver:
                 raise ChannelError(f"the sender sent more than the announced size of {shown}")
 
     async def receive_chunks(
-        self, worker: Worker, pos: int, size: int, h: hashlib._Hash, shown: str
+        self, worker: Worker, pos: int, size: int, h: hashlib._Hash | None, shown: str
     ) -> None:
         channel = self.channel
         acked = pos
@@ -871,11 +899,14 @@ class Receiver:
                 await channel.send_json("ack", {"offset": pos})
 
 
-def store_piece(fd: int, data: bytes, pos: int, h: hashlib._Hash, inflate_to: int | None) -> int:
-    """(In a worker) decompress if needed, hash and write one piece; return its size."""
+def store_piece(
+    fd: int, data: bytes, pos: int, h: hashlib._Hash | None, inflate_to: int | None
+) -> int:
+    """(In a worker) decompress if needed, hash (if asked) and write one piece; return its size."""
     if inflate_to is not None:
         data = inflate(data, inflate_to)
-    h.update(data)
+    if h is not None:
+        h.update(data)
     write_at(fd, data, pos)
     return len(data)
 
@@ -985,6 +1016,7 @@ def file_vectors() -> list[tuple[str, str]]:
         "name": "hello.txt",
         "resume": True,
         "zlib": False,
+        "checksum": True,
     }
     cid = mux.open_channel("file-put", encode_json(put))
     accept = Writer().u32(cid).u32(mux.config.window).u32(mux.config.max_packet)
@@ -995,7 +1027,13 @@ def file_vectors() -> list[tuple[str, str]]:
     mux.send_request(cid, "chunk", chunk_payload(0, VECTOR_CONTENT))
     digest = hashlib.sha256(VECTOR_CONTENT).hexdigest()
     mux.send_request(cid, "end", encode_json({"sha256": digest}))
-    get = {"v": PROTOCOL, "path": "docs/hello.txt", "recursive": False, "zlib": False}
+    get = {
+        "v": PROTOCOL,
+        "path": "docs/hello.txt",
+        "recursive": False,
+        "zlib": False,
+        "checksum": False,
+    }
     mux.open_channel("file-get", encode_json(get))
     names = ["file_put_open", "file_entry", "chunk", "end", "file_get_open"]
     return [(name, plain.hex()) for name, (_, plain) in zip(names, capture.records, strict=True)]

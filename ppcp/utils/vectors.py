@@ -378,8 +378,14 @@ def replace_block(text: str, name: str, content: str) -> str:
 
 def generated_blocks() -> dict[str, dict[str, str]]:
     """{file name in docs/: {block name: content}} for every generated block."""
+    from ppcp.control.transfer import file_vectors_markdown
+
     return {
-        "rfc.md": {"vectors": vectors_markdown(), "state-table": state_table()},
+        "rfc.md": {
+            "vectors": vectors_markdown(),
+            "state-table": state_table(),
+            "file-vectors": file_vectors_markdown(),
+        },
         "diagram.md": {
             "state-diagram-client": state_diagram(Role.CLIENT),
             "state-diagram-server": state_diagram(Role.SERVER),

@@ -64,6 +64,10 @@ def test_put_and_get_a_file(env: Env, srv: Server, root: Path, tmp_path: Path) -
     res = env.run("-q", "get", ":data.bin", str(out / "copy.bin"), "--host", srv.address)
     assert (res.returncode, res.stderr) == (0, "")
     assert sha256(out / "copy.bin") == sha256(src)
+    # --checksum: both ends digest the file and the summary shows the SHA-256.
+    res = env.run("get", "--checksum", ":data.bin", str(out / "sum.bin"), "--host", srv.address)
+    assert res.returncode == 0, res.stderr
+    assert f"sha256 {sha256(src)}\n" in res.stderr
 
 
 def test_directories_need_r(env: Env, srv: Server, root: Path, tmp_path: Path) -> None:

@@ -161,7 +161,7 @@ async def test_symlinks_inside_the_root_are_followed(lo: Loopback) -> None:
     async with lo.client() as session:
         up = await session.put(lo.local / "target.bin", "alias")
         assert up.path == "real/target.bin"
-        down = await session.get("abs", lo.local / "via-abs")
+        down = await session.get("abs", lo.local / "via-abs", checksum=True)
         assert down.sha256 == digest
         # put to a name that is an in-root symlink to a file: the file is replaced
         await session.put(lo.local / "target.bin", "abs")
@@ -259,7 +259,9 @@ async def test_part_file_tricks(lo: Loopback, outside: Path) -> None:
     async with lo.client() as session:
         with pytest.raises(ppcp.RemotePathError, match="part file is a symlink"):
             await session.put(lo.local / "f", "link")
-        result = await session.put(lo.local / "f", "hard")  # hard link: replaced, not written
+        result = await session.put(
+            lo.local / "f", "hard", checksum=True
+        )  # hard link: replaced, not written
     assert result.sha256 == digest and result.resumed_from == 0
     assert (outside / "secret").read_bytes() == SECRET
     assert hashlib.sha256((lo.root / "hard").read_bytes()).hexdigest() == digest
@@ -394,7 +396,7 @@ async def test_client_masks_dangerous_modes(
     monkeypatch.setattr(files, "serve_get", lambda channel, policy: evil(channel))
     _, local = dirs
     async with loopback(*dirs) as lo, lo.client() as session:
-        await session.get("tool", local)
+        await session.get("tool", local, checksum=True)
     assert (local / "tool").read_bytes() == data
     assert stat.S_IMODE((local / "tool").stat().st_mode) == 0o777
 
@@ -403,3 +405,31 @@ async def next_request(channel: AsyncChannel, name: str) -> dict[str, Any]:
     request = await channel.next_request()
     assert request is not None and request[0] == name, request
     return json.loads(request[1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("asked", [False, True])
+async def test_end_must_match_the_checksum_choice(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, asked: bool
+) -> None:
+    """A digest the client did not ask for, or a missing one it did ask for, is an error."""
+    data = b"payload"
+
+    async def server(channel: AsyncChannel) -> None:
+        channel.accept(answer("file", "f", len(data)))
+        await channel.send_request(*entry("file", "", len(data)))
+        await next_request(channel, "ready")
+        await channel.send_json("data", {"offset": 0})
+        await channel.write(data)
+        # The opposite of what the client asked for.
+        await channel.send_json(
+            "end", {} if asked else {"sha256": hashlib.sha256(data).hexdigest()}
+        )
+        await channel.wait_closed()
+
+    monkeypatch.setattr(files, "serve_get", lambda channel, policy: server(channel))
+    _, local = dirs
+    async with loopback(*dirs) as lo, lo.client() as session:
+        with pytest.raises(ppcp.ChannelError, match=r"sha256|checksum"):
+            await session.get("f", local, checksum=asked)
+        assert (await session.exec(["true"])).exit_code == 0  # only the channel failed
+    assert not (local / "f").exists()

@@ -50,7 +50,7 @@ async def test_put_killed_mid_transfer_then_resumed(lo: Loopback, caps: tuple[st
     kept = part_of(dest).stat().st_size
     assert 0 < kept < SIZE
     async with lo.client(caps) as session:
-        result = await session.put(src, "big.bin")
+        result = await session.put(src, "big.bin", checksum=True)  # continues the prefix's hash
     assert result.sha256 == digest == sha256_file(dest)
     # The dead session's last write may still land after we looked at the
     # part file, so the resume point is at least what we saw, never less.
@@ -71,7 +71,9 @@ async def test_get_killed_mid_transfer_then_resumed(lo: Loopback, caps: tuple[st
     assert CUT <= kept < SIZE
     seen: list[int] = []
     async with lo.client(caps) as session:
-        result = await session.get("big.bin", dest, progress=lambda d, t, r: seen.append(d))
+        result = await session.get(
+            "big.bin", dest, progress=lambda d, t, r: seen.append(d), checksum=True
+        )
     assert result.sha256 == digest == sha256_file(dest)
     assert kept <= result.resumed_from < SIZE  # a last in-flight write may land late
     assert result.bytes == SIZE - result.resumed_from
@@ -85,7 +87,7 @@ async def test_a_part_that_differs_is_not_trusted(lo: Loopback) -> None:
     part = part_of(lo.local / "f.bin")
     part.write_bytes(b"not the same prefix" * 1000)
     async with lo.client() as session:
-        result = await session.get("f.bin", lo.local / "f.bin")
+        result = await session.get("f.bin", lo.local / "f.bin", checksum=True)
     assert (result.resumed_from, result.bytes, result.sha256) == (0, 4 * MiB, digest)
     assert sha256_file(lo.local / "f.bin") == digest and not part.exists()
 
@@ -94,7 +96,7 @@ async def test_a_part_longer_than_the_file_is_discarded(lo: Loopback) -> None:
     digest = make_file(lo.local / "f.bin", MiB)
     make_file(part_of(lo.root / "f.bin"), 2 * MiB)
     async with lo.client() as session:
-        result = await session.put(lo.local / "f.bin", "f.bin")
+        result = await session.put(lo.local / "f.bin", "f.bin", checksum=True)
     assert (result.resumed_from, result.sha256) == (0, digest)
     assert sha256_file(lo.root / "f.bin") == digest
 
@@ -104,7 +106,7 @@ async def test_resume_false_starts_over(lo: Loopback) -> None:
     with open(lo.root / "f.bin", "rb") as f:
         part_of(lo.local / "f.bin").write_bytes(f.read(2 * MiB))  # a valid prefix
     async with lo.client() as session:
-        result = await session.get("f.bin", lo.local / "f.bin", resume=False)
+        result = await session.get("f.bin", lo.local / "f.bin", resume=False, checksum=True)
     assert (result.resumed_from, result.bytes, result.sha256) == (0, 3 * MiB, digest)
 
 
@@ -112,7 +114,7 @@ async def test_a_complete_part_is_just_verified_and_renamed(lo: Loopback) -> Non
     digest = make_file(lo.local / "f.bin", 2 * MiB)
     make_file(part_of(lo.root / "f.bin"), 2 * MiB)  # same content: same generator
     async with lo.client() as session:
-        result = await session.put(lo.local / "f.bin", "f.bin")
+        result = await session.put(lo.local / "f.bin", "f.bin", checksum=True)
     assert (result.resumed_from, result.bytes, result.sha256) == (2 * MiB, 0, digest)
     assert sha256_file(lo.root / "f.bin") == digest
 
@@ -137,7 +139,7 @@ async def test_disk_full_keeps_the_part_for_resume(
         assert not (lo.root / "f.bin").exists()
         assert part_of(lo.root / "f.bin").stat().st_size == 3 * MiB
         monkeypatch.setattr(transfer, "write_at", real_write_at)  # space freed
-        result = await session.put(lo.local / "f.bin", "f.bin")
+        result = await session.put(lo.local / "f.bin", "f.bin", checksum=True)
     assert (result.resumed_from, result.bytes, result.sha256) == (3 * MiB, 3 * MiB, digest)
 
 
@@ -155,6 +157,29 @@ async def test_checksum_mismatch_discards_the_part(
     monkeypatch.setattr(transfer, "send_data", corrupting)
     async with lo.client() as session:
         with pytest.raises(ppcp.TransferError, match="checksum mismatch"):
-            await session.put(lo.local / "f.bin", "f.bin")
+            await session.put(lo.local / "f.bin", "f.bin", checksum=True)
     assert not (lo.root / "f.bin").exists()
     assert not part_of(lo.root / "f.bin").exists()
+
+
+async def test_a_file_changed_while_sent_is_not_completed(
+    lo: Loopback, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A digest of the bytes as read cannot see a torn read; the file's metadata can."""
+    src = lo.local / "f.bin"
+    make_file(src, 2 * MiB)
+    real = transfer.send_data
+
+    async def then_modified(channel, encoding, fd, pos, size, h, progress, shown):  # type: ignore[no-untyped-def]
+        await real(channel, encoding, fd, pos, size, h, progress, shown)
+        with src.open("r+b") as f:  # same size, new bytes and a new mtime
+            f.write(b"changed")
+
+    monkeypatch.setattr(transfer, "send_data", then_modified)
+    async with lo.client() as session:
+        with pytest.raises(ppcp.TransferError, match="changed while it was being sent"):
+            await session.put(src, "f.bin")
+        monkeypatch.setattr(transfer, "send_data", real)
+        result = await session.put(src, "f.bin")  # the part is kept; its prefix is re-checked
+    assert sha256_file(lo.root / "f.bin") == sha256_file(src)
+    assert result.resumed_from + result.bytes == 2 * MiB

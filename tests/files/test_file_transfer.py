@@ -41,9 +41,9 @@ async def test_put_then_get_a_file(lo: Loopback, caps: tuple[str, ...]) -> None:
     encoding = "binary" if "binary-data" in caps else "base64"
     async with lo.client(caps) as session:
         up = await session.put(lo.local / "data.bin", "copy.bin")
-        assert (up.files, up.bytes, up.total, up.sha256) == (1, size, size, digest)
+        assert (up.files, up.bytes, up.total, up.sha256) == (1, size, size, None)
         assert up.encoding == encoding and not up.compressed and up.path == "copy.bin"
-        down = await session.get("copy.bin", str(lo.local / "back.bin"))
+        down = await session.get("copy.bin", str(lo.local / "back.bin"), checksum=True)
         assert (down.files, down.bytes, down.sha256) == (1, size, digest)
         assert down.encoding == encoding
     assert sha256_file(lo.root / "copy.bin") == digest
@@ -56,8 +56,8 @@ async def test_put_then_get_a_file(lo: Loopback, caps: tuple[str, ...]) -> None:
 async def test_boundary_sizes(lo: Loopback, caps: tuple[str, ...], size: int) -> None:
     digest = make_file(lo.local / "f", size)
     async with lo.client(caps) as session:
-        await session.put(lo.local / "f", "f")
-        result = await session.get("f", lo.local / "g")
+        await session.put(lo.local / "f", "f", checksum=True)
+        result = await session.get("f", lo.local / "g", checksum=True)
     assert result.sha256 == digest == sha256_file(lo.root / "f") == sha256_file(lo.local / "g")
 
 
@@ -230,16 +230,18 @@ async def test_compression_path(dirs: tuple[Path, Path]) -> None:
     async with loopback(root, local) as lo:
         for caps in (SUPPORTED_CAPABILITIES, NO_BINARY):
             async with lo.client(caps) as session:
-                up = await session.put(local / "text.txt", "text.txt", compress=True)
+                up = await session.put(local / "text.txt", "text.txt", compress=True, checksum=True)
                 assert up.compressed and up.sha256 == digest
                 await session.put(local / "random.bin", "random.bin", compress=True)
-                down = await session.get("text.txt", local / "back.txt", compress=True)
+                down = await session.get(
+                    "text.txt", local / "back.txt", compress=True, checksum=True
+                )
                 assert down.compressed and down.sha256 == digest
             assert sha256_file(root / "random.bin") == sha256_file(local / "random.bin")
             assert sha256_file(local / "back.txt") == digest
     # compress=True without zlib negotiated: sent uncompressed, and says so.
     async with loopback(root, local, capabilities=NO_ZLIB) as lo, lo.client() as session:
-        up = await session.put(local / "text.txt", "plain.txt", compress=True)
+        up = await session.put(local / "text.txt", "plain.txt", compress=True, checksum=True)
         assert not up.compressed and up.sha256 == digest
 
 
@@ -258,7 +260,7 @@ async def test_concurrent_transfers_on_one_session(lo: Loopback) -> None:
     digests = [make_file(lo.local / f"c{i}", 2 * MiB + i, bytes([i])) for i in range(4)]
     async with lo.client() as session:
         results = await asyncio.gather(
-            *(session.put(lo.local / f"c{i}", f"c{i}") for i in range(4))
+            *(session.put(lo.local / f"c{i}", f"c{i}", checksum=True) for i in range(4))
         )
     assert [r.sha256 for r in results] == digests
     assert [sha256_file(lo.root / f"c{i}") for i in range(4)] == digests
@@ -286,8 +288,10 @@ def test_blocking_api(dirs: tuple[Path, Path]) -> None:
     try:
         seen: list[int] = []
         with ppcp.connect("127.0.0.1", server.port, PSK, config=config()) as session:
-            up = session.put(local / "b.bin", "b.bin", progress=lambda d, t, r: seen.append(d))
-            down = session.get("b.bin", str(local / "c.bin"))
+            up = session.put(
+                local / "b.bin", "b.bin", progress=lambda d, t, r: seen.append(d), checksum=True
+            )
+            down = session.get("b.bin", str(local / "c.bin"), checksum=True)
         assert isinstance(up, ppcp.TransferResult)
         assert up.sha256 == down.sha256 == digest == sha256_file(local / "c.bin")
         assert seen[-1] == 2 * MiB + 1

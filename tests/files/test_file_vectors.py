@@ -27,8 +27,7 @@ def rfc_block() -> str:
 
 def test_rfc_vectors_are_current() -> None:
     assert rfc_block() == transfer.file_vectors_markdown(), (
-        "the file-transfer vectors in the RFC are stale: paste the output of\n"
-        "python -c 'from ppcp.control.transfer import file_vectors_markdown as f; print(f())'"
+        "the file-transfer vectors in the RFC are stale: run python -m ppcp.utils.vectors --update"
     )
 
 
@@ -49,6 +48,7 @@ def test_vectors_decode_as_the_rfc_says() -> None:
         "name": "hello.txt",
         "resume": True,
         "zlib": False,
+        "checksum": True,
     }
     r = Reader(vectors["file_get_open"])
     assert (r.u32(), r.u32(), r.u32(), r.vec8()) == (3, 4 << 20, 1 << 20, b"file-get")

@@ -93,7 +93,7 @@ async def test_disk_full_on_put(tmp_path: Path) -> None:
             kept = part.stat().st_size
 
             _run("mount", "-o", "remount,size=32m", str(root))
-            result = await session.put(source, "big.bin")
+            result = await session.put(source, "big.bin", checksum=True)
             await session.close()
         assert result.resumed_from > 0 and result.resumed_from <= kept
         assert result.sha256 == hashlib.sha256(data).hexdigest()
