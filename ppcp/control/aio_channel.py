@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 # The most one write() queues before waiting for the transport to drain.
-WRITE_SLICE = 256 * 1024
+WRITE_SLICE = 1 << 20  # the default max packet: one record per slice
 
 
 class AsyncChannel:

@@ -186,6 +186,10 @@ class ChannelMux:
         # Client-opened channels are odd, server-opened even: no id collisions
         # without any negotiation.
         self._next_id = 1 if conn.role is Role.CLIENT else 2
+        # CHANNEL_DATA plaintexts are assembled here and sealed at once, so a
+        # bulk sender reuses one warm buffer instead of allocating (and
+        # page-faulting) a fresh one per record.  Grows to the largest record.
+        self._scratch = bytearray()
         conn.record_handler = self.handle_record
 
     # -- local actions ----------------------------------------------------------------
@@ -248,8 +252,14 @@ class ChannelMux:
         sent = 0
         while sent < len(view) and ch.send_window > 0:
             n = min(len(view) - sent, ch.send_window, ch.send_max_packet)
-            header = channel_id.to_bytes(4, "big") + bytes((stream,))
-            self.conn.send_record(F.CHANNEL_DATA, b"".join((header, view[sent : sent + n])))
+            if len(self._scratch) < DATA_HEADER + n:
+                self._scratch = bytearray(DATA_HEADER + n)
+            plaintext = memoryview(self._scratch)[: DATA_HEADER + n]
+            plaintext[:4] = channel_id.to_bytes(4, "big")
+            plaintext[4] = stream
+            plaintext[DATA_HEADER:] = view[sent : sent + n]
+            self.conn.send_record(F.CHANNEL_DATA, plaintext)  # sealed now: scratch is free again
+            plaintext.release()
             ch.send_window -= n
             sent += n
         return sent

@@ -42,10 +42,22 @@ class RecordCipher:
         return (self._iv ^ self.seq).to_bytes(12, "big")
 
     def seal(self, header: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
-        out = self._aead.encrypt(self._nonce(), plaintext, header)
+        """Ciphertext and tag of one record authenticated with ``header``."""
+        return bytes(memoryview(self.seal_frame(header, plaintext))[len(header) :])
+
+    def seal_frame(self, header: bytes, plaintext: bytes | bytearray | memoryview) -> bytearray:
+        """``header || seal(header, plaintext)`` built in one buffer.
+
+        For bulk data the allocation and copy saved per record (one buffer
+        instead of ciphertext plus a join) is a measurable share of a
+        transfer's CPU time.
+        """
+        frame = bytearray(len(header) + len(plaintext) + TAG_LEN)
+        frame[: len(header)] = header
+        self._aead.encrypt_into(self._nonce(), plaintext, header, memoryview(frame)[len(header) :])
         self.seq += 1
         self.bytes_under_key += len(plaintext)
-        return out
+        return frame
 
     def open(self, header: bytes, ciphertext: bytes | memoryview) -> bytes:
         try:

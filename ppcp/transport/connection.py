@@ -24,7 +24,7 @@ from ppcp.core.errors import (
 )
 from ppcp.core.events import ConnectionClosed, Event, HandshakeComplete, MessageReceived
 from ppcp.core.states import HANDSHAKE_STATES, INITIAL_STATE, Role, State, next_state
-from ppcp.crypto.aead import MAX_RECORDS_PER_KEY, RecordCipher
+from ppcp.crypto.aead import MAX_RECORDS_PER_KEY, TAG_LEN, RecordCipher
 from ppcp.handshake.machine import HandshakeConfig, HandshakeMachine, HandshakeResult
 from ppcp.handshake.messages import MAX_REASON_BYTES, Alert
 from ppcp.key_exchange.ecdh import RandomSource
@@ -93,7 +93,7 @@ class Connection:
         self.result: HandshakeResult | None = None
         self._handshake = HandshakeMachine(role, psk_key, config.handshake, rng)
         self._frames = FrameBuffer(MAX_HANDSHAKE_BODY)
-        self._out: list[bytes] = []
+        self._out: list[bytes | bytearray] = []
         self._send: RecordCipher | None = None
         self._recv: RecordCipher | None = None
         self._fragments: list[bytes] = []
@@ -111,8 +111,9 @@ class Connection:
             self._out.append(self._handshake.client_hello())
             self.state = State.WAIT_SERVER_HELLO
 
-    def data_to_send(self) -> bytes:
-        out = b"".join(self._out)
+    def data_to_send(self) -> bytes | bytearray:
+        """Everything queued, as one buffer the caller now owns."""
+        out = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out.clear()
         return out
 
@@ -163,9 +164,8 @@ class Connection:
         flags: int,
         plaintext: bytes | bytearray | memoryview,
     ) -> None:
-        header = encode_header(frame_type, flags, len(plaintext) + 16)
-        self._out.append(header)
-        self._out.append(cipher.seal(header, plaintext))
+        header = encode_header(frame_type, flags, len(plaintext) + TAG_LEN)
+        self._out.append(cipher.seal_frame(header, plaintext))
 
     def _check_can_send(self) -> None:
         if self._error is not None:
