@@ -119,6 +119,7 @@ EXTRAS = {
         ["--size", "1024", "--execs", "200", "--deadline", "300"],
         None,
     ),
+    "floor": (["--size-mib", "8"], ["--size-mib", "1024"], "floor.json"),
 }
 
 
@@ -149,6 +150,21 @@ def run_extras(ctx: Context) -> None:
 
 def _extras_rows(ctx: Context) -> None:
     raw = ctx.report.raw.get("extras", {})
+    floor = (raw.get("floor") or {}).get("json") or {}
+    for stage in floor.get("stages", []):
+        ctx.report.add(
+            Row(
+                "extras",
+                f"floor-{stage['stage']}",
+                f"floor, 1 GiB, no protocol: bare Python {stage['stage']} (bench/floor.py)",
+                "s",
+                {"n": 1, "median": stage["seconds"] * (1024 / floor["size_mib"])},
+                note=(
+                    f"{stage['mib_s']} MiB/s; CPU-s/GiB sender "
+                    f"{stage['sender_cpu_s_per_gib']}, receiver {stage['receiver_cpu_s_per_gib']}"
+                ),
+            )
+        )
     hb = (raw.get("heartbeat_under_load") or {}).get("json") or {}
     for key, what in (
         ("heartbeat_idle", "heartbeat RTT, idle session"),
