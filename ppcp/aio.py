@@ -15,7 +15,7 @@ import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ppcp.control.router import ServerPolicy, route
 from ppcp.core.config import DEFAULT_PORT, SessionConfig
@@ -30,10 +30,16 @@ from ppcp.core.errors import (
 from ppcp.core.limits import ServerLimits
 from ppcp.core.states import Role
 from ppcp.crypto.psk import derive_psk_key
-from ppcp.discovery.responder import DiscoveryService, StrPath, start_server_discovery
 from ppcp.transport.aio_driver import AsyncSession, open_session, session_protocol
 from ppcp.transport.connection import alert_frame
 from ppcp.utils.ratelimit import AuthFailureLimiter, SourceCounter, source_key
+
+if TYPE_CHECKING:
+    # Imported when a server starts discovery, not at import: a client that
+    # connects by address (`ppcp exec --host`, scripts) never pays for it.
+    from ppcp.discovery import aio_discover as discover
+    from ppcp.discovery import aio_find_server as find_server
+    from ppcp.discovery.responder import DiscoveryService, StrPath
 
 log = logging.getLogger("ppcp.server")
 
@@ -353,6 +359,8 @@ async def serve(
     await server.start(host, port, sock)
     # --- discovery (owned by ppcp.discovery) ---
     if discovery:
+        from ppcp.discovery.responder import start_server_discovery
+
         try:
             server.discovery = await start_server_discovery(
                 server._psk_key,
@@ -384,7 +392,13 @@ __all__ = [
 ]
 
 # --- discovery (owned by ppcp.discovery): asyncio twins of ppcp.find_server/discover ---
-from ppcp.discovery import aio_discover as discover  # noqa: E402
-from ppcp.discovery import aio_find_server as find_server  # noqa: E402
-
 __all__ += ["discover", "find_server"]
+
+
+def __getattr__(name: str) -> Any:
+    """``discover`` and ``find_server``, imported on first use (see the import note above)."""
+    if name in ("discover", "find_server"):
+        from ppcp import discovery
+
+        return getattr(discovery, f"aio_{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
