@@ -582,16 +582,20 @@ async def send_file(
 
 
 def check_unchanged(fd: int, before: os.stat_result, shown: str) -> None:
-    """Refuse to finish a file whose size or modification time moved while it was sent.
+    """Refuse to finish a file that was modified in place or truncated while it was sent.
 
     A digest of the bytes as they were read cannot see this (it matches what
-    was sent, torn or not); the file's metadata can, as tar checks it.
+    was sent, torn or not); the file's metadata can, as tar checks it.  A file
+    that only grew (a log being appended to) is accepted: its first ``size``
+    bytes were sent, as scp would.
     """
     try:
         after = os.fstat(fd)
     except OSError as exc:
         raise io_error(exc, "reading", shown) from None
-    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+    shrank = after.st_size < before.st_size
+    rewritten = after.st_size == before.st_size and after.st_mtime_ns != before.st_mtime_ns
+    if shrank or rewritten:
         raise TransferError(f"{shown} changed while it was being sent; the copy was not completed")
 
 

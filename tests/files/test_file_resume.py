@@ -168,6 +168,8 @@ async def test_a_file_changed_while_sent_is_not_completed(
     """A digest of the bytes as read cannot see a torn read; the file's metadata can."""
     src = lo.local / "f.bin"
     make_file(src, 2 * MiB)
+    # An old mtime: the rewrite below moves it even on a clock coarser than the transfer.
+    os.utime(src, ns=(10**18, 10**18))
     real = transfer.send_data
 
     async def then_modified(channel, encoding, fd, pos, size, h, progress, shown):  # type: ignore[no-untyped-def]
@@ -183,3 +185,24 @@ async def test_a_file_changed_while_sent_is_not_completed(
         result = await session.put(src, "f.bin")  # the part is kept; its prefix is re-checked
     assert sha256_file(lo.root / "f.bin") == sha256_file(src)
     assert result.resumed_from + result.bytes == 2 * MiB
+
+
+async def test_a_file_that_only_grew_while_sent_is_copied_as_it_was(
+    lo: Loopback, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log being appended to is copied with the size it had when the copy began (as scp)."""
+    src = lo.local / "app.log"
+    make_file(src, MiB + 7)
+    before = src.read_bytes()
+    real = transfer.send_data
+
+    async def then_appended(channel, encoding, fd, pos, size, h, progress, shown):  # type: ignore[no-untyped-def]
+        await real(channel, encoding, fd, pos, size, h, progress, shown)
+        with src.open("ab") as f:
+            f.write(b"one more line\n")
+
+    monkeypatch.setattr(transfer, "send_data", then_appended)
+    async with lo.client() as session:
+        result = await session.put(src, "app.log")
+    assert result.bytes == len(before)
+    assert (lo.root / "app.log").read_bytes() == before
