@@ -357,10 +357,18 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
         for channel in list(self.channels.values()):
             channel._on_session_failed(self._error)
         self.channels.clear()
+        # Cancelled from the ready queue, not here: a handler already woken by
+        # something the peer sent before its CLOSE (in the same read) takes
+        # that step first, so the last request of a transfer is still acted
+        # on and logged.  Anything that waits for more input is cancelled then.
         current = asyncio.current_task()
         for task in list(self._tasks):
-            if task is not current:
+            if task is current:
+                continue
+            if self._loop.is_closed():
                 task.cancel()
+            else:
+                self._loop.call_soon(task.cancel)
 
     # -- API ---------------------------------------------------------------------
 

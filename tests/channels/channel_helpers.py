@@ -242,7 +242,18 @@ async def serve_deny(channel: AsyncChannel, policy: ServerPolicy) -> None:
     raise PolicyDenied("test service says no")
 
 
+LAST_WORDS: list[str] = []  # what serve_last_words received, in order
+
+
+async def serve_last_words(channel: AsyncChannel, policy: ServerPolicy) -> None:
+    """Accept; record the first request's name (if one arrives) in LAST_WORDS."""
+    channel.accept()
+    request = await channel.next_request()
+    LAST_WORDS.append("<closed>" if request is None else request[0])
+
+
 TEST_SERVICES = {
+    "test-last-words": "channel_helpers:serve_last_words",
     "test-sink": "channel_helpers:serve_sink",
     "test-hold": "channel_helpers:serve_hold",
     "test-deny": "channel_helpers:serve_deny",
