@@ -174,6 +174,16 @@ class AsyncChannel:
     async def send_json(self, name: str, obj: dict[str, Any]) -> None:
         await self.send_request(name, encode_json(obj))
 
+    async def finish(self, name: str, payload: bytes = b"") -> None:
+        """EOF, a last request and CLOSE, in one write: how a service reports its result.
+
+        One write instead of three saves the peer two wake-ups per command.
+        """
+        self._raise_if_dead()
+        self._mux.send_eof(self.channel_id)
+        self._mux.send_request(self.channel_id, name, payload)
+        await self.close()
+
     async def next_request(self) -> tuple[str, bytes] | None:
         """Next in-channel request, or None once the channel is closed."""
         while not self._requests:
