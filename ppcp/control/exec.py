@@ -653,9 +653,7 @@ async def _supervise(
         if not outputs.done() or outputs.exception() is not None or channel.closed:
             return False
         assert proc.returncode is not None
-        await channel.finish(
-            "exit-status", encode_exit_status(proc.returncode, timed_out.is_set())
-        )
+        await channel.finish("exit-status", encode_exit_status(proc.returncode, timed_out.is_set()))
         return True
     except PPCPError:
         return False
