@@ -140,11 +140,19 @@ class Context:
         wait_port(port, 30, proc)
         return proc, port
 
-    def start_cli_server(self, root: Path) -> tuple[subprocess.Popen[bytes], int]:
+    def start_cli_server(
+        self, root: Path, discovery_port: int | None = None
+    ) -> tuple[subprocess.Popen[bytes], int]:
+        """``ppcp serve`` on loopback; with ``discovery_port`` it answers PINGs there
+        (as ``bench``), otherwise discovery is off."""
         port = free_port()
         log = open(self.work / f"server-cli-{port}.log", "wb")  # noqa: SIM115
         cmd = [str(BIN / "ppcp"), "serve", "--bind", "127.0.0.1", "--port", str(port)]
-        cmd += ["--root", str(root), "--no-discovery"]
+        cmd += ["--root", str(root), "--name", "bench"]
+        if discovery_port is None:
+            cmd += ["--no-discovery"]
+        else:
+            cmd += ["--discovery-port", str(discovery_port)]
         proc = self.procs.start(cmd, stdout=log, stderr=log, env=self.env())
         log.close()
         wait_port(port, 30, proc)
