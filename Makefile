@@ -31,7 +31,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict ppcp
 
-unit: $(STAMP) system-deps
+unit: compile system-deps
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
 
 test: lint typecheck unit
