@@ -56,7 +56,7 @@ def put(
     recursive: bool,
     resume: bool,
     compress: bool,
-    checksum: bool = False,
+    checksum: bool,
 ) -> None:
     import os
     import posixpath
@@ -98,7 +98,7 @@ def get(
     recursive: bool,
     resume: bool,
     compress: bool,
-    checksum: bool = False,
+    checksum: bool,
 ) -> None:
     import posixpath
 

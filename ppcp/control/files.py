@@ -240,7 +240,7 @@ async def put_files(
         "name": name,
         "resume": resume,
         "zlib": encoding.zlib,
-        "checksum": checksum,
+        "checksum": encoding.checksum,
     }
     channel = await session.open_channel("file-put", encode_json(request))
     tracker = Progress(progress, total)
@@ -275,7 +275,7 @@ async def get_files(
         "path": remote,
         "recursive": recursive,
         "zlib": encoding.zlib,
-        "checksum": checksum,
+        "checksum": encoding.checksum,
     }
     channel = await session.open_channel("file-get", encode_json(request))
     try:
