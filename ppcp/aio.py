@@ -61,7 +61,7 @@ async def connect(
     cfg = config or SessionConfig()
     loop = asyncio.get_running_loop()
 
-    async def start(factory: Callable[[], asyncio.Protocol]) -> object:
+    async def start(factory: Callable[[], asyncio.BaseProtocol]) -> object:
         try:
             return await asyncio.wait_for(
                 loop.create_connection(factory, host, port), cfg.handshake_timeout
@@ -161,12 +161,12 @@ class Server:
                 self._new_protocol, host, port, reuse_address=True
             )
 
-    def _new_protocol(self) -> asyncio.Protocol:
+    def _new_protocol(self) -> asyncio.BaseProtocol:
         # The peer's address is only known in connection_made: admission
         # (rate limit, caps) is decided there, before a byte is read.
         return _AdmissionProtocol(self)
 
-    def _admit(self, transport: asyncio.Transport) -> asyncio.Protocol | None:
+    def _admit(self, transport: asyncio.Transport) -> asyncio.BufferedProtocol | None:
         """The session protocol for a new connection, or None after refusing it."""
         peer = transport.get_extra_info("peername")
         source = source_key(peer)
@@ -273,7 +273,10 @@ class Server:
         await self.aclose()
 
 
-class _AdmissionProtocol(asyncio.Protocol):
+_UNREAD = memoryview(bytearray(4096))
+
+
+class _AdmissionProtocol(asyncio.BufferedProtocol):
     """Asks the server whether to take a new connection; then drives its session.
 
     A refused connection gets one ALERT (SERVER_BUSY or RATE_LIMITED) and is
@@ -282,7 +285,7 @@ class _AdmissionProtocol(asyncio.Protocol):
 
     def __init__(self, server: Server) -> None:
         self._server = server
-        self._inner: asyncio.Protocol | None = None
+        self._inner: asyncio.BufferedProtocol | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A cast, not an isinstance check: uvloop's transports are not subclasses.
@@ -290,9 +293,14 @@ class _AdmissionProtocol(asyncio.Protocol):
         if self._inner is not None:
             self._inner.connection_made(transport)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._inner is None:
+            return _UNREAD  # a refused connection is closing; what it sends is dropped
+        return memoryview(self._inner.get_buffer(sizehint))
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self._inner is not None:
-            self._inner.data_received(data)
+            self._inner.buffer_updated(nbytes)
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._inner is not None else False

@@ -13,7 +13,6 @@ unknown channel, is a session-level protocol error.
 from __future__ import annotations
 
 import enum
-import threading
 from dataclasses import dataclass
 
 from ppcp.core.errors import (
@@ -27,6 +26,7 @@ from ppcp.core.states import Role
 from ppcp.handshake.messages import MAX_REASON_BYTES
 from ppcp.transport.connection import Connection
 from ppcp.transport.frames import FLAG_REPLY, MAX_RECORD_PLAINTEXT, Frame, FrameType
+from ppcp.utils.buffers import ThreadScratch
 from ppcp.utils.codec import Reader, Writer, clip_text
 
 MAX_CHANNEL_ID = 0xFFFFFFFF
@@ -179,22 +179,8 @@ class MuxConfig:
             raise ValueError("max_pending_requests must be positive")
 
 
-_thread_scratch = threading.local()
-
-
-def _scratch(size: int) -> bytearray:
-    """A buffer of at least ``size`` bytes, reused by every mux of this thread.
-
-    CHANNEL_DATA plaintexts are assembled here and sealed before the call
-    returns, so a bulk sender reuses one warm buffer instead of allocating
-    (and page-faulting) a fresh one per record: measured, that halved put/get
-    throughput.  One per thread, not per session: a server with many
-    sessions that once sent bulk data does not keep a megabyte for each.
-    """
-    buf: bytearray | None = getattr(_thread_scratch, "buf", None)
-    if buf is None or len(buf) < size:
-        buf = _thread_scratch.buf = bytearray(size)
-    return buf
+# CHANNEL_DATA plaintexts are assembled here and sealed before send_data returns.
+_SEND_SCRATCH = ThreadScratch()
 
 
 class ChannelMux:
@@ -267,7 +253,7 @@ class ChannelMux:
         sent = 0
         while sent < len(view) and ch.send_window > 0:
             n = min(len(view) - sent, ch.send_window, ch.send_max_packet)
-            plaintext = memoryview(_scratch(DATA_HEADER + n))[: DATA_HEADER + n]
+            plaintext = memoryview(_SEND_SCRATCH.get(DATA_HEADER + n))[: DATA_HEADER + n]
             plaintext[:4] = channel_id.to_bytes(4, "big")
             plaintext[4] = stream
             plaintext[DATA_HEADER:] = view[sent : sent + n]
@@ -340,7 +326,7 @@ class ChannelMux:
 
     # -- received records ----------------------------------------------------------------
 
-    def handle_record(self, frame: Frame, plaintext: bytes) -> list[Event]:
+    def handle_record(self, frame: Frame, plaintext: memoryview) -> list[Event]:
         ftype = frame.type
         if ftype == F.HEARTBEAT:
             return self._on_heartbeat(frame.flags, plaintext)
@@ -369,7 +355,7 @@ class ChannelMux:
             ch.state = target
         return events
 
-    def _on_heartbeat(self, flags: int, plaintext: bytes) -> list[Event]:
+    def _on_heartbeat(self, flags: int, plaintext: memoryview) -> list[Event]:
         if flags & ~FLAG_REPLY or len(plaintext) != 8:
             raise ProtocolError("malformed HEARTBEAT")
         if flags & FLAG_REPLY:

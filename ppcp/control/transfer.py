@@ -1025,7 +1025,9 @@ def file_vectors() -> list[tuple[str, str]]:
     cid = mux.open_channel("file-put", encode_json(put))
     accept = Writer().u32(cid).u32(mux.config.window).u32(mux.config.max_packet)
     accept_plain = accept.raw(encode_json({"v": PROTOCOL, "path": "docs/hello.txt"})).getvalue()
-    mux.handle_record(Frame(FrameType.CHANNEL_ACCEPT, 0, b"", accept_plain), accept_plain)
+    mux.handle_record(
+        Frame(FrameType.CHANNEL_ACCEPT, 0, b"", accept_plain), memoryview(accept_plain)
+    )
     entry = FileEntry((), len(VECTOR_CONTENT), VECTOR_MODE, VECTOR_MTIME_NS)
     mux.send_request(cid, "file", entry.encode())
     mux.send_request(cid, "chunk", chunk_payload(0, VECTOR_CONTENT))

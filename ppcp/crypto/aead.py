@@ -8,6 +8,9 @@ hard limit :data:`MAX_RECORDS_PER_KEY` closes the session before it could.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -60,16 +63,30 @@ class RecordCipher:
         return frame
 
     def open(self, header: bytes, ciphertext: bytes | memoryview) -> bytes:
+        with self._authenticating(len(ciphertext) - TAG_LEN):
+            return self._aead.decrypt(self._nonce(), ciphertext, header)
+
+    def open_into(
+        self, header: bytes, ciphertext: bytes | memoryview, out: bytearray
+    ) -> memoryview:
+        """Like :meth:`open`, writing the plaintext at the start of ``out``; returns that view."""
+        plain = memoryview(out)[: len(ciphertext) - TAG_LEN]
+        with self._authenticating(len(plain)):
+            self._aead.decrypt_into(self._nonce(), ciphertext, header, plain)
+        return plain
+
+    @contextlib.contextmanager
+    def _authenticating(self, plaintext_len: int) -> Iterator[None]:
+        """Turn a failed tag into DecryptionError; count the record only on success."""
         try:
-            out = self._aead.decrypt(self._nonce(), ciphertext, header)
+            yield
         except InvalidTag:
             raise DecryptionError(
                 f"record {self.seq} failed authentication (tampered, replayed, reordered "
                 "or sent with another key)"
             ) from None
         self.seq += 1
-        self.bytes_under_key += len(out)
-        return out
+        self.bytes_under_key += plaintext_len
 
     def update(self) -> None:
         self._install(self.keys.updated())

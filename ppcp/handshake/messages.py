@@ -89,7 +89,7 @@ class ClientHello:
         return w.getvalue()
 
     @classmethod
-    def decode(cls, body: bytes) -> ClientHello:
+    def decode(cls, body: bytes | memoryview) -> ClientHello:
         r = Reader(body, "CLIENT_HELLO")
         _read_magic(r)
         versions = tuple(r.vec8())
@@ -118,7 +118,7 @@ class ServerHello:
         return w.getvalue()
 
     @classmethod
-    def decode(cls, body: bytes) -> ServerHello:
+    def decode(cls, body: bytes | memoryview) -> ServerHello:
         r = Reader(body, "SERVER_HELLO")
         _read_magic(r)
         version = r.u8()
@@ -130,10 +130,10 @@ class ServerHello:
         return cls(version, random, key_share, name, caps)
 
 
-def decode_proof(body: bytes, what: str) -> bytes:
+def decode_proof(body: bytes | memoryview, what: str) -> bytes:
     if len(body) != PROOF_LEN:
         raise ProtocolError(f"{what} must be exactly {PROOF_LEN} bytes")
-    return body
+    return bytes(body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +147,7 @@ class Alert:
         return Writer().u16(self.code).text8(clip_text(self.reason, MAX_REASON_BYTES)).getvalue()
 
     @classmethod
-    def decode(cls, body: bytes) -> Alert:
+    def decode(cls, body: bytes | memoryview) -> Alert:
         r = Reader(body, "ALERT")
         code = r.u16()
         reason = r.text8("alert reason")

@@ -51,7 +51,9 @@ def set_nodelay(sock: Any) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class _SessionProtocol(asyncio.Protocol):
+class _SessionProtocol(asyncio.BufferedProtocol):
+    # Buffered: the socket is read straight into the connection's frame
+    # buffer (no bytes object per read, no copy to assemble a record).
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
@@ -60,11 +62,14 @@ class _SessionProtocol(asyncio.Protocol):
         set_nodelay(transport.get_extra_info("socket"))
         self.session._attach(cast(asyncio.Transport, transport))
 
-    def data_received(self, data: bytes) -> None:
-        self.session._on_data(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.session._conn.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.session._on_received(nbytes)
 
     def eof_received(self) -> bool | None:
-        self.session._on_data(b"")
+        self.session._on_eof()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -166,12 +171,23 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
-    def _on_data(self, data: bytes) -> None:
+    def _on_received(self, nbytes: int) -> None:
         try:
-            events = self._conn.receive_data(data)
+            events = self._conn.buffer_updated(nbytes)
         except PPCPError as exc:
             self._terminate(exc)
             return
+        self._deliver(events)
+
+    def _on_eof(self) -> None:
+        try:
+            events = self._conn.receive_data(b"")
+        except PPCPError as exc:
+            self._terminate(exc)
+            return
+        self._deliver(events)
+
+    def _deliver(self, events: list[Event]) -> None:
         if not self._writable.is_set() and self._check_reply_backlog():
             return
         self.flush()
@@ -466,7 +482,7 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
                 return
 
 
-def session_protocol(session: AsyncSession) -> asyncio.Protocol:
+def session_protocol(session: AsyncSession) -> asyncio.BufferedProtocol:
     return _SessionProtocol(session)
 
 
@@ -474,7 +490,7 @@ async def open_session(
     role: Role,
     psk: bytes | str,
     config: SessionConfig,
-    start: Callable[[Callable[[], asyncio.Protocol]], Any],
+    start: Callable[[Callable[[], asyncio.BaseProtocol]], Any],
 ) -> AsyncSession:
     """Run a handshake over the transport ``start`` creates; return the open session."""
     session = AsyncSession(role, derive_psk_key(psk), config)

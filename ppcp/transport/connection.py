@@ -40,6 +40,7 @@ from ppcp.transport.frames import (
     encode_frame,
     encode_header,
 )
+from ppcp.utils.buffers import ThreadScratch
 from ppcp.utils.codec import Reader, Writer, clip_text
 
 MESSAGE_CHUNK = 1 << 20
@@ -49,7 +50,10 @@ DEFAULT_MAX_MESSAGE = 16 << 20
 DEFAULT_REKEY_RECORDS = 1 << 24
 DEFAULT_REKEY_BYTES = 1 << 32
 
-RecordHandler = Callable[[Frame, bytes], list[Event]]
+# Called with a record and its plaintext: a view valid only during the call.
+RecordHandler = Callable[[Frame, memoryview], list[Event]]
+_PLAINTEXT = ThreadScratch()
+_DISCARD = memoryview(bytearray(4096))  # lent by a closed connection; never read
 
 _CAPABILITY_FOR: dict[int, str] = {
     FrameType.MESSAGE: "msg",
@@ -100,6 +104,7 @@ class Connection:
         self._fragment_bytes = 0
         self._error: PPCPError | None = None
         self._close_sent = False
+        self._discarding = False  # get_buffer lent _DISCARD
         # The channel layer registers here; the connection only moves records.
         self.record_handler: RecordHandler | None = None
 
@@ -224,18 +229,43 @@ class Connection:
         """
         if self._error is not None:
             raise self._error
+        if data:
+            self._frames.feed(data)
+        else:
+            self._frames.feed_eof()
+        return self._process(eof=not data)
+
+    def get_buffer(self) -> memoryview:
+        """Where the next received bytes should go (asyncio's ``BufferedProtocol``).
+
+        Fill a prefix of it, then call :meth:`buffer_updated`, which works
+        like :meth:`receive_data`.  Bulk records are then decrypted where the
+        socket put them.  A closed connection lends a scratch area whose
+        content is dropped.
+        """
+        if self._error is not None or self.state in (State.CLOSED, State.FAILED):
+            self._discarding = True
+            return _DISCARD
+        self._discarding = False
+        return self._frames.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> list[Event]:
+        if self._error is not None:
+            raise self._error
+        if self._discarding:
+            return []
+        self._frames.buffer_updated(nbytes)
+        return self._process(eof=False)
+
+    def _process(self, *, eof: bool) -> list[Event]:
         events: list[Event] = []
         try:
-            if data:
-                self._frames.feed(data)
-            else:
-                self._frames.feed_eof()
             while self.state not in (State.CLOSED, State.FAILED):
-                frame = self._frames.next_frame()
+                frame = self._frames.next_frame(borrow=True)
                 if frame is None:
                     break
                 events.extend(self._on_frame(frame))
-            if not data and self.state not in (State.CLOSED, State.FAILED):
+            if eof and self.state not in (State.CLOSED, State.FAILED):
                 self._frames.check_eof()
                 raise ConnectionLost(
                     "the peer ended the connection without a close message "
@@ -246,6 +276,8 @@ class Connection:
             if not events:
                 raise error from None
             events.append(ConnectionClosed(int(error.code), error.message, error))
+        finally:
+            self._frames.release()
         return events
 
     def _on_frame(self, frame: Frame) -> list[Event]:
@@ -290,27 +322,35 @@ class Connection:
         ]
 
     def _on_record(self, frame: Frame, target: State) -> list[Event]:
-        assert self._recv is not None
-        if len(frame.body) < 16:
+        recv = self._recv
+        assert recv is not None
+        if len(frame.body) < TAG_LEN:
             raise ProtocolError("record shorter than its authentication tag")
-        plaintext = self._recv.open(frame.header, frame.body)
         ftype = frame.type
-        if ftype != FrameType.MESSAGE and ftype not in MUX_TYPES and frame.flags:
+        events: list[Event] = []
+        if ftype in MUX_TYPES:
+            # The channel layer copies what it keeps, so bulk data is
+            # decrypted into scratch instead of a fresh buffer per record.
+            scratch = _PLAINTEXT.get(len(frame.body) - TAG_LEN)
+            view = recv.open_into(frame.header, frame.body, scratch)
+            self._check_negotiated(ftype)
+            if self.record_handler is None:
+                raise ProtocolError("channel record received but no channel layer is active")
+            events = self.record_handler(frame, view)
+            self.state = target
+            return events
+        plaintext = recv.open(frame.header, frame.body)
+        if ftype != FrameType.MESSAGE and frame.flags:
             raise ProtocolError(f"unexpected flags 0x{frame.flags:02x} on record 0x{ftype:02x}")
         self._check_negotiated(ftype)
-        events: list[Event] = []
         if ftype == FrameType.MESSAGE:
             events = self._on_message_fragment(frame.flags, plaintext)
         elif ftype == FrameType.KEY_UPDATE:
             if plaintext:
                 raise ProtocolError("KEY_UPDATE carries no payload")
-            self._recv.update()
+            recv.update()
         elif ftype == FrameType.CLOSE:
             events = self._on_close(plaintext)
-        elif ftype in MUX_TYPES:
-            if self.record_handler is None:
-                raise ProtocolError("channel record received but no channel layer is active")
-            events = self.record_handler(frame, plaintext)
         self.state = target
         return events
 

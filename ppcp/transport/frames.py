@@ -14,12 +14,12 @@ record: its body is AES-256-GCM ciphertext + tag with the header as AAD.
 
 from __future__ import annotations
 
-import collections
 import enum
 import struct
 from dataclasses import dataclass
 
 from ppcp.core.errors import FrameTooLarge, ProtocolError
+from ppcp.utils.buffers import BufferPool
 
 HEADER = struct.Struct(">BBI")
 HEADER_LEN = HEADER.size
@@ -28,9 +28,10 @@ MAX_HANDSHAKE_BODY = 1024
 # header in front of a 1 MiB data chunk.
 MAX_RECORD_PLAINTEXT = (1 << 20) + 1024
 MAX_RECORD_BODY = MAX_RECORD_PLAINTEXT + 16
-# FrameBuffer keeps received chunks at least this big by reference, and
-# coalesces smaller ones.
-_SMALL_CHUNK = 4096
+# Receive buffers, each room for one frame of the largest size.
+FRAME_POOL = BufferPool(HEADER_LEN + MAX_RECORD_BODY)
+# Frames at least this big are received in place in a pooled buffer.
+LARGE_FRAME = 64 * 1024
 
 FLAG_MORE = 0x01  # MESSAGE: more fragments follow
 FLAG_REPLY = 0x01  # HEARTBEAT: this is the answer to a heartbeat
@@ -90,7 +91,7 @@ class Frame:
     type: int
     flags: int
     header: bytes
-    body: bytes
+    body: bytes | memoryview
 
 
 def encode_header(frame_type: int, flags: int, length: int) -> bytes:
@@ -116,117 +117,137 @@ class FrameBuffer:
     make us hold more than one maximum-size frame, and an unauthenticated one
     no more than one handshake frame.
 
-    Large received chunks are kept as they came (``bytes`` by reference) and a
-    frame body is cut out of them with one copy when it is complete, instead
-    of growing, reallocating and shifting one buffer for every frame (which,
-    for 1 MiB records, cost more than decrypting them).  Small chunks are
-    coalesced in ``_tail``, so a peer trickling bytes cannot make us hold one
-    object per byte.
+    Two ways in.  :meth:`feed` copies bytes the caller already has.
+    :meth:`get_buffer` / :meth:`buffer_updated` (asyncio's BufferedProtocol
+    shape) let the socket write straight into a buffer borrowed from a
+    per-thread pool: a large frame is received in place, with reads sized to
+    end exactly where it ends, and a record body is then decrypted from there
+    with no copy.  After the caller has taken the frames it can,
+    :meth:`release` gives the pooled buffer back unless a large frame is still
+    arriving, so an idle connection holds only the few bytes it must.
     """
 
-    __slots__ = ("_chunks", "_eof", "_size", "_start", "_tail", "max_body")
+    __slots__ = ("_buf", "_end", "_eof", "_pooled", "_start", "max_body")
 
     def __init__(self, max_body: int = MAX_RECORD_BODY) -> None:
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._start = 0  # bytes of _chunks[0] already consumed
-        self._tail = bytearray()  # small chunks, after _chunks in stream order
-        self._size = 0  # bytes held and not consumed (chunks + tail)
+        self._buf = bytearray()  # unconsumed bytes are _buf[_start:_end]
+        self._start = 0
+        self._end = 0
+        self._pooled = False  # _buf was borrowed from FRAME_POOL
         self._eof = False
         self.max_body = max_body
 
+    @property
+    def pending(self) -> int:
+        return self._end - self._start
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        if not data:
+        n = len(data)
+        if not n:
             return
-        if type(data) is not bytes:
-            data = bytes(data)  # the caller may reuse a mutable buffer at once
-        if len(data) < _SMALL_CHUNK:
-            self._tail += data
-        else:
-            if self._tail:
-                self._flush_tail()
-            self._chunks.append(data)
-        self._size += len(data)
+        if self._end + n > len(self._buf):
+            held = self.pending
+            if held + n <= len(self._buf):
+                self._compact()
+            else:
+                self._replace(bytearray(max(held + n, 2 * len(self._buf))), pooled=False)
+        self._buf[self._end : self._end + n] = data
+        self._end += n
 
     def feed_eof(self) -> None:
         self._eof = True
 
-    @property
-    def pending(self) -> int:
-        return self._size
+    def get_buffer(self) -> memoryview:
+        """Writable room for the next received bytes; then call :meth:`buffer_updated`."""
+        if not self._pooled:
+            self._replace(FRAME_POOL.take(), pooled=True)
+        total = self._frame_total()
+        if (total is not None and self._start + total > len(self._buf)) or len(
+            self._buf
+        ) - self._end < HEADER_LEN:
+            self._compact()
+        if total is not None and total >= LARGE_FRAME:
+            # End the read where the frame ends: it completes in place, and
+            # the buffer is empty again (nothing to move) once it is taken.
+            return memoryview(self._buf)[self._end : self._start + total]
+        return memoryview(self._buf)[self._end :]
 
-    def _flush_tail(self) -> None:
-        self._chunks.append(bytes(self._tail))
-        self._tail.clear()
+    def buffer_updated(self, nbytes: int) -> None:
+        if not 0 <= nbytes <= len(self._buf) - self._end:
+            raise ValueError(f"buffer_updated({nbytes}) beyond the room lent")
+        self._end += nbytes
 
-    def _ready(self, n: int) -> bool:
-        """Can ``n`` bytes be taken from ``_chunks`` (moving the tail there if needed)?"""
-        if self._size < n:
-            return False
-        if self._size - len(self._tail) < n:
-            self._flush_tail()
-        return True
+    def release(self) -> None:
+        """Give the pooled buffer back unless a large frame is still arriving."""
+        held = self.pending
+        if not held:
+            if self._pooled:
+                FRAME_POOL.give(self._buf)
+            self._buf = bytearray()
+            self._start = self._end = 0
+            self._pooled = False
+            return
+        total = self._frame_total()
+        if self._pooled and (total is None or total < LARGE_FRAME):
+            self._replace(bytearray(held), pooled=False)
 
-    def _peek(self, n: int) -> bytes:
-        out = bytearray()
-        start = self._start
-        for chunk in self._chunks:
-            out += memoryview(chunk)[start : start + n - len(out)]
-            start = 0
-            if len(out) >= n:
-                break
-        return bytes(out)
-
-    def _take(self, n: int) -> bytes:
-        """Remove and return the next ``n`` bytes (``_ready(n)`` was true)."""
-        chunks = self._chunks
-        first = chunks[0]
-        start = self._start
-        avail = len(first) - start
-        if avail > n:
-            out = first[start : start + n]
-            self._start = start + n
-        elif avail == n:
-            chunks.popleft()
-            self._start = 0
-            out = first if start == 0 else first[start:]
-        else:
-            pieces: list[bytes | memoryview] = [memoryview(first)[start:]]
-            chunks.popleft()
-            self._start = 0
-            need = n - avail
-            while need:
-                chunk = chunks[0]
-                if len(chunk) <= need:
-                    pieces.append(chunk)
-                    chunks.popleft()
-                    need -= len(chunk)
-                else:
-                    pieces.append(memoryview(chunk)[:need])
-                    self._start = need
-                    need = 0
-            out = b"".join(pieces)
-        self._size -= n
-        return out
-
-    def next_frame(self) -> Frame | None:
-        if not self._ready(HEADER_LEN):
+    def _frame_total(self) -> int | None:
+        """Header plus body size of the frame at the front, once its header is in."""
+        if self._end - self._start < HEADER_LEN:
             return None
-        first = self._chunks[0]
-        if len(first) - self._start >= HEADER_LEN:
-            frame_type, flags, length = HEADER.unpack_from(first, self._start)
-        else:
-            frame_type, flags, length = HEADER.unpack(self._peek(HEADER_LEN))
+        length: int = HEADER.unpack_from(self._buf, self._start)[2]
+        total = HEADER_LEN + length
+        return total if total <= FRAME_POOL.size else None  # next_frame refuses it
+
+    def _compact(self) -> None:
+        held = self.pending
+        if self._start:
+            self._buf[:held] = self._buf[self._start : self._end]
+            self._start, self._end = 0, held
+
+    def _replace(self, buf: bytearray, *, pooled: bool) -> None:
+        held = self.pending
+        buf[:held] = memoryview(self._buf)[self._start : self._end]
+        if self._pooled:
+            FRAME_POOL.give(self._buf)
+        self._buf, self._start, self._end, self._pooled = buf, 0, held, pooled
+
+    def _parse(self) -> tuple[int, int, int, int] | None:
+        """(type, flags, offset, body length) of the next whole frame, consumed."""
+        start = self._start
+        if self._end - start < HEADER_LEN:
+            return None
+        frame_type, flags, length = HEADER.unpack_from(self._buf, start)
         limit = min(body_limit(frame_type), self.max_body)
         if length > limit:
             raise FrameTooLarge(
                 f"frame of type 0x{frame_type:02x} announces {length} bytes; the limit is {limit}"
             )
-        if not self._ready(HEADER_LEN + length):
+        if self._end - start < HEADER_LEN + length:
             return None
-        header = self._take(HEADER_LEN)
-        body = self._take(length) if length else b""
-        return Frame(frame_type, flags, header, body)
+        self._start = start + HEADER_LEN + length
+        if self._start == self._end:
+            self._start = self._end = 0
+        return frame_type, flags, start, length
+
+    def next_frame(self, *, borrow: bool = False) -> Frame | None:
+        """The next whole frame, or None.
+
+        With ``borrow``, a record's body is a view of this buffer, valid only
+        until the next call to any method here (handshake frames are always
+        copied: the handshake keeps them).
+        """
+        parsed = self._parse()
+        if parsed is None:
+            return None
+        frame_type, flags, start, length = parsed
+        view = memoryview(self._buf)
+        header = bytes(view[start : start + HEADER_LEN])
+        body_view = view[start + HEADER_LEN : start + HEADER_LEN + length]
+        if borrow and frame_type not in HANDSHAKE_TYPES:
+            return Frame(frame_type, flags, header, body_view)
+        return Frame(frame_type, flags, header, bytes(body_view))
 
     def check_eof(self) -> None:
-        if self._eof and self._size:
-            raise ProtocolError(f"connection ended inside a frame ({self._size} bytes left)")
+        if self._eof and self.pending:
+            raise ProtocolError(f"connection ended inside a frame ({self.pending} bytes left)")

@@ -19,8 +19,10 @@ _U64 = struct.Struct(">Q")
 class Reader:
     __slots__ = ("_data", "_pos", "_what")
 
-    def __init__(self, data: bytes | memoryview, what: str = "message") -> None:
-        self._data = bytes(data)
+    def __init__(self, data: bytes | bytearray | memoryview, what: str = "message") -> None:
+        # A view is not copied whole: each field read from it is (so a reader
+        # of a borrowed buffer hands out nothing that changes under it).
+        self._data = data if type(data) is bytes else memoryview(data)
         self._pos = 0
         self._what = what
 
@@ -30,7 +32,7 @@ class Reader:
             raise ProtocolError(f"truncated {self._what}")
         chunk = self._data[self._pos : end]
         self._pos = end
-        return chunk
+        return chunk if type(chunk) is bytes else bytes(chunk)
 
     def take(self, n: int) -> bytes:
         return self._take(n)
@@ -66,9 +68,7 @@ class Reader:
         return decode_text(self.vec16(), field)
 
     def rest(self) -> bytes:
-        chunk = self._data[self._pos :]
-        self._pos = len(self._data)
-        return chunk
+        return self._take(len(self._data) - self._pos)
 
     def remaining(self) -> int:
         return len(self._data) - self._pos

@@ -240,16 +240,16 @@ async def test_peer_that_never_reads_cannot_grow_our_write_buffer() -> None:
 
         processed = 0
         all_in = asyncio.Event()
-        original_on_data = served._on_data
+        original_on_received = served._on_received
 
-        def on_data(data: bytes) -> None:
+        def on_received(nbytes: int) -> None:
             nonlocal processed
-            processed += len(data)
+            processed += nbytes
             if processed >= total:
                 all_in.set()
-            original_on_data(data)
+            original_on_received(nbytes)
 
-        served._on_data = on_data  # type: ignore[method-assign]
+        served._on_received = on_received  # type: ignore[method-assign]
         done, _ = await asyncio.wait(
             [asyncio.ensure_future(served.wait_closed()), asyncio.ensure_future(all_in.wait())],
             timeout=60,

@@ -1,0 +1,257 @@
+"""The zero-copy receive path: ``get_buffer`` / ``buffer_updated``.
+
+The asyncio driver lets the socket write straight into the frame buffer and
+decrypts channel records into a per-thread scratch area.  These tests hold
+that path to the same results as ``feed`` / ``receive_data``, whatever the
+read sizes, and check what it must not do: hand out data that a later read
+overwrites, read past the end of a large frame, or keep a pooled buffer for
+an idle connection.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ppcp.control.channels import ChannelData, ChannelMux, MuxConfig
+from ppcp.core.errors import FrameTooLarge, PPCPError
+from ppcp.core.events import ConnectionClosed, Event, HandshakeComplete
+from ppcp.core.states import Role
+from ppcp.crypto.psk import derive_psk_key
+from ppcp.handshake.machine import HandshakeConfig
+from ppcp.transport.connection import Connection, ConnectionConfig
+from ppcp.transport.frames import (
+    FRAME_POOL,
+    HEADER_LEN,
+    LARGE_FRAME,
+    FrameBuffer,
+    FrameType,
+    encode_frame,
+)
+
+PSK = derive_psk_key("ppcp-psk-" + "5a" * 32)
+MiB = 1 << 20
+PROPERTY = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def read_into(buf: FrameBuffer, data: memoryview, limit: int) -> int:
+    """One socket read: at most ``limit`` bytes of ``data`` into the room lent."""
+    room = buf.get_buffer()
+    assert len(room) > 0, "an empty buffer makes asyncio fail the connection"
+    n = min(len(room), len(data), limit)
+    room[:n] = data[:n]
+    buf.buffer_updated(n)
+    return n
+
+
+body_sizes = st.lists(
+    st.one_of(st.integers(0, 300), st.integers(LARGE_FRAME - 10, LARGE_FRAME + 10)),
+    max_size=6,
+)
+
+
+@PROPERTY
+@given(sizes=body_sizes, reads=st.lists(st.integers(1, 200_000), min_size=1, max_size=40))
+def test_reads_of_any_size_give_the_frames_feed_gives(sizes: list[int], reads: list[int]) -> None:
+    frames = [encode_frame(FrameType.MESSAGE, os.urandom(n), n % 2) for n in sizes]
+    stream = memoryview(b"".join(frames))
+    buf = FrameBuffer()
+    got: list[bytes] = []
+    pos = 0
+    for i in range(len(stream) + 1):
+        if pos == len(stream):
+            break
+        pos += read_into(buf, stream[pos:], reads[i % len(reads)])
+        while (frame := buf.next_frame(borrow=True)) is not None:
+            got.append(frame.header + bytes(frame.body))
+        buf.release()
+        if not buf.pending:
+            assert len(buf._buf) == 0, "an idle buffer keeps no memory"
+        elif buf.pending < LARGE_FRAME and not buf._pooled:
+            assert len(buf._buf) == buf.pending, "a partial small frame keeps only its bytes"
+    assert pos == len(stream)
+    assert got == frames
+    assert buf.pending == 0
+
+
+def test_a_large_frame_is_read_up_to_its_end_and_no_further() -> None:
+    body = os.urandom(MiB)
+    stream = encode_frame(FrameType.CHANNEL_DATA, body) + encode_frame(FrameType.HEARTBEAT, b"x")
+    buf = FrameBuffer()
+    room = buf.get_buffer()
+    room[:1000] = stream[:1000]
+    buf.buffer_updated(1000)
+    assert buf.next_frame() is None
+    buf.release()
+    room = buf.get_buffer()
+    # The next read may only complete the large frame, which then lies whole
+    # in the pooled buffer: it is decrypted there, nothing is moved.
+    assert len(room) == HEADER_LEN + MiB - 1000
+    room[:] = stream[1000 : HEADER_LEN + MiB]
+    buf.buffer_updated(len(room))
+    frame = buf.next_frame(borrow=True)
+    assert frame is not None and isinstance(frame.body, memoryview)
+    assert frame.body.obj is buf._buf and frame.body == body
+    del frame
+    buf.release()
+    assert buf.pending == 0 and len(buf._buf) == 0
+
+
+def test_handshake_frames_are_never_borrowed() -> None:
+    buf = FrameBuffer()
+    buf.feed(encode_frame(FrameType.CLIENT_HELLO, b"hello"))
+    frame = buf.next_frame(borrow=True)
+    assert frame is not None and type(frame.body) is bytes
+
+
+def test_an_oversized_length_is_refused_before_any_room_is_lent_for_it() -> None:
+    buf = FrameBuffer(max_body=1024)
+    room = buf.get_buffer()
+    header = encode_frame(FrameType.CLIENT_HELLO, b"")[:2] + (10 * MiB).to_bytes(4, "big")
+    room[: len(header)] = header
+    buf.buffer_updated(len(header))
+    try:
+        buf.next_frame()
+    except FrameTooLarge:
+        pass
+    else:
+        raise AssertionError("a 10 MiB handshake frame was not refused")
+
+
+def test_the_pool_keeps_at_most_a_few_buffers() -> None:
+    buffers = [FrameBuffer() for _ in range(10)]
+    for b in buffers:
+        b.get_buffer()
+    for b in buffers:
+        b.release()
+    assert len(FRAME_POOL._spares()) <= FRAME_POOL.keep
+
+
+# -- a whole connection ------------------------------------------------------------------
+
+
+class Side:
+    def __init__(self, role: Role) -> None:
+        caps = ("msg", "channels", "heartbeat")
+        self.conn = Connection(role, PSK, ConnectionConfig(HandshakeConfig(role.value, (1,), caps)))
+        self.mux = ChannelMux(self.conn, MuxConfig(window=16 * MiB))
+
+
+def buffered_deliver(conn: Connection, data: bytes, rng: random.Random) -> list[Event]:
+    """Deliver ``data`` through get_buffer/buffer_updated in reads of random sizes."""
+    events: list[Event] = []
+    view = memoryview(data)
+    for _ in range(len(data) + 1):
+        if not view:
+            break
+        room = conn.get_buffer()
+        n = min(len(room), len(view), rng.choice([1, 7, 4096, 65536, 300_000, 2 * MiB]))
+        room[:n] = view[:n]
+        view = view[n:]
+        events.extend(conn.buffer_updated(n))
+    return events
+
+
+def established() -> tuple[Side, Side]:
+    client, server = Side(Role.CLIENT), Side(Role.SERVER)
+    client.conn.initiate()
+    done: list[Event] = []
+    for _ in range(4):
+        if to_server := client.conn.data_to_send():
+            done += server.conn.receive_data(to_server)
+        if to_client := server.conn.data_to_send():
+            done += client.conn.receive_data(to_client)
+    assert sum(isinstance(e, HandshakeComplete) for e in done) == 2
+    return client, server
+
+
+def test_channel_data_survives_the_reads_that_follow_it() -> None:
+    """Events keep their bytes although the next records reuse the same buffers."""
+    rng = random.Random(7)
+    client, server = established()
+    cid = client.mux.open_channel("test")
+    server.conn.receive_data(client.conn.data_to_send())
+    server.mux.accept(cid)
+    client.conn.receive_data(server.conn.data_to_send())
+    payload = os.urandom(5 * MiB + 12345)
+    view = memoryview(payload)
+    sent = 0
+    for _ in range(100):
+        if sent == len(payload):
+            break
+        sent += client.mux.send_data(cid, view[sent : sent + rng.choice([100, MiB, 3 * MiB])])
+        client.mux.send_heartbeat(sent)
+    client.conn.send_message(b"after")
+    events = buffered_deliver(server.conn, client.conn.data_to_send(), rng)
+    data = [e.data for e in events if isinstance(e, ChannelData)]
+    assert all(type(d) is bytes for d in data)
+    assert b"".join(data) == payload
+    assert server.conn.data_to_send()  # the heartbeats were answered
+
+
+def outcome(deliver: Callable[[Any], list[Event]], arg: object) -> list[object]:
+    """Messages received, then the error (returned as an event, or raised)."""
+    try:
+        events = deliver(arg)
+    except PPCPError as exc:
+        return [type(exc).__name__]
+    return [
+        e.error.__class__.__name__ if isinstance(e, ConnectionClosed) else getattr(e, "data", e)
+        for e in events
+    ]
+
+
+def test_records_and_errors_match_receive_data() -> None:
+    """A tampered record fails the same way on both paths, after the same messages."""
+    big = os.urandom(2 * MiB)
+    outcomes = []
+    for buffered in (False, True):
+        client, server = established()
+        client.conn.send_message(b"one")
+        client.conn.send_message(big)
+        stream = bytearray(client.conn.data_to_send())
+        stream[-20] ^= 1
+        if buffered:
+            rng = random.Random(1)
+            got: list[object] = []
+            view = memoryview(stream)
+            for _ in range(len(stream)):
+                if not view:
+                    break
+                room = server.conn.get_buffer()
+                n = min(len(room), len(view), rng.choice([7, 65536, 300_000]))
+                room[:n] = view[:n]
+                view = view[n:]
+                got += outcome(server.conn.buffer_updated, n)
+                if server.conn.error is not None:
+                    break
+        else:
+            got = outcome(server.conn.receive_data, bytes(stream))
+        outcomes.append(got)
+        # Every later call raises the same error.
+        assert outcome(server.conn.buffer_updated, 0) == [type(server.conn.error).__name__]
+    assert outcomes[0] == outcomes[1] == [b"one", "DecryptionError"]
+
+
+def test_a_failed_connection_still_lends_room_and_raises_its_error() -> None:
+    client, server = established()
+    client.conn.close()
+    server.conn.receive_data(client.conn.data_to_send())
+    room = server.conn.get_buffer()
+    assert len(room) > 0
+    room[:4] = b"junk"
+    try:
+        server.conn.buffer_updated(4)
+    except PPCPError as exc:
+        assert exc is server.conn.error
+    else:
+        raise AssertionError("input after the peer's CLOSE was accepted")
