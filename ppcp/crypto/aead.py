@@ -56,11 +56,24 @@ class RecordCipher:
         transfer's CPU time.
         """
         frame = bytearray(len(header) + len(plaintext) + TAG_LEN)
+        self._seal_into(header, plaintext, memoryview(frame))
+        return frame
+
+    def seal_frame_into(
+        self, header: bytes, plaintext: bytes | bytearray | memoryview, buf: bytearray
+    ) -> memoryview:
+        """:meth:`seal_frame` at the start of ``buf``; returns the frame's view."""
+        frame = memoryview(buf)[: len(header) + len(plaintext) + TAG_LEN]
+        self._seal_into(header, plaintext, frame)
+        return frame
+
+    def _seal_into(
+        self, header: bytes, plaintext: bytes | bytearray | memoryview, frame: memoryview
+    ) -> None:
         frame[: len(header)] = header
-        self._aead.encrypt_into(self._nonce(), plaintext, header, memoryview(frame)[len(header) :])
+        self._aead.encrypt_into(self._nonce(), plaintext, header, frame[len(header) :])
         self.seq += 1
         self.bytes_under_key += len(plaintext)
-        return frame
 
     def open(self, header: bytes, ciphertext: bytes | memoryview) -> bytes:
         with self._authenticating(len(ciphertext) - TAG_LEN):

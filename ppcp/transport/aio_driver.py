@@ -40,6 +40,7 @@ from ppcp.crypto.psk import derive_psk_key
 from ppcp.transport.connection import Connection
 
 CLOSE_TIMEOUT = 5.0
+WRITE_HIGH_WATER = 64 * 1024  # asyncio's default
 
 
 def set_nodelay(sock: Any) -> None:
@@ -81,6 +82,7 @@ class _SessionProtocol(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self.session._writable.set()
         self.session._reply_backlog = 0
+        self.session._release_if_sent()
 
 
 class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
@@ -162,6 +164,9 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
 
     def _attach(self, transport: asyncio.Transport) -> None:
         self._transport = transport
+        # Resume a paused writer only once everything is sent, so the record
+        # buffers it wrote can be reused for the next ones (release_sent).
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=0)
         self.peer_address = transport.get_extra_info("peername")
         self._conn.initiate()
         self.flush()
@@ -170,6 +175,16 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
         data = self._conn.data_to_send()
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
+            self._release_if_sent()
+
+    def _release_if_sent(self) -> None:
+        """Let the connection reuse its record buffers once the transport holds none.
+
+        Only an empty write buffer proves that: a transport may keep a
+        reference to what it could not send yet (asyncio does since 3.12).
+        """
+        if self._transport is not None and not self._transport.get_write_buffer_size():
+            self._conn.release_sent()
 
     def _on_received(self, nbytes: int) -> None:
         try:

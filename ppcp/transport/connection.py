@@ -35,6 +35,8 @@ from ppcp.transport.frames import (
     MAX_RECORD_PLAINTEXT,
     MUX_TYPES,
     Frame,
+    FRAME_POOL,
+    LARGE_FRAME,
     FrameBuffer,
     FrameType,
     encode_frame,
@@ -97,7 +99,9 @@ class Connection:
         self.result: HandshakeResult | None = None
         self._handshake = HandshakeMachine(role, psk_key, config.handshake, rng)
         self._frames = FrameBuffer(MAX_HANDSHAKE_BODY)
-        self._out: list[bytes | bytearray] = []
+        self._out: list[bytes | bytearray | memoryview] = []
+        self._sealing: list[bytearray] = []  # pooled buffers of records in _out
+        self._lent: list[bytearray] = []  # pooled buffers data_to_send returned
         self._send: RecordCipher | None = None
         self._recv: RecordCipher | None = None
         self._fragments: list[bytes] = []
@@ -116,11 +120,32 @@ class Connection:
             self._out.append(self._handshake.client_hello())
             self.state = State.WAIT_SERVER_HELLO
 
-    def data_to_send(self) -> bytes | bytearray:
-        """Everything queued, as one buffer the caller now owns."""
-        out = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-        self._out.clear()
-        return out
+    def data_to_send(self) -> bytes | bytearray | memoryview:
+        """Everything queued, as one buffer.
+
+        A bulk record is sealed in a pooled buffer and returned as a view of
+        it.  The caller may tell the connection, with :meth:`release_sent`,
+        once its transport holds nothing it was given: the buffer is then
+        reused for a later record instead of a fresh megabyte per record.
+        """
+        out = self._out
+        if len(out) == 1:
+            data = out[0]
+            if self._sealing:
+                self._lent.extend(self._sealing)
+        else:
+            data = b"".join(out)
+            for buf in self._sealing:
+                FRAME_POOL.give(buf)
+        out.clear()
+        self._sealing.clear()
+        return data
+
+    def release_sent(self) -> None:
+        """Everything :meth:`data_to_send` returned has been sent: reuse its buffers."""
+        for buf in self._lent:
+            FRAME_POOL.give(buf)
+        self._lent.clear()
 
     def pending_output(self) -> int:
         """How many bytes :meth:`data_to_send` would return now."""
@@ -170,7 +195,12 @@ class Connection:
         plaintext: bytes | bytearray | memoryview,
     ) -> None:
         header = encode_header(frame_type, flags, len(plaintext) + TAG_LEN)
-        self._out.append(cipher.seal_frame(header, plaintext))
+        if len(plaintext) < LARGE_FRAME:
+            self._out.append(cipher.seal_frame(header, plaintext))
+            return
+        buf = FRAME_POOL.take()
+        self._out.append(cipher.seal_frame_into(header, plaintext, buf))
+        self._sealing.append(buf)
 
     def _check_can_send(self) -> None:
         if self._error is not None:

@@ -93,7 +93,7 @@ def _check(condition: bool, what: str) -> None:
         raise VectorError(what)
 
 
-def _frames(data: bytes | bytearray) -> list[bytes]:
+def _frames(data: bytes | bytearray | memoryview) -> list[bytes]:
     """Split a byte string into whole frames (header included)."""
     data = bytes(data)
     out = []
@@ -106,7 +106,7 @@ def _frames(data: bytes | bytearray) -> list[bytes]:
     return out
 
 
-def _one_frame(data: bytes | bytearray, frame_type: FrameType) -> bytes:
+def _one_frame(data: bytes | bytearray | memoryview, frame_type: FrameType) -> bytes:
     frames = _frames(data)
     _check(len(frames) == 1, f"expected one {frame_type.name} frame, got {len(frames)}")
     _check(frames[0][0] == frame_type, f"expected a {frame_type.name} frame")

@@ -1,11 +1,15 @@
-"""The zero-copy receive path: ``get_buffer`` / ``buffer_updated``.
+"""Reused buffers for bulk records, in both directions.
 
-The asyncio driver lets the socket write straight into the frame buffer and
-decrypts channel records into a per-thread scratch area.  These tests hold
-that path to the same results as ``feed`` / ``receive_data``, whatever the
-read sizes, and check what it must not do: hand out data that a later read
-overwrites, read past the end of a large frame, or keep a pooled buffer for
-an idle connection.
+Receiving, the asyncio driver lets the socket write straight into the frame
+buffer (``get_buffer`` / ``buffer_updated``) and channel records are
+decrypted into a per-thread scratch area.  These tests hold that path to the
+same results as ``feed`` / ``receive_data``, whatever the read sizes, and
+check what it must not do: hand out data that a later read overwrites, read
+past the end of a large frame, or keep a pooled buffer for an idle
+connection.
+
+Sending, a bulk record is sealed in a pooled buffer that is reused only
+after the driver says its transport holds nothing (``release_sent``).
 """
 
 from __future__ import annotations
@@ -255,3 +259,41 @@ def test_a_failed_connection_still_lends_room_and_raises_its_error() -> None:
         assert exc is server.conn.error
     else:
         raise AssertionError("input after the peer's CLOSE was accepted")
+
+
+# -- sending ---------------------------------------------------------------------------------
+
+
+def test_a_bulk_record_buffer_is_reused_only_after_release_sent() -> None:
+    client, _ = established()
+    client.conn.send_message(b"a" * MiB)
+    first = client.conn.data_to_send()
+    assert isinstance(first, memoryview)
+    kept = bytes(first)
+    # Not released: the transport may still hold it, so the next record must
+    # not be sealed over it.
+    client.conn.send_message(b"b" * MiB)
+    second = client.conn.data_to_send()
+    assert isinstance(second, memoryview) and second.obj is not first.obj
+    assert first == kept
+    client.conn.release_sent()
+    client.conn.send_message(b"c" * MiB)
+    third = client.conn.data_to_send()
+    assert isinstance(third, memoryview) and third.obj in (first.obj, second.obj)
+
+
+def test_joined_records_free_their_buffers_at_once() -> None:
+    client, server = established()
+    client.conn.send_message(b"a" * MiB)
+    client.conn.send_message(b"b" * MiB)
+    both = client.conn.data_to_send()
+    assert type(both) is bytes and not client.conn._lent
+    events = server.conn.receive_data(both)
+    assert [getattr(e, "data", None) for e in events] == [b"a" * MiB, b"b" * MiB]
+
+
+def test_small_records_use_no_pooled_buffer() -> None:
+    client, _ = established()
+    client.conn.send_message(b"small")
+    assert not isinstance(client.conn.data_to_send(), memoryview)
+    assert not client.conn._lent
