@@ -20,6 +20,7 @@ from ppcp.core.errors import (
     PPCPError,
     error_for_code,
 )
+from ppcp.transport.frames import PLAINTEXT_POOL
 
 if TYPE_CHECKING:
     from ppcp.transport.aio_driver import AsyncSession
@@ -37,7 +38,7 @@ class AsyncChannel:
         self.open_payload = b""
         self._loop = asyncio.get_running_loop()
         self._accepted: asyncio.Future[bytes] = self._loop.create_future()
-        self._data: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._data: collections.deque[tuple[int, bytes | memoryview]] = collections.deque()
         self._requests: collections.deque[tuple[str, bytes]] = collections.deque()
         self._changed = asyncio.Event()
         self._eof = False
@@ -57,7 +58,7 @@ class AsyncChannel:
         if not self._accepted.done():
             self._accepted.set_result(payload)
 
-    def _on_data(self, stream: int, data: bytes) -> None:
+    def _on_data(self, stream: int, data: bytes | memoryview) -> None:
         self._data.append((stream, data))
         self._wake()
 
@@ -128,6 +129,23 @@ class AsyncChannel:
 
     async def read(self) -> tuple[int, bytes] | None:
         """Next (stream, bytes) chunk, or None at EOF / close."""
+        item = await self.read_buffer()
+        if item is None:
+            return None
+        stream, data = item
+        if isinstance(data, memoryview):
+            chunk = bytes(data)
+            release(data)
+            return stream, chunk
+        return stream, data
+
+    async def read_buffer(self) -> tuple[int, bytes | memoryview] | None:
+        """Like :meth:`read`, but bulk data comes as a view of a pooled buffer.
+
+        A reader that writes the data somewhere at once saves a copy per
+        record; it hands the view to :func:`release` when done with it (or
+        just drops it).
+        """
         while not self._data:
             if self._eof or self._close is not None:
                 if self._error is not None and not self._eof:
@@ -214,6 +232,15 @@ class AsyncChannel:
         if self._close is None:
             self._close = (code, reason)
             self._wake()
+
+
+def release(data: bytes | memoryview) -> None:
+    """Give back the pooled buffer behind data from :meth:`AsyncChannel.read_buffer`.
+
+    The caller keeps no other view of it: the next bulk record is decrypted there.
+    """
+    if isinstance(data, memoryview) and isinstance(data.obj, bytearray):
+        PLAINTEXT_POOL.give(data.obj)
 
 
 def encode_json(obj: dict[str, Any]) -> bytes:

@@ -105,7 +105,8 @@ class ChannelRefused(Event):
 class ChannelData(Event):
     channel_id: int
     stream: int
-    data: bytes
+    # Bulk data is a view of a pooled buffer (see AsyncChannel.read_buffer).
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +327,14 @@ class ChannelMux:
 
     # -- received records ----------------------------------------------------------------
 
-    def handle_record(self, frame: Frame, plaintext: memoryview) -> list[Event]:
+    def handle_record(
+        self, frame: Frame, plaintext: memoryview, owned: bool = False
+    ) -> list[Event]:
+        """Act on one decrypted channel record.
+
+        ``plaintext`` is valid only during the call unless ``owned``: then
+        CHANNEL_DATA hands it on as a view instead of copying it.
+        """
         ftype = frame.type
         if ftype == F.HEARTBEAT:
             return self._on_heartbeat(frame.flags, plaintext)
@@ -348,7 +356,7 @@ class ChannelMux:
         target = row[FrameType(ftype)]
         before = ch.state
         discarding = before is ChannelState.CLOSING and target is ChannelState.CLOSING
-        events = self._on_channel_record(ch, ftype, r, discarding)
+        events = self._on_channel_record(ch, ftype, r, discarding, owned)
         if target is None:
             self.channels.pop(channel_id, None)
         elif ch.state is before:  # a handler may already have moved it on
@@ -397,7 +405,7 @@ class ChannelMux:
         return [ChannelOpenRequested(channel_id, kind, payload)]
 
     def _on_channel_record(
-        self, ch: Channel, ftype: int, r: Reader, discarding: bool
+        self, ch: Channel, ftype: int, r: Reader, discarding: bool, owned: bool
     ) -> list[Event]:
         cid = ch.channel_id
         if ftype == F.CHANNEL_ACCEPT:
@@ -432,7 +440,7 @@ class ChannelMux:
             return [] if discarding else [WindowOpened(cid)]
         if ftype == F.CHANNEL_DATA:
             stream = r.u8()
-            data = r.rest()
+            data = r.rest_view() if owned else r.rest()
             if stream > MAX_STREAM:
                 raise ProtocolError(f"unknown stream {stream} on channel {cid}")
             if ch.remote_eof:

@@ -30,13 +30,14 @@ from ppcp.handshake.messages import MAX_REASON_BYTES, Alert
 from ppcp.key_exchange.ecdh import RandomSource
 from ppcp.transport.frames import (
     FLAG_MORE,
+    FRAME_POOL,
+    LARGE_FRAME,
     MAX_HANDSHAKE_BODY,
     MAX_RECORD_BODY,
     MAX_RECORD_PLAINTEXT,
     MUX_TYPES,
+    PLAINTEXT_POOL,
     Frame,
-    FRAME_POOL,
-    LARGE_FRAME,
     FrameBuffer,
     FrameType,
     encode_frame,
@@ -52,8 +53,9 @@ DEFAULT_MAX_MESSAGE = 16 << 20
 DEFAULT_REKEY_RECORDS = 1 << 24
 DEFAULT_REKEY_BYTES = 1 << 32
 
-# Called with a record and its plaintext: a view valid only during the call.
-RecordHandler = Callable[[Frame, memoryview], list[Event]]
+# Called with a record and its plaintext, a view valid only during the call
+# unless the flag says the handler owns the buffer behind it.
+RecordHandler = Callable[[Frame, memoryview, bool], list[Event]]
 _PLAINTEXT = ThreadScratch()
 _DISCARD = memoryview(bytearray(4096))  # lent by a closed connection; never read
 
@@ -359,14 +361,17 @@ class Connection:
         ftype = frame.type
         events: list[Event] = []
         if ftype in MUX_TYPES:
-            # The channel layer copies what it keeps, so bulk data is
-            # decrypted into scratch instead of a fresh buffer per record.
-            scratch = _PLAINTEXT.get(len(frame.body) - TAG_LEN)
-            view = recv.open_into(frame.header, frame.body, scratch)
+            # Bulk data is decrypted into a pooled buffer that its reader
+            # keeps (and gives back); everything else into scratch, which the
+            # channel layer copies from.  Either way, no fresh megabyte.
+            size = len(frame.body) - TAG_LEN
+            owned = ftype == FrameType.CHANNEL_DATA and size >= LARGE_FRAME
+            out = PLAINTEXT_POOL.take() if owned else _PLAINTEXT.get(size)
+            view = recv.open_into(frame.header, frame.body, out)
             self._check_negotiated(ftype)
             if self.record_handler is None:
                 raise ProtocolError("channel record received but no channel layer is active")
-            events = self.record_handler(frame, view)
+            events = self.record_handler(frame, view, owned)
             self.state = target
             return events
         plaintext = recv.open(frame.header, frame.body)

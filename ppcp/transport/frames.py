@@ -29,7 +29,9 @@ MAX_HANDSHAKE_BODY = 1024
 MAX_RECORD_PLAINTEXT = (1 << 20) + 1024
 MAX_RECORD_BODY = MAX_RECORD_PLAINTEXT + 16
 # Receive buffers, each room for one frame of the largest size.
-FRAME_POOL = BufferPool(HEADER_LEN + MAX_RECORD_BODY)
+FRAME_POOL = BufferPool(HEADER_LEN + MAX_RECORD_BODY, keep=4)
+# Bulk CHANNEL_DATA is decrypted into these; the channel's reader gives them back.
+PLAINTEXT_POOL = BufferPool(MAX_RECORD_PLAINTEXT, keep=4)
 # Frames at least this big are received in place in a pooled buffer.
 LARGE_FRAME = 64 * 1024
 

@@ -70,6 +70,12 @@ class Reader:
     def rest(self) -> bytes:
         return self._take(len(self._data) - self._pos)
 
+    def rest_view(self) -> memoryview:
+        """The rest, not copied (a view of the buffer this reader was given)."""
+        view = memoryview(self._data)[self._pos :]
+        self._pos = len(self._data)
+        return view
+
     def remaining(self) -> int:
         return len(self._data) - self._pos
 

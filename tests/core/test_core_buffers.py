@@ -22,6 +22,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ppcp.control.aio_channel import release
 from ppcp.control.channels import ChannelData, ChannelMux, MuxConfig
 from ppcp.core.errors import FrameTooLarge, PPCPError
 from ppcp.core.events import ConnectionClosed, Event, HandshakeComplete
@@ -197,7 +198,11 @@ def test_channel_data_survives_the_reads_that_follow_it() -> None:
     client.conn.send_message(b"after")
     events = buffered_deliver(server.conn, client.conn.data_to_send(), rng)
     data = [e.data for e in events if isinstance(e, ChannelData)]
-    assert all(type(d) is bytes for d in data)
+    # Small records are copied out of scratch; bulk ones are views of a
+    # pooled buffer each, which nothing reuses until its reader gives it back.
+    views = [d for d in data if isinstance(d, memoryview)]
+    assert all(type(d) is bytes for d in data if not isinstance(d, memoryview))
+    assert len(views) >= 5 and len({id(v.obj) for v in views}) == len(views)
     assert b"".join(data) == payload
     assert server.conn.data_to_send()  # the heartbeats were answered
 
@@ -297,3 +302,21 @@ def test_small_records_use_no_pooled_buffer() -> None:
     client.conn.send_message(b"small")
     assert not isinstance(client.conn.data_to_send(), memoryview)
     assert not client.conn._lent
+
+
+def test_a_buffer_given_back_is_reused_for_the_next_bulk_record() -> None:
+    client, server = established()
+    cid = client.mux.open_channel("test")
+    server.conn.receive_data(client.conn.data_to_send())
+    server.mux.accept(cid)
+    client.conn.receive_data(server.conn.data_to_send())
+    chunks = [os.urandom(MiB) for _ in range(3)]
+    seen = []
+    for chunk in chunks:
+        client.mux.send_data(cid, chunk)
+        (event,) = server.conn.receive_data(client.conn.data_to_send())
+        assert isinstance(event, ChannelData) and isinstance(event.data, memoryview)
+        assert event.data == chunk
+        seen.append(event.data.obj)
+        release(event.data)
+    assert seen[0] is seen[1] is seen[2]
