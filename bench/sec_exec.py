@@ -221,11 +221,16 @@ def run_cold(ctx: Context, ssh: SshDaemon | None) -> None:
 
 
 async def _spawn_floor(runs: int) -> list[float]:
-    """asyncio subprocess of ``sh -c true`` + wait, locally: what any exec must pay."""
+    """asyncio subprocess of ``$SHELL -c true`` + wait, locally: what any exec must pay."""
+    from ppcp.control.exec import user_shell
+
+    shell = user_shell()
     times = []
     for _ in range(runs):
         t = time.perf_counter()
-        proc = await asyncio.create_subprocess_shell(
+        proc = await asyncio.create_subprocess_exec(
+            shell,
+            "-c",
             "true",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -248,7 +253,7 @@ def run_warm(ctx: Context, ssh: SshDaemon | None) -> None:
     ctx.report.raw.setdefault(section, {})["spawn_floor"] = summarize(floor)
     ctx.report.note(
         section,
-        f"local spawn floor (asyncio subprocess `sh -c true` + wait, no protocol): "
+        f"local spawn floor (asyncio subprocess `$SHELL -c true` + wait, no protocol): "
         f"median {_ms(floor)} ms; both library figures include it",
     )
     ppcp_warm = _summ(lib.get("ppcp-warm"))
