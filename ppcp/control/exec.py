@@ -38,8 +38,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from ppcp.control import child
 from ppcp.control.aio_channel import AsyncChannel, decode_json, encode_json
 from ppcp.control.channels import STREAM_STDERR, STREAM_STDOUT
+from ppcp.control.child import Child
 from ppcp.core.errors import (
     ChannelError,
     CloseCode,
@@ -554,7 +556,9 @@ def killpg(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
-async def terminate_group(proc: asyncio.subprocess.Process, grace: float | None = None) -> None:
+async def terminate_group(
+    proc: Child | asyncio.subprocess.Process, grace: float | None = None
+) -> None:
     """SIGTERM the process group; SIGKILL it after ``grace`` (:data:`KILL_GRACE`) seconds."""
     killpg(proc.pid, _signal.SIGTERM)
     with contextlib.suppress(TimeoutError):
@@ -598,15 +602,7 @@ async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
     peer = channel.session.peer_name
     log.info("exec for %s: %r", peer, argv)  # repr: no raw control characters in logs
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-        )
+        proc = Child.spawn(argv, cwd=cwd, env=env)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         if getattr(exc, "filename", None) == cwd:
@@ -628,22 +624,19 @@ async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
             if proc.returncode is None:
                 await proc.wait()
         finally:
-            close_subprocess_transport(proc)  # even if cancelled again while reaping
+            proc.close()  # even if cancelled again while reaping
 
 
-async def _supervise(
-    channel: AsyncChannel, proc: asyncio.subprocess.Process, timeout: float | None
-) -> bool:
+async def _supervise(channel: AsyncChannel, proc: Child, timeout: float | None) -> bool:
     """Run the command to its end; True if it ended and its status was sent."""
-    assert proc.stdout is not None and proc.stderr is not None
     timed_out = asyncio.Event()
     background: set[asyncio.Task[Any]] = set()
     control: asyncio.Future[Any] = asyncio.ensure_future(_control(channel, proc, background))
     feeder = asyncio.ensure_future(_pump_stdin(channel, proc))
     outputs: asyncio.Future[Any] = asyncio.ensure_future(
         asyncio.gather(
-            _pump_output(channel, proc.stdout, STREAM_STDOUT),
-            _pump_output(channel, proc.stderr, STREAM_STDERR),
+            _pump_output(channel, proc, child.STDOUT, STREAM_STDOUT),
+            _pump_output(channel, proc, child.STDERR, STREAM_STDERR),
             proc.wait(),
         )
     )
@@ -666,17 +659,15 @@ async def _supervise(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _pump_output(channel: AsyncChannel, reader: asyncio.StreamReader, stream: int) -> None:
+async def _pump_output(channel: AsyncChannel, proc: Child, pipe: int, stream: int) -> None:
     while True:
-        data = await reader.read(CHUNK)
+        data = await proc.read(pipe, CHUNK)
         if not data:
             return
         await channel.write(data, stream)
 
 
-async def _pump_stdin(channel: AsyncChannel, proc: asyncio.subprocess.Process) -> None:
-    stdin = proc.stdin
-    assert stdin is not None
+async def _pump_stdin(channel: AsyncChannel, proc: Child) -> None:
     broken = False
     try:
         while True:
@@ -686,19 +677,16 @@ async def _pump_stdin(channel: AsyncChannel, proc: asyncio.subprocess.Process) -
             if broken:
                 continue  # keep reading so the client's writes complete
             try:
-                stdin.write(item[1])
-                await stdin.drain()
+                await proc.write(item[1])
             except ConnectionError:
                 broken = True
     except PPCPError:
         pass
     finally:
-        stdin.close()
+        proc.close_stdin()
 
 
-async def _control(
-    channel: AsyncChannel, proc: asyncio.subprocess.Process, background: set[asyncio.Task[Any]]
-) -> None:
+async def _control(channel: AsyncChannel, proc: Child, background: set[asyncio.Task[Any]]) -> None:
     """Handle the client's requests; return when the channel is closed."""
     while True:
         request = await channel.next_request()
@@ -718,9 +706,7 @@ async def _control(
             log.info("exec: bad %r request: %s", name, exc)
 
 
-async def _deadline(
-    proc: asyncio.subprocess.Process, timeout: float, timed_out: asyncio.Event
-) -> None:
+async def _deadline(proc: Child, timeout: float, timed_out: asyncio.Event) -> None:
     await asyncio.sleep(timeout)
     if proc.returncode is None:
         timed_out.set()

@@ -1,0 +1,101 @@
+"""The server's child processes (ppcp/control/child.py), on their own.
+
+The exec service runs every command through :class:`Child`: non-blocking
+pipes on the event loop and a pidfd for the exit (a waitpid thread where
+there is no pidfd).  These tests run real processes both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import pytest
+
+from ppcp.control.child import STDERR, STDOUT, Child
+
+
+async def read_all(proc: Child, stream: int) -> bytes:
+    out = bytearray()
+    for _ in range(100_000):
+        data = await proc.read(stream, 65536)
+        if not data:
+            return bytes(out)
+        out += data
+    raise AssertionError("output did not end")
+
+
+@pytest.fixture(params=["pidfd", "waitpid thread"])
+def exit_watch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "waitpid thread":
+        monkeypatch.delattr(os, "pidfd_open", raising=False)
+    elif not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfd on this platform")
+    return str(request.param)
+
+
+async def test_output_and_exit_status(exit_watch: str) -> None:
+    proc = Child.spawn(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    try:
+        out, err, code = await asyncio.gather(
+            read_all(proc, STDOUT), read_all(proc, STDERR), proc.wait()
+        )
+    finally:
+        proc.close()
+    assert (out, err, code, proc.returncode) == (b"out\n", b"err\n", 3, 3)
+
+
+async def test_a_signal_is_reported_as_a_negative_status(exit_watch: str) -> None:
+    proc = Child.spawn(["sh", "-c", "kill -TERM $$"])
+    try:
+        assert await proc.wait() == -15
+    finally:
+        proc.close()
+
+
+async def test_stdin_larger_than_a_pipe_comes_back_whole(exit_watch: str) -> None:
+    data = os.urandom(1 << 20)  # 16 pipe buffers: the writer must wait for room
+    proc = Child.spawn(["cat"])
+    try:
+
+        async def feed() -> None:
+            await proc.write(data)
+            proc.close_stdin()
+
+        _, echoed, code = await asyncio.gather(feed(), read_all(proc, STDOUT), proc.wait())
+    finally:
+        proc.close()
+    assert echoed == data and code == 0
+
+
+async def test_writing_to_a_command_that_exited_is_a_broken_pipe() -> None:
+    proc = Child.spawn(["true"])
+    try:
+        await proc.wait()
+        with pytest.raises(BrokenPipeError):
+            await proc.write(b"x" * 200_000)
+    finally:
+        proc.close()
+
+
+async def test_a_program_that_cannot_start_leaks_no_descriptor() -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(FileNotFoundError):
+        Child.spawn(["/nonexistent/program"])
+    with pytest.raises(FileNotFoundError) as info:
+        Child.spawn(["true"], cwd="/nonexistent/dir")
+    assert info.value.filename == "/nonexistent/dir"
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+async def test_with_a_pidfd_no_thread_waits_for_the_command() -> None:
+    if not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfd on this platform")
+    threads = threading.active_count()
+    proc = Child.spawn(["sleep", "0.2"])
+    try:
+        assert threading.active_count() == threads
+        assert await proc.wait() == 0
+    finally:
+        proc.close()
