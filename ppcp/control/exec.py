@@ -369,14 +369,19 @@ class ExecMixin:
         session = cast("AsyncSession", self)
         proc = await self.start_exec(command, cwd=cwd, env=env, timeout=timeout)
         async with proc:
-            feeder = session.spawn(_feed_stdin(proc, stdin))
+            # Input is fed beside the output, which may fill the window first;
+            # no input is just an EOF, sent at once (no task for it).
+            feeder = session.spawn(_feed_stdin(proc, stdin)) if stdin else None
+            if feeder is None:
+                await _feed_stdin(proc, None)
             stdout, stderr = bytearray(), bytearray()
             try:
                 async for stream, data in proc:
                     (stderr if stream == STREAM_STDERR else stdout).extend(data)
                 result = await proc.wait()
             finally:
-                feeder.cancel()
+                if feeder is not None:
+                    feeder.cancel()
         return ExecResult(
             bytes(stdout), bytes(stderr), result.exit_code, result.signal, result.timed_out
         )
