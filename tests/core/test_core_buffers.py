@@ -24,11 +24,13 @@ from hypothesis import strategies as st
 
 from ppcp.control.aio_channel import release
 from ppcp.control.channels import ChannelData, ChannelMux, MuxConfig
+from ppcp.core.config import SessionConfig
 from ppcp.core.errors import FrameTooLarge, PPCPError
 from ppcp.core.events import ConnectionClosed, Event, HandshakeComplete
 from ppcp.core.states import Role
 from ppcp.crypto.psk import derive_psk_key
 from ppcp.handshake.machine import HandshakeConfig
+from ppcp.transport.aio_driver import AsyncSession, _SessionProtocol
 from ppcp.transport.connection import Connection, ConnectionConfig
 from ppcp.transport.frames import (
     FRAME_POOL,
@@ -320,3 +322,37 @@ def test_a_buffer_given_back_is_reused_for_the_next_bulk_record() -> None:
         seen.append(event.data.obj)
         release(event.data)
     assert seen[0] is seen[1] is seen[2]
+
+
+class HoldingTransport:
+    """A transport that keeps what it could not send yet (asyncio does since 3.12)."""
+
+    def __init__(self) -> None:
+        self.held: list[memoryview] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.held.append(memoryview(data))
+
+    def get_write_buffer_size(self) -> int:
+        return sum(map(len, self.held))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_the_driver_releases_record_buffers_only_once_nothing_is_held() -> None:
+    client, _ = established()
+    session = AsyncSession(Role.CLIENT, PSK, SessionConfig())
+    session._conn = client.conn
+    transport = HoldingTransport()
+    session._transport = transport  # type: ignore[assignment]
+    client.conn.send_message(b"a" * MiB)
+    session.flush()
+    (held,) = transport.held
+    kept = bytes(held)
+    client.conn.send_message(b"b" * MiB)  # must not be sealed over the held record
+    session.flush()
+    assert held == kept and client.conn._lent
+    transport.held.clear()  # the socket took everything: asyncio now resumes the writer
+    _SessionProtocol(session).resume_writing()
+    assert not client.conn._lent
