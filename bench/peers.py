@@ -233,6 +233,10 @@ async def _serve(args: argparse.Namespace) -> None:
             heartbeat=args.heartbeat,
             max_unauthenticated=args.max_unauthenticated,
         )
+    elif args.kind == "floor":
+        from bench.exec_floor import start_floor_server
+
+        server = await start_floor_server(args.port)
     else:
         server = await start_asyncssh(
             Path(args.root), SshKeys(Path(args.keys)), args.port, keepalive=args.heartbeat
@@ -251,7 +255,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=["ppcp", "asyncssh"])
+    parser.add_argument("kind", choices=["ppcp", "asyncssh", "floor"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--root", required=True)
     parser.add_argument("--keys", help="asyncssh key dir")

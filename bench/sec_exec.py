@@ -40,6 +40,17 @@ async def _ppcp_cold(port: int, psk: str) -> float:
     return elapsed
 
 
+async def _floor_cold(port: int, public: bytes) -> float:
+    from bench.exec_floor import floor_exec
+
+    started = time.perf_counter()
+    status = await floor_exec(port, public)
+    elapsed = time.perf_counter() - started
+    if status != 0:
+        raise RuntimeError(f"floor exec true exited {status}")
+    return elapsed
+
+
 async def _asyncssh_cold(port: int, keys: Any) -> float:
     from bench.peers import asyncssh_connect
 
@@ -61,7 +72,14 @@ async def _in_process(ctx: Context, root: Path, cold: bool, warm: bool) -> dict[
     has_exec = have_session_api("exec")
     servers: list[Any] = []
     try:
-        ppcp_port = asyncssh_port = 0
+        ppcp_port = asyncssh_port = floor_port = 0
+        if cold:
+            from bench.exec_floor import client_key, start_floor_server
+
+            floor_server = await start_floor_server()
+            servers.append(floor_server)
+            floor_port = server_port(floor_server)
+            floor_key = client_key()
         if has_exec:
             server = await start_ppcp(root, ctx.psk)
             servers.append(server)
@@ -77,7 +95,8 @@ async def _in_process(ctx: Context, root: Path, cold: bool, warm: bool) -> dict[
                 await _ppcp_cold(ppcp_port, ctx.psk)
             if asyncssh_port:
                 await _asyncssh_cold(asyncssh_port, ctx.ssh_keys)
-            for _ in range(s.cold_runs):  # interleaved, so drift hits both alike
+            await _floor_cold(floor_port, floor_key)
+            for _ in range(s.cold_runs):  # interleaved, so drift hits all alike
                 if deadline.expired:
                     break
                 if ppcp_port:
@@ -86,6 +105,7 @@ async def _in_process(ctx: Context, root: Path, cold: bool, warm: bool) -> dict[
                     out.setdefault("asyncssh-cold", []).append(
                         await _asyncssh_cold(asyncssh_port, ctx.ssh_keys)
                     )
+                out.setdefault("floor-cold", []).append(await _floor_cold(floor_port, floor_key))
         if warm:
             import ppcp.aio
             from bench.peers import asyncssh_connect
@@ -166,6 +186,19 @@ def run_cold(ctx: Context, ssh: SshDaemon | None) -> None:
             target_text="ratio <= 0.3",
         )
     )
+    ctx.report.add(
+        Row(
+            section,
+            "cold-floor",
+            "floor: the same steps with no protocol (bench/exec_floor.py)",
+            "s",
+            _summ(lib.get("floor-cold")),
+            "asyncssh",
+            _summ(lib.get("asyncssh-cold")),
+            note="2 round trips + handshake crypto per side + $SHELL -c true; "
+            "no implementation can go below this ratio",
+        )
+    )
     # CLI: whole process, interpreter start included.
     floor = _cli_runs(ctx, [PYTHON, "-c", "import ppcp.cli"], s.cli_runs, "python")
     ctx.report.note(
@@ -221,22 +254,25 @@ def run_cold(ctx: Context, ssh: SshDaemon | None) -> None:
 
 
 async def _spawn_floor(runs: int) -> list[float]:
-    """asyncio subprocess of ``$SHELL -c true`` + wait, locally: what any exec must pay."""
+    """``$SHELL -c true`` with three pipes + wait, locally: what any exec must pay.
+
+    Started the way the PPCP server starts commands (``Child``: no thread,
+    no asyncio transports), the cheapest way asyncio offers.
+    """
+    from ppcp.control.child import STDERR, STDOUT, Child
     from ppcp.control.exec import user_shell
 
     shell = user_shell()
     times = []
     for _ in range(runs):
         t = time.perf_counter()
-        proc = await asyncio.create_subprocess_exec(
-            shell,
-            "-c",
-            "true",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        await proc.communicate()
+        child = Child.spawn([shell, "-c", "true"])
+        try:
+            child.close_stdin()
+            await asyncio.gather(child.read(STDOUT, 1 << 16), child.read(STDERR, 1 << 16))
+            await child.wait()
+        finally:
+            child.close()
         times.append(time.perf_counter() - t)
     return times
 
@@ -253,7 +289,7 @@ def run_warm(ctx: Context, ssh: SshDaemon | None) -> None:
     ctx.report.raw.setdefault(section, {})["spawn_floor"] = summarize(floor)
     ctx.report.note(
         section,
-        f"local spawn floor (asyncio subprocess `$SHELL -c true` + wait, no protocol): "
+        f"local spawn floor (`$SHELL -c true` with pipes + wait, no protocol): "
         f"median {_ms(floor)} ms; both library figures include it",
     )
     ppcp_warm = _summ(lib.get("ppcp-warm"))
@@ -268,6 +304,18 @@ def run_warm(ctx: Context, ssh: SshDaemon | None) -> None:
             _summ(lib.get("asyncssh-warm")),
             max_ratio=0.6,
             target_text="ratio <= 0.6",
+        )
+    )
+    ctx.report.add(
+        Row(
+            section,
+            "warm-floor",
+            "floor: `$SHELL -c true` + wait, no protocol",
+            "s",
+            _summ(floor),
+            "asyncssh conn.run",
+            _summ(lib.get("asyncssh-warm")),
+            note="no implementation can go below this ratio",
         )
     )
     if ssh is not None:

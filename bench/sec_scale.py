@@ -61,6 +61,14 @@ async def _asyncssh_one(port: int, keys: Any) -> None:
         await conn.wait_closed()
 
 
+async def _floor_one(port: int, public: bytes) -> None:
+    from bench.exec_floor import floor_exec
+
+    status = await floor_exec(port, public)
+    if status != 0:
+        raise RuntimeError(f"floor exec true exited {status}")
+
+
 async def _burst(n: int, make: Any, timeout: float) -> tuple[float, int]:
     """Start n at once; (seconds until all done, failures)."""
     started = time.perf_counter()
@@ -83,6 +91,9 @@ def run_concurrent(ctx: Context) -> None:
     root.mkdir(exist_ok=True)
     times: dict[str, list[float]] = {}
     procs: list[subprocess.Popen[bytes]] = []
+    from bench.exec_floor import client_key
+
+    floor_key = client_key()
     try:
         targets: dict[str, Any] = {}
         if have_session_api("exec"):
@@ -97,6 +108,9 @@ def run_concurrent(ctx: Context) -> None:
             targets["asyncssh"] = lambda port=port: _asyncssh_one(port, ctx.ssh_keys)
         else:
             ctx.report.skip(section, "asyncssh peer: not installed")
+        proc, port = ctx.start_server("floor", root)
+        procs.append(proc)
+        targets["floor"] = lambda port=port: _floor_one(port, floor_key)
 
         async def go() -> None:
             deadline = Deadline(s.section_budget)
@@ -115,6 +129,7 @@ def run_concurrent(ctx: Context) -> None:
             ctx.procs.stop(proc)
     ppcp_t = times.get("ppcp")
     peer_t = times.get("asyncssh")
+    floor_t = times.get("floor")
     ctx.report.add(
         Row(
             section,
@@ -126,6 +141,19 @@ def run_concurrent(ctx: Context) -> None:
             summarize(peer_t) if peer_t else None,
             max_ratio=0.3,
             target_text="ratio <= 0.3",
+        )
+    )
+    ctx.report.add(
+        Row(
+            section,
+            "concurrent-floor",
+            "floor: the same with no protocol (bench/exec_floor.py)",
+            "s",
+            summarize(floor_t) if floor_t else None,
+            "asyncssh",
+            summarize(peer_t) if peer_t else None,
+            note="2 round trips + handshake crypto per side + $SHELL -c true; "
+            "no implementation can go below this ratio",
         )
     )
 
