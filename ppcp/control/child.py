@@ -100,12 +100,22 @@ class Child:
 
     async def read(self, stream: int, size: int) -> bytes:
         """Up to ``size`` bytes of stdout (1) or stderr (2); ``b""`` once it has ended."""
-        fd = self._fds[stream]
+        return (await self.read_any((stream,), size))[1]
+
+    async def read_any(self, streams: Sequence[int], size: int) -> tuple[int, bytes]:
+        """``(stream, bytes)`` from the first of ``streams`` with data or its end.
+
+        One waiter for several pipes lets one task pump a command's stdout and
+        stderr, still reading both as they come (a command blocked on a full
+        stderr pipe would never finish its stdout).
+        """
         while True:
-            try:
-                return os.read(fd, size)
-            except BlockingIOError:
-                await self._ready(fd, write=False)
+            for stream in streams:
+                try:
+                    return stream, os.read(self._fds[stream], size)
+                except BlockingIOError:
+                    pass
+            await self._ready([self._fds[s] for s in streams], write=False)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """All of ``data`` to stdin; BrokenPipeError once the command stopped reading it."""
@@ -115,29 +125,27 @@ class Child:
             try:
                 view = view[os.write(fd, view) :]
             except BlockingIOError:
-                await self._ready(fd, write=True)
+                await self._ready([fd], write=True)
 
     def close_stdin(self) -> None:
         self._close_fd(0)
 
-    async def _ready(self, fd: int, *, write: bool) -> None:
+    async def _ready(self, fds: Sequence[int], *, write: bool) -> None:
         ready: asyncio.Future[None] = self._loop.create_future()
 
         def wake() -> None:
             if not ready.done():
                 ready.set_result(None)
 
-        if write:
-            self._loop.add_writer(fd, wake)
-        else:
-            self._loop.add_reader(fd, wake)
+        watch = self._loop.add_writer if write else self._loop.add_reader
+        unwatch = self._loop.remove_writer if write else self._loop.remove_reader
+        for fd in fds:
+            watch(fd, wake)
         try:
             await ready
         finally:
-            if write:
-                self._loop.remove_writer(fd)
-            else:
-                self._loop.remove_reader(fd)
+            for fd in fds:
+                unwatch(fd)
 
     def _close_fd(self, key: int) -> None:
         fd = self._fds.pop(key, None)

@@ -638,13 +638,7 @@ async def _supervise(channel: AsyncChannel, proc: Child, timeout: float | None) 
     background: set[asyncio.Task[Any]] = set()
     control: asyncio.Future[Any] = asyncio.ensure_future(_control(channel, proc, background))
     feeder = asyncio.ensure_future(_pump_stdin(channel, proc))
-    outputs: asyncio.Future[Any] = asyncio.ensure_future(
-        asyncio.gather(
-            _pump_output(channel, proc, child.STDOUT, STREAM_STDOUT),
-            _pump_output(channel, proc, child.STDERR, STREAM_STDERR),
-            proc.wait(),
-        )
-    )
+    outputs: asyncio.Future[Any] = asyncio.ensure_future(_pump_outputs(channel, proc))
     timer = asyncio.ensure_future(_deadline(proc, timeout, timed_out)) if timeout else None
     try:
         await asyncio.wait({control, outputs}, return_when=asyncio.FIRST_COMPLETED)
@@ -664,12 +658,16 @@ async def _supervise(channel: AsyncChannel, proc: Child, timeout: float | None) 
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _pump_output(channel: AsyncChannel, proc: Child, pipe: int, stream: int) -> None:
-    while True:
-        data = await proc.read(pipe, CHUNK)
-        if not data:
-            return
-        await channel.write(data, stream)
+async def _pump_outputs(channel: AsyncChannel, proc: Child) -> int:
+    """Forward stdout and stderr until both end; then the exit status."""
+    streams = {child.STDOUT: STREAM_STDOUT, child.STDERR: STREAM_STDERR}
+    while streams:
+        pipe, data = await proc.read_any(tuple(streams), CHUNK)
+        if data:
+            await channel.write(data, streams[pipe])
+        else:
+            del streams[pipe]
+    return await proc.wait()
 
 
 async def _pump_stdin(channel: AsyncChannel, proc: Child) -> None:
