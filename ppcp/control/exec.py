@@ -600,8 +600,7 @@ async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
     except ChannelError as exc:
         channel.reject(exc.code, exc.message)
         return
-    env = dict(os.environ)
-    env.update(spec.env)
+    env = {**os.environ, **dict(spec.env)} if spec.env else None  # None: inherit, no copy
     home = home_directory()
     cwd = os.path.join(home, spec.cwd) if spec.cwd else home
     peer = channel.session.peer_name
