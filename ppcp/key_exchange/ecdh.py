@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ppcp.core.errors import InvalidKeyShare, ProtocolError
 
@@ -37,9 +36,10 @@ class EphemeralKey:
         else:
             raise ProtocolError("random source produced no valid P-256 scalar")
         self._private = ec.derive_private_key(scalar, ec.SECP256R1())
-        self.public_bytes = self._private.public_key().public_bytes(
-            Encoding.X962, PublicFormat.UncompressedPoint
-        )
+        # SEC1 uncompressed encoding, written out: the serialization package
+        # would import cryptography's SSH key support too (~8 ms per CLI start).
+        point = self._private.public_key().public_numbers()
+        self.public_bytes = b"\x04" + point.x.to_bytes(32, "big") + point.y.to_bytes(32, "big")
 
     def exchange(self, peer_public: bytes) -> bytes:
         """The shared secret (X coordinate); the peer's point is validated first."""
