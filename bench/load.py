@@ -179,7 +179,8 @@ async def _clients_role(args: argparse.Namespace) -> None:
 
     started = time.monotonic()
     sessions = await asyncio.gather(*(connect(i) for i in range(args.sessions)))
-    _emit(event="connected", n=len(sessions), seconds=time.monotonic() - started, retries=retries)
+    connected_at = time.monotonic()
+    _emit(event="connected", n=len(sessions), seconds=connected_at - started, retries=retries)
 
     work_gate = asyncio.Semaphore(WORK_CONCURRENCY)
     errors: collections.Counter[str] = collections.Counter()
@@ -207,6 +208,10 @@ async def _clients_role(args: argparse.Namespace) -> None:
 
     started = time.monotonic()
     await asyncio.gather(*(work(i, s) for i, s in enumerate(sessions)))
+    # A session's first heartbeat goes out one interval after its handshake;
+    # hold every session past its second, so the check below sees heartbeats
+    # answered under load however fast the work went.
+    await asyncio.sleep(max(0.0, connected_at + 2.5 * args.heartbeat - time.monotonic()))
     _emit(
         event="worked",
         done=done,

@@ -116,6 +116,7 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
         # Called (as a task) for every channel the peer opens; None = refuse all.
         self.channel_handler: Callable[[AsyncChannel], Awaitable[None]] | None = None
         self.heartbeat: HeartbeatMonitor | None = None
+        self._heartbeat_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- identity ------------------------------------------------------------
@@ -325,25 +326,30 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
         if interval and "heartbeat" in info.capabilities:
             self.heartbeat = HeartbeatMonitor(interval, self.config.heartbeat_max_missed)
             self.heartbeat.start(self._loop.time())
-            self.spawn(self._heartbeat_loop(self.heartbeat))
+            # The handshake has just shown the peer alive: the first heartbeat
+            # is due one interval later (a short session sends none at all).
+            # A timer, not a task, so an idle session costs no coroutine.
+            self._heartbeat_timer = self._loop.call_later(interval, self._heartbeat_tick)
 
-    async def _heartbeat_loop(self, monitor: HeartbeatMonitor) -> None:
-        while self._error is None:
-            now = self._loop.time()
-            if monitor.dead(now):
-                self._terminate(
-                    HeartbeatTimeout(
-                        f"the peer answered no heartbeat for {now - monitor.last_answer:.1f} s "
-                        f"({monitor.max_missed} missed at {monitor.interval:g} s intervals)"
-                    )
+    def _heartbeat_tick(self) -> None:
+        monitor = self.heartbeat
+        if monitor is None or self._error is not None:
+            return
+        now = self._loop.time()
+        if monitor.dead(now):
+            self._terminate(
+                HeartbeatTimeout(
+                    f"the peer answered no heartbeat for {now - monitor.last_answer:.1f} s "
+                    f"({monitor.max_missed} missed at {monitor.interval:g} s intervals)"
                 )
-                return
-            try:
-                self.mux.send_heartbeat(monitor.due(now))
-            except PPCPError:
-                return
-            self.flush()
-            await asyncio.sleep(monitor.interval)
+            )
+            return
+        try:
+            self.mux.send_heartbeat(monitor.due(now))
+        except PPCPError:
+            return
+        self.flush()
+        self._heartbeat_timer = self._loop.call_later(monitor.interval, self._heartbeat_tick)
 
     async def open_channel(self, kind: str, payload: bytes = b"") -> AsyncChannel:
         """Open a channel and wait until the peer accepts it (or raise why not)."""
@@ -375,6 +381,8 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
             self._error = error
             self._conn.fail(error)
             self.flush()
+        if self._heartbeat_timer is not None:
+            self._heartbeat_timer.cancel()
         if self._transport is not None and not transport_gone:
             self._transport.close()
         if not self._established.done():
