@@ -14,7 +14,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from ppcp.control.aio_channel import decode_json, encode_json
 from ppcp.control.paths import (
@@ -61,136 +61,14 @@ if TYPE_CHECKING:
     from ppcp.control.aio_channel import AsyncChannel
     from ppcp.control.router import ServerPolicy
     from ppcp.transport.aio_driver import AsyncSession
-    from ppcp.transport.blocking import Session
 
-__all__ = ["FilesMixin", "SyncFilesMixin", "TransferResult", "serve_get", "serve_put"]
+__all__ = ["TransferResult", "get_files", "put_files", "serve_get", "serve_put"]
 
 log = logging.getLogger("ppcp.server")
 
 CAPABILITY = "files"
 MAX_ENTRIES = 1_000_000  # entries in one recursive transfer
 LocalPath = str | os.PathLike[str]
-
-
-class FilesMixin:
-    """asyncio client methods mixed into :class:`ppcp.aio.AsyncSession`."""
-
-    async def put(
-        self,
-        local: LocalPath,
-        remote: str,
-        *,
-        recursive: bool = False,
-        progress: ProgressCallback | None = None,
-        resume: bool = True,
-        compress: bool = False,
-        checksum: bool = False,
-    ) -> TransferResult:
-        """Upload ``local`` (a file, or a directory with ``recursive=True``) to ``remote``.
-
-        ``remote`` is relative to the server's root; an existing directory
-        receives the file inside it.  ``progress(done, total, bytes_per_s)``
-        is called as data moves.  An interrupted upload resumes from what
-        the server verifiably holds when ``resume`` is true.  ``compress``
-        asks for zlib when both peers support it.  ``checksum`` has both
-        ends compute the file's SHA-256 and compare it (reported in
-        ``TransferResult.sha256``); the session's AEAD already authenticates
-        every byte, so this costs CPU and buys a digest, not safety.
-        """
-        return await put_files(
-            cast("AsyncSession", self),
-            local,
-            remote,
-            recursive,
-            progress,
-            resume,
-            compress,
-            checksum,
-        )
-
-    async def get(
-        self,
-        remote: str,
-        local: LocalPath,
-        *,
-        recursive: bool = False,
-        progress: ProgressCallback | None = None,
-        resume: bool = True,
-        compress: bool = False,
-        checksum: bool = False,
-    ) -> TransferResult:
-        """Download ``remote`` (relative to the server's root) to ``local``; options as
-        :meth:`put`."""
-        return await get_files(
-            cast("AsyncSession", self),
-            remote,
-            local,
-            recursive,
-            progress,
-            resume,
-            compress,
-            checksum,
-        )
-
-
-class SyncFilesMixin:
-    """Blocking client methods mixed into :class:`ppcp.Session`.
-
-    ``progress`` is called on the PPCP loop thread; it must not call back into
-    the blocking API.
-    """
-
-    def put(
-        self,
-        local: LocalPath,
-        remote: str,
-        *,
-        recursive: bool = False,
-        progress: ProgressCallback | None = None,
-        resume: bool = True,
-        compress: bool = False,
-        checksum: bool = False,
-    ) -> TransferResult:
-        """Upload ``local`` to ``remote``; see :meth:`FilesMixin.put`."""
-        from ppcp.transport.blocking import run
-
-        return run(
-            cast("Session", self).aio.put(
-                local,
-                remote,
-                recursive=recursive,
-                progress=progress,
-                resume=resume,
-                compress=compress,
-                checksum=checksum,
-            )
-        )
-
-    def get(
-        self,
-        remote: str,
-        local: LocalPath,
-        *,
-        recursive: bool = False,
-        progress: ProgressCallback | None = None,
-        resume: bool = True,
-        compress: bool = False,
-        checksum: bool = False,
-    ) -> TransferResult:
-        """Download ``remote`` to ``local``; see :meth:`FilesMixin.get`."""
-        from ppcp.transport.blocking import run
-
-        return run(
-            cast("Session", self).aio.get(
-                remote,
-                local,
-                recursive=recursive,
-                progress=progress,
-                resume=resume,
-                compress=compress,
-                checksum=checksum,
-            )
-        )
 
 
 # -- client ----------------------------------------------------------------------------------

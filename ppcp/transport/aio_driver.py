@@ -19,7 +19,7 @@ from ppcp.control import channels as mux_events
 from ppcp.control.aio_channel import AsyncChannel
 from ppcp.control.channels import ChannelMux
 from ppcp.control.exec import ExecMixin
-from ppcp.control.files import FilesMixin
+from ppcp.control.files_api import FilesMixin
 from ppcp.control.heartbeat import HeartbeatMonitor
 from ppcp.control.messages import MessagesMixin
 from ppcp.control.shell import ShellMixin

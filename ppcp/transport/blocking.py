@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from ppcp import aio
 from ppcp.control.exec import SyncExecMixin
-from ppcp.control.files import SyncFilesMixin
+from ppcp.control.files_api import SyncFilesMixin
 from ppcp.control.messages import SyncMessagesMixin
 from ppcp.control.shell import SyncShellMixin
 from ppcp.core.config import DEFAULT_PORT, SessionConfig
