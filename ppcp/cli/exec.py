@@ -168,18 +168,16 @@ def run(names: list[str], all_: bool, request: Request) -> int:
 def run_one(ctx: Any, target: Any, request: Request) -> int:
     session = ctx.connect(target)
     try:
+        forward = request.forward_stdin and not _stdin_is_tty()
         try:
-            process = start(session, request)
+            process = start(session, request, stdin=forward)
         except CommandNotStarted as exc:
             click.echo(f"ppcp: {target.label}: {exc.reason}", err=True)
             return exc.status
-        forward = request.forward_stdin and not _stdin_is_tty()
         if forward:
             threading.Thread(
                 target=_pump_stdin, args=(process,), name="ppcp-stdin", daemon=True
             ).start()
-        else:
-            process.close_stdin()
         out, err = sys.stdout.buffer, sys.stderr.buffer
         with forwarded_interrupts(process):
             for stream, data in process:
@@ -232,13 +230,20 @@ def forwarded_interrupts(*processes: Any, live: list[Any] | None = None) -> Iter
         signal.signal(signal.SIGINT, previous)
 
 
-def start(session: Any, request: Request) -> Any:
-    """Start the command; a program that cannot be started exits 127/126 like a shell."""
+def start(session: Any, request: Request, *, stdin: bool) -> Any:
+    """Start the command; a program that cannot be started exits 127/126 like a shell.
+
+    Without ``stdin`` the command's stdin is empty from the start (no EOF to send).
+    """
     from ppcp import ChannelError
 
     try:
         return session.start_exec(
-            request.command, cwd=request.cwd, env=request.env, timeout=request.timeout
+            request.command,
+            cwd=request.cwd,
+            env=request.env,
+            timeout=request.timeout,
+            stdin=stdin,
         )
     except ChannelError as exc:
         # A plain ChannelError at start is the server's "cannot execute PROGRAM: reason".
@@ -379,14 +384,14 @@ def _run_prefixed(
         session = ctx.connect(target)
         try:
             try:
-                process = start(session, request)
+                process = start(session, request, stdin=bool(request.stdin_data))
             except CommandNotStarted as exc:
                 out.write(f"ppcp: {exc.reason}\n".encode(), True)
                 return _Outcome(label, status=exc.status)
             live.append(process)
             if request.stdin_data:
                 process.write_stdin(request.stdin_data)
-            process.close_stdin()
+                process.close_stdin()
             for stream, data in process:
                 out.write(data, is_stderr(stream))
             return _Outcome(label, status=exit_status(process.wait()))

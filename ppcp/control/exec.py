@@ -109,6 +109,9 @@ class ExecSpec:
     cwd: str | None = None
     env: tuple[tuple[str, str], ...] = ()
     timeout: float | None = None
+    # False: the command's stdin is at end of file from the start (ssh -n), and
+    # the client sends neither stdin data nor EOF: one message fewer each way.
+    stdin: bool = True
 
     def __post_init__(self) -> None:
         if (self.argv is None) == (self.command is None):
@@ -141,11 +144,12 @@ class ExecSpec:
         cwd: str | None,
         env: Mapping[str, str] | None,
         timeout: float | None,
+        stdin: bool = True,
     ) -> ExecSpec:
         env_items = tuple(sorted((env or {}).items()))
         if isinstance(command, str):
-            return cls(None, command, cwd, env_items, timeout)
-        return cls(tuple(command), None, cwd, env_items, timeout)
+            return cls(None, command, cwd, env_items, timeout, stdin)
+        return cls(tuple(command), None, cwd, env_items, timeout, stdin)
 
     def encode(self) -> bytes:
         obj: dict[str, Any] = {}
@@ -159,12 +163,14 @@ class ExecSpec:
             obj["env"] = dict(self.env)
         if self.timeout is not None:
             obj["timeout"] = self.timeout
+        if not self.stdin:
+            obj["stdin"] = False
         return encode_json(obj)
 
     @classmethod
     def decode(cls, payload: bytes) -> ExecSpec:
         obj = decode_json(payload, "exec request")
-        unknown = set(obj) - {"argv", "command", "cwd", "env", "timeout"}
+        unknown = set(obj) - {"argv", "command", "cwd", "env", "timeout", "stdin"}
         if unknown:
             raise ChannelError(f"exec: unknown fields {sorted(unknown)}")
         argv = obj.get("argv")
@@ -188,12 +194,16 @@ class ExecSpec:
             isinstance(timeout, bool) or not isinstance(timeout, int | float)
         ):
             raise ChannelError("exec: timeout must be a number")
+        stdin = obj.get("stdin", True)
+        if not isinstance(stdin, bool):
+            raise ChannelError("exec: stdin must be a boolean")
         return cls(
             tuple(argv) if argv is not None else None,
             command,
             cwd,
             tuple(sorted(env.items())),
             float(timeout) if timeout is not None else None,
+            stdin,
         )
 
 
@@ -342,16 +352,19 @@ class ExecMixin:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        stdin: bool = True,
     ) -> AsyncProcess:
         """Start ``command`` on the server and return it for streaming I/O.
 
         A string runs through the server user's shell (as ``ssh host 'cmd'``
-        does); a sequence is an argv run directly.  Raises
-        :class:`~ppcp.PolicyDenied` if the server's policy refuses it and
-        :class:`~ppcp.ChannelError` if the program cannot be started.
+        does); a sequence is an argv run directly.  With ``stdin=False`` the
+        command's stdin is empty from the start (``ssh -n``) and nothing may
+        be written to it.  Raises :class:`~ppcp.PolicyDenied` if the server's
+        policy refuses it and :class:`~ppcp.ChannelError` if the program
+        cannot be started.
         """
         session = cast("AsyncSession", self)
-        spec = ExecSpec.build(command, cwd, env, timeout)
+        spec = ExecSpec.build(command, cwd, env, timeout, stdin)
         require_capability(session, CAPABILITY)
         channel = await session.open_channel(KIND, spec.encode())
         return AsyncProcess(channel)
@@ -367,13 +380,11 @@ class ExecMixin:
     ) -> ExecResult:
         """Run ``command`` on the server and collect its output and exit status."""
         session = cast("AsyncSession", self)
-        proc = await self.start_exec(command, cwd=cwd, env=env, timeout=timeout)
+        proc = await self.start_exec(command, cwd=cwd, env=env, timeout=timeout, stdin=bool(stdin))
         async with proc:
-            # Input is fed beside the output, which may fill the window first;
-            # no input is just an EOF, sent at once (no task for it).
+            # Input is fed beside the output, which may fill the window first.
+            # No input needs no message at all: the command's stdin starts at EOF.
             feeder = session.spawn(_feed_stdin(proc, stdin)) if stdin else None
-            if feeder is None:
-                await _feed_stdin(proc, None)
             stdout, stderr = bytearray(), bytearray()
             try:
                 async for stream, data in proc:
@@ -387,11 +398,10 @@ class ExecMixin:
         )
 
 
-async def _feed_stdin(proc: AsyncProcess, data: bytes | None) -> None:
+async def _feed_stdin(proc: AsyncProcess, data: bytes) -> None:
     # The command may exit before it read everything: that is not an error.
     with contextlib.suppress(ChannelError):
-        if data:
-            await proc.write_stdin(data)
+        await proc.write_stdin(data)
         await proc.close_stdin()
 
 
@@ -501,12 +511,14 @@ class SyncExecMixin:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        stdin: bool = True,
     ) -> Process:
         """Start ``command`` for streaming I/O; see :meth:`ExecMixin.start_exec`."""
         from ppcp.transport.blocking import run
 
         session = cast("Session", self)
-        return Process(run(session.aio.start_exec(command, cwd=cwd, env=env, timeout=timeout)))
+        aw = session.aio.start_exec(command, cwd=cwd, env=env, timeout=timeout, stdin=stdin)
+        return Process(run(aw))
 
 
 # -- server -------------------------------------------------------------------------
@@ -619,7 +631,7 @@ async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
     try:
         channel.accept(encode_json({"pid": proc.pid}))
         completed = await _supervise(
-            channel, proc, effective_timeout(spec.timeout, policy.max_exec_seconds)
+            channel, proc, effective_timeout(spec.timeout, policy.max_exec_seconds), spec.stdin
         )
     finally:
         try:
@@ -631,12 +643,20 @@ async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
             proc.close()  # even if cancelled again while reaping
 
 
-async def _supervise(channel: AsyncChannel, proc: Child, timeout: float | None) -> bool:
+async def _supervise(
+    channel: AsyncChannel, proc: Child, timeout: float | None, stdin: bool
+) -> bool:
     """Run the command to its end; True if it ended and its status was sent."""
     timed_out = asyncio.Event()
     background: set[asyncio.Task[Any]] = set()
     control: asyncio.Future[Any] = asyncio.ensure_future(_control(channel, proc, background))
-    feeder = asyncio.ensure_future(_pump_stdin(channel, proc))
+    # Without stdin the client sends none: what it might send anyway is not
+    # read (it only uses up its own window).
+    feeder: asyncio.Future[Any] | None = None
+    if stdin:
+        feeder = asyncio.ensure_future(_pump_stdin(channel, proc))
+    else:
+        proc.close_stdin()
     outputs: asyncio.Future[Any] = asyncio.ensure_future(_pump_outputs(channel, proc))
     timer = asyncio.ensure_future(_deadline(proc, timeout, timed_out)) if timeout else None
     try:
@@ -649,7 +669,9 @@ async def _supervise(channel: AsyncChannel, proc: Child, timeout: float | None) 
     except PPCPError:
         return False
     finally:
-        tasks: list[asyncio.Future[Any]] = [control, feeder, outputs, *background]
+        tasks: list[asyncio.Future[Any]] = [control, outputs, *background]
+        if feeder is not None:
+            tasks.append(feeder)
         if timer is not None:
             tasks.append(timer)
         for task in tasks:

@@ -81,6 +81,35 @@ async def test_no_stdin_means_eof(session: Session) -> None:
     assert result == ExecResult(b"", b"", 0, None)
 
 
+async def test_no_stdin_sends_no_message_for_it(session: Session) -> None:
+    """Without stdin the request says so and the client sends no EOF: the
+    command's stdin is at end of file from the start (ssh -n)."""
+    sent: list[int] = []
+    original = session.mux.send_eof
+
+    def send_eof(channel_id: int) -> None:
+        sent.append(channel_id)
+        original(channel_id)
+
+    session.mux.send_eof = send_eof  # type: ignore[method-assign]
+    proc = await session.start_exec(["cat"], stdin=False)
+    async with proc:
+        assert await proc.read() is None
+        assert (await proc.wait()).exit_code == 0
+    assert (await session.exec(["cat"])).exit_code == 0
+    assert sent == []
+
+
+async def test_stdin_written_after_saying_none_is_not_read(session: Session) -> None:
+    proc = await session.start_exec(["sh", "-c", "cat; echo done"], stdin=False)
+    async with proc:
+        await proc.write_stdin(b"ignored")
+        await proc.close_stdin()
+        result = await proc.wait()
+    assert result.exit_code == 0
+    assert (await session.exec(["echo", "still fine"])).stdout == b"still fine\n"
+
+
 async def test_stdin_bigger_than_what_the_command_reads(session: Session) -> None:
     result = await session.exec(["head", "-c", "10"], stdin=b"x" * (8 * MiB))
     assert result.stdout == b"x" * 10 and result.exit_code == 0
@@ -201,6 +230,7 @@ async def test_malformed_requests_are_refused(session: Session) -> None:
         b'{"argv": ["a\\u0000b"]}',
         b'{"command": "true", "timeout": -1}',
         b'{"command": "true", "bogus": 1}',
+        b'{"command": "true", "stdin": 0}',
     ):
         with pytest.raises(ChannelError):
             await session.open_channel("exec", payload)
