@@ -31,9 +31,9 @@ class Settings:
     smoke: bool = False
     file_size: int = GiB
     transfer_runs: int = 3
-    cold_runs: int = 15
-    cli_runs: int = 10
-    warm_runs: int = 100
+    cold_runs: int = 40  # milliseconds each: more samples steady the median on a noisy host
+    cli_runs: int = 20
+    warm_runs: int = 200
     concurrent: int = 100
     concurrent_rounds: int = 5
     idle_sessions: int = 1000
