@@ -69,18 +69,41 @@ class Tap:
         self.server: asyncio.Server | None = None
         self.frames = 0
         self.seen = bytearray()
+        self._relays: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         return int(self.server.sockets[0].getsockname()[1])
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        await asyncio.gather(
-            self._pump(reader, up_writer, "client → server"),
-            self._pump(up_reader, writer, "server → client"),
-            return_exceptions=True,
-        )
+        relay = asyncio.current_task()
+        assert relay is not None
+        self._relays.add(relay)
+        self._writers.add(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            self._writers.add(up_writer)
+            await asyncio.gather(
+                self._pump(reader, up_writer, "client → server"),
+                self._pump(up_reader, writer, "server → client"),
+                return_exceptions=True,
+            )
+        finally:
+            self._relays.discard(relay)
+
+    async def aclose(self) -> None:
+        """Stop relaying: each relay sees its sockets close and ends on its own.
+
+        Not by cancelling it: asyncio (3.11) reports a cancelled stream
+        handler as an unhandled error.
+        """
+        if self.server is not None:
+            self.server.close()
+        for writer in self._writers:
+            writer.close()
+        if self._relays:
+            await asyncio.wait(self._relays, timeout=5)
 
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str
@@ -114,7 +137,11 @@ async def main() -> None:
     psk = ppcp.generate_psk()
     console.print(f"  generated with ppcp.generate_psk(): {psk[:18]}…  (256 random bits)")
 
-    workdir = Path(tempfile.mkdtemp(prefix="ppcp-demo-"))
+    with tempfile.TemporaryDirectory(prefix="ppcp-demo-") as tmp:
+        await _run(psk, Path(tmp))
+
+
+async def _run(psk: str, workdir: Path) -> None:
     server_root = workdir / "server-root"
     server_root.mkdir()
     server = await ppcp.aio.serve(
@@ -192,6 +219,7 @@ async def main() -> None:
         await ppcp.aio.connect("127.0.0.1", tap_port, ppcp.generate_psk())
     except ppcp.AuthenticationError as exc:
         console.print(f"  [red]refused[/red]: {exc}")
+    await tap.aclose()
     await server.aclose()
     console.print("\n[bold green]Demo complete.[/bold green] Run `make test` for the full suite.")
 
