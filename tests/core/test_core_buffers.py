@@ -356,3 +356,34 @@ async def test_the_driver_releases_record_buffers_only_once_nothing_is_held() ->
     transport.held.clear()  # the socket took everything: asyncio now resumes the writer
     _SessionProtocol(session).resume_writing()
     assert not client.conn._lent
+
+
+@PROPERTY
+@given(
+    data=st.binary(max_size=3000),
+    reads=st.lists(st.integers(1, 5000), min_size=1, max_size=20),
+    role=st.sampled_from([Role.CLIENT, Role.SERVER]),
+)
+def test_any_bytes_through_the_lent_buffer_parse_or_raise(
+    data: bytes, reads: list[int], role: Role
+) -> None:
+    """h11's invariant on the in-place path: events or a PPCPError, and room is never empty."""
+    conn = Side(role).conn
+    conn.initiate()
+    conn.data_to_send()
+    view = memoryview(data)
+    error: PPCPError | None = None
+    for i in range(len(data) + 1):
+        if not view:
+            break
+        room = conn.get_buffer()
+        assert len(room) > 0
+        n = min(len(room), len(view), reads[i % len(reads)])
+        room[:n] = view[:n]
+        view = view[n:]
+        try:
+            conn.buffer_updated(n)
+        except PPCPError as exc:
+            assert error is None or exc is error, "a later call raised another error"
+            error = exc
+    assert conn._frames.pending <= 6 + 1024, "an unauthenticated peer made us hold more"
