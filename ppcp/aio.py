@@ -32,6 +32,7 @@ from ppcp.core.states import Role
 from ppcp.crypto.psk import derive_psk_key
 from ppcp.transport.aio_driver import AsyncSession, open_session, session_protocol
 from ppcp.transport.connection import alert_frame
+from ppcp.utils.buffers import DISCARD
 from ppcp.utils.ratelimit import AuthFailureLimiter, SourceCounter, source_key
 
 if TYPE_CHECKING:
@@ -273,9 +274,6 @@ class Server:
         await self.aclose()
 
 
-_UNREAD = memoryview(bytearray(4096))
-
-
 class _AdmissionProtocol(asyncio.BufferedProtocol):
     """Asks the server whether to take a new connection; then drives its session.
 
@@ -295,7 +293,7 @@ class _AdmissionProtocol(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._inner is None:
-            return _UNREAD  # a refused connection is closing; what it sends is dropped
+            return DISCARD  # a refused connection is closing; what it sends is dropped
         return memoryview(self._inner.get_buffer(sizehint))
 
     def buffer_updated(self, nbytes: int) -> None:

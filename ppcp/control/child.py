@@ -11,7 +11,6 @@ of a millisecond per command here, a sixth of a warm ``exec true``.  A
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -159,5 +158,4 @@ class Child:
         self._close_pidfd()
         if self._watcher is not None:
             # A waitpid thread ends with the process, which the caller killed.
-            with contextlib.suppress(Exception):
-                self._watcher.remove_done_callback(self._on_waited)
+            self._watcher.remove_done_callback(self._on_waited)

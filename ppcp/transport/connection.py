@@ -43,7 +43,7 @@ from ppcp.transport.frames import (
     encode_frame,
     encode_header,
 )
-from ppcp.utils.buffers import ThreadScratch
+from ppcp.utils.buffers import DISCARD, ThreadScratch
 from ppcp.utils.codec import Reader, Writer, clip_text
 
 MESSAGE_CHUNK = 1 << 20
@@ -57,7 +57,6 @@ DEFAULT_REKEY_BYTES = 1 << 32
 # unless the flag says the handler owns the buffer behind it.
 RecordHandler = Callable[[Frame, memoryview, bool], list[Event]]
 _PLAINTEXT = ThreadScratch()
-_DISCARD = memoryview(bytearray(4096))  # lent by a closed connection; never read
 
 _CAPABILITY_FOR: dict[int, str] = {
     FrameType.MESSAGE: "msg",
@@ -110,7 +109,7 @@ class Connection:
         self._fragment_bytes = 0
         self._error: PPCPError | None = None
         self._close_sent = False
-        self._discarding = False  # get_buffer lent _DISCARD
+        self._discarding = False  # get_buffer lent DISCARD
         # The channel layer registers here; the connection only moves records.
         self.record_handler: RecordHandler | None = None
 
@@ -277,7 +276,7 @@ class Connection:
         """
         if self._error is not None or self.state in (State.CLOSED, State.FAILED):
             self._discarding = True
-            return _DISCARD
+            return DISCARD
         self._discarding = False
         return self._frames.get_buffer()
 

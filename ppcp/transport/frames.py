@@ -164,9 +164,8 @@ class FrameBuffer:
         if not self._pooled:
             self._replace(FRAME_POOL.take(), pooled=True)
         total = self._frame_total()
-        if (total is not None and self._start + total > len(self._buf)) or len(
-            self._buf
-        ) - self._end < HEADER_LEN:
+        frame_overflows = total is not None and self._start + total > len(self._buf)
+        if frame_overflows or len(self._buf) - self._end < HEADER_LEN:
             self._compact()
         if total is not None and total >= LARGE_FRAME:
             # End the read where the frame ends: it completes in place, and

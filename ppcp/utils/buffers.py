@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import threading
 
+# Room lent to a socket whose bytes nobody will read (a refused or closed
+# connection): shared by every thread, since its content is never looked at.
+DISCARD = memoryview(bytearray(4096))
+
 
 class ThreadScratch:
     """One growable buffer per thread, for work that ends before the call returns."""
