@@ -12,7 +12,6 @@ unknown channel, is a session-level protocol error.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 from ppcp.core.errors import (
@@ -22,7 +21,7 @@ from ppcp.core.errors import (
     ProtocolError,
 )
 from ppcp.core.events import Event
-from ppcp.core.states import Role
+from ppcp.core.states import IdentityEnum, Role
 from ppcp.handshake.messages import MAX_REASON_BYTES
 from ppcp.transport.connection import Connection
 from ppcp.transport.frames import FLAG_REPLY, MAX_RECORD_PLAINTEXT, Frame, FrameType
@@ -45,7 +44,7 @@ STREAM_STDERR = 1
 MAX_STREAM = 1
 
 
-class ChannelState(enum.Enum):
+class ChannelState(IdentityEnum):
     OPENING = "OPENING"  # we sent CHANNEL_OPEN
     ACCEPTING = "ACCEPTING"  # the peer sent CHANNEL_OPEN; we have not answered
     OPEN = "OPEN"
@@ -60,6 +59,9 @@ _OPEN_ROW = {
     F.WINDOW_ADJUST: ChannelState.OPEN,
     F.CHANNEL_CLOSE: None,  # None: the channel is gone
 }
+
+# Computed once: an enum lookup per record is a measurable share of a small one.
+_RECORD_NAMES = {int(t): t.name for t in FrameType}
 
 # CHANNEL_TRANSITIONS[state][received record type] -> next state (None = freed).
 CHANNEL_TRANSITIONS: dict[ChannelState, dict[FrameType, ChannelState | None]] = {
@@ -340,20 +342,20 @@ class ChannelMux:
             return self._on_heartbeat(frame.flags, plaintext)
         if frame.flags:
             raise ProtocolError(f"unexpected flags on channel record 0x{ftype:02x}")
-        r = Reader(plaintext, FrameType(ftype).name)
+        name = _RECORD_NAMES[ftype]
+        r = Reader(plaintext, name)
         channel_id = r.u32()
         if ftype == F.CHANNEL_OPEN:
             return self._on_open(channel_id, r)
         ch = self.channels.get(channel_id)
         if ch is None:
-            raise ProtocolError(f"{FrameType(ftype).name} for unknown channel {channel_id}")
+            raise ProtocolError(f"{name} for unknown channel {channel_id}")
         row = CHANNEL_TRANSITIONS[ch.state]
         if ftype not in row:
             raise ProtocolError(
-                f"{FrameType(ftype).name} not allowed on channel {channel_id} in state "
-                f"{ch.state.value}"
+                f"{name} not allowed on channel {channel_id} in state {ch.state.value}"
             )
-        target = row[FrameType(ftype)]
+        target = row[ftype]  # type: ignore[index]
         before = ch.state
         discarding = before is ChannelState.CLOSING and target is ChannelState.CLOSING
         events = self._on_channel_record(ch, ftype, r, discarding, owned)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from dataclasses import dataclass, field
@@ -62,10 +63,16 @@ class SessionConfig:
     mux: MuxConfig = field(default_factory=MuxConfig)
     rng: RandomSource = os.urandom
 
-    def connection_config(self) -> ConnectionConfig:
+    @functools.cached_property
+    def _connection_config(self) -> ConnectionConfig:
+        # Built (and validated: that encodes a probe hello) once per config,
+        # not once per connection: a server shares its config with every client.
         return ConnectionConfig(
             HandshakeConfig(self.name, self.versions, self.capabilities),
             max_message_size=self.max_message_size,
             rekey_after_records=self.rekey_after_records,
             rekey_after_bytes=self.rekey_after_bytes,
         )
+
+    def connection_config(self) -> ConnectionConfig:
+        return self._connection_config

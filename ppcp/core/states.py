@@ -13,12 +13,23 @@ import enum
 from ppcp.transport.frames import MUX_TYPES, FrameType
 
 
-class Role(enum.Enum):
+class IdentityEnum(enum.Enum):
+    """An enum whose members hash by identity, in C.
+
+    States and roles key the transition tables consulted for every record;
+    ``enum.Enum`` hashes in Python (by name), several times per record.
+    Members are singletons, so identity is exactly their equality.
+    """
+
+    __hash__ = object.__hash__
+
+
+class Role(IdentityEnum):
     CLIENT = "client"
     SERVER = "server"
 
 
-class State(enum.Enum):
+class State(IdentityEnum):
     START = "START"
     WAIT_SERVER_HELLO = "WAIT_SERVER_HELLO"
     WAIT_SERVER_AUTH = "WAIT_SERVER_AUTH"
@@ -82,9 +93,5 @@ INITIAL_STATE = {Role.CLIENT: State.START, Role.SERVER: State.WAIT_CLIENT_HELLO}
 def next_state(role: Role, state: State, frame_type: int) -> State | None:
     """The state after receiving ``frame_type``, or None if it is not allowed."""
     row = TRANSITIONS[role].get(state)
-    if row is None:
-        return None
-    try:
-        return row.get(FrameType(frame_type))
-    except ValueError:
-        return None
+    # FrameType is an IntEnum: the table answers plain ints, and None for unknown ones.
+    return None if row is None else row.get(frame_type)  # type: ignore[call-overload]

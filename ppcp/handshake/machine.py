@@ -8,6 +8,7 @@ this module only checks contents.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from ppcp.core.errors import AuthenticationError, ProtocolError, VersionMismatch
@@ -38,24 +39,30 @@ class HandshakeConfig:
     capabilities: tuple[str, ...] = CORE_CAPABILITIES
 
     def __post_init__(self) -> None:
-        check_name(self.name)
-        if not 0 < len(self.versions) <= MAX_VERSIONS or any(
-            not 0 < v < 256 for v in self.versions
-        ):
-            raise ValueError(f"versions must be 1..{MAX_VERSIONS} integers in 1..255")
-        if len(self.capabilities) > MAX_CAPABILITIES:
-            raise ValueError(f"at most {MAX_CAPABILITIES} capabilities")
-        for cap in self.capabilities:
-            if not valid_capability(cap):
-                raise ValueError(f"malformed capability name {cap!r}")
-        if len(set(self.capabilities)) != len(self.capabilities):
-            raise ValueError("duplicate capability")
-        # The largest hello this config can produce must fit one handshake frame.
-        probe = ClientHello(
-            self.versions, bytes(RANDOM_LEN), bytes(POINT_LEN), self.name, self.capabilities
-        )
-        if len(probe.encode()) > MAX_HANDSHAKE_BODY:
-            raise ValueError("name and capabilities do not fit in one handshake frame")
+        _check_hello_settings(self.name, tuple(self.versions), tuple(self.capabilities))
+
+
+# Cached: a config is built for each connection (often from a fresh
+# SessionConfig per connect), and the size check encodes a whole hello.
+# A failed check raises and is not cached, so bad settings raise every time.
+@functools.lru_cache(maxsize=64)
+def _check_hello_settings(
+    name: str, versions: tuple[int, ...], capabilities: tuple[str, ...]
+) -> None:
+    check_name(name)
+    if not 0 < len(versions) <= MAX_VERSIONS or any(not 0 < v < 256 for v in versions):
+        raise ValueError(f"versions must be 1..{MAX_VERSIONS} integers in 1..255")
+    if len(capabilities) > MAX_CAPABILITIES:
+        raise ValueError(f"at most {MAX_CAPABILITIES} capabilities")
+    for cap in capabilities:
+        if not valid_capability(cap):
+            raise ValueError(f"malformed capability name {cap!r}")
+    if len(set(capabilities)) != len(capabilities):
+        raise ValueError("duplicate capability")
+    # The largest hello this config can produce must fit one handshake frame.
+    probe = ClientHello(versions, bytes(RANDOM_LEN), bytes(POINT_LEN), name, capabilities)
+    if len(probe.encode()) > MAX_HANDSHAKE_BODY:
+        raise ValueError("name and capabilities do not fit in one handshake frame")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ fuzzing invariant (parse, or raise a PPCPError) by construction.
 
 from __future__ import annotations
 
+import re
 import struct
 
 from ppcp.core.errors import ProtocolError
@@ -148,8 +149,11 @@ def decode_text(raw: bytes, field: str) -> str:
     return text
 
 
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def has_control_chars(text: str) -> bool:
-    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
+    return _CONTROL_CHARS.search(text) is not None
 
 
 def clip_text(text: str, max_bytes: int) -> str:
