@@ -22,7 +22,10 @@ from core_helpers import (
     fixed_rng,
     parse_frames,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
+from ppcp.core.config import SessionConfig
 from ppcp.core.errors import (
     AuthenticationError,
     CloseCode,
@@ -38,6 +41,7 @@ from ppcp.core.errors import (
 from ppcp.core.events import ConnectionClosed, Event, HandshakeComplete, MessageReceived
 from ppcp.core.states import Role, State
 from ppcp.crypto.aead import RecordCipher
+from ppcp.handshake.machine import HandshakeConfig
 from ppcp.handshake.messages import Alert, ClientHello, ServerHello
 from ppcp.transport.connection import MESSAGE_CHUNK, Connection
 from ppcp.transport.frames import (
@@ -49,6 +53,7 @@ from ppcp.transport.frames import (
     encode_frame,
     encode_header,
 )
+from ppcp.utils.codec import has_control_chars
 
 P256_P = 2**256 - 2**224 + 2**192 + 2**96 - 1
 P256_B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
@@ -896,3 +901,23 @@ def test_connection_config_validates_rekey_thresholds() -> None:
         conn_config("c", rekey_after_bytes=0)
     with pytest.raises(ValueError):
         conn_config("c", max_message_size=0)
+
+
+def test_bad_hello_settings_raise_each_time_and_configs_are_built_once() -> None:
+    # The hello checks are cached; a failed check must not be.
+    for _ in range(2):
+        with pytest.raises(ValueError, match="capability"):
+            HandshakeConfig("c", (1,), ("Not A Token",))
+        with pytest.raises(ValueError, match="endpoint name"):
+            HandshakeConfig("", (1,), ("msg",))
+    config = SessionConfig(name="c")
+    assert config.connection_config() is config.connection_config()
+    other = dataclasses.replace(config, max_message_size=1 << 10)
+    assert other.connection_config().max_message_size == 1 << 10
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x200), max_size=40))
+def test_control_character_check_matches_its_definition(text: str) -> None:
+    # C0 controls, DEL and C1 controls: what would drive a terminal or forge a log line.
+    expected = any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
+    assert has_control_chars(text) is expected
