@@ -8,8 +8,9 @@ control for the machines on your LAN.  The seed's API::
 The asyncio twin lives in :mod:`ppcp.aio`.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ppcp.utils.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from ppcp.control.exec import AsyncProcess, ExecResult, Process
@@ -103,17 +104,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __version__ = "0.1.0"

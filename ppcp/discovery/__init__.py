@@ -16,16 +16,40 @@ and :mod:`.collect` (scanner bookkeeping) are sans-I/O; :mod:`.responder`,
 the public calls; :mod:`.netif` and :mod:`.state` the interfaces and files.
 """
 
-from ppcp.discovery.abuse import ResponderLimits
-from ppcp.discovery.api import aio_discover, aio_find_server, discover, find_server
-from ppcp.discovery.collect import ServerInfo
-from ppcp.discovery.config import DiscoveryConfig
-from ppcp.discovery.mdns import SERVICE_TYPE
-from ppcp.discovery.responder import (
-    Advertisement,
-    DiscoveryService,
-    advertise,
-    start_server_discovery,
+from typing import TYPE_CHECKING
+
+from ppcp.utils.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from ppcp.discovery.abuse import ResponderLimits
+    from ppcp.discovery.api import aio_discover, aio_find_server, discover, find_server
+    from ppcp.discovery.collect import ServerInfo
+    from ppcp.discovery.config import DiscoveryConfig
+    from ppcp.discovery.mdns import SERVICE_TYPE
+    from ppcp.discovery.responder import (
+        Advertisement,
+        DiscoveryService,
+        advertise,
+        start_server_discovery,
+    )
+
+# Imported on first use: a client finding a server by name never loads the responder.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "ResponderLimits": "ppcp.discovery.abuse",
+        "aio_discover": "ppcp.discovery.api",
+        "aio_find_server": "ppcp.discovery.api",
+        "discover": "ppcp.discovery.api",
+        "find_server": "ppcp.discovery.api",
+        "ServerInfo": "ppcp.discovery.collect",
+        "DiscoveryConfig": "ppcp.discovery.config",
+        "SERVICE_TYPE": "ppcp.discovery.mdns",
+        "Advertisement": "ppcp.discovery.responder",
+        "DiscoveryService": "ppcp.discovery.responder",
+        "advertise": "ppcp.discovery.responder",
+        "start_server_discovery": "ppcp.discovery.responder",
+    },
 )
 
 __all__ = [

@@ -13,8 +13,6 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-import ifaddr
-
 IFF_UP = 0x1
 IFF_BROADCAST = 0x2
 IFF_LOOPBACK = 0x8
@@ -60,6 +58,10 @@ def _sys_flags(name: str) -> int | None:
 
 
 def list_interfaces() -> list[Interface]:
+    # Imported here: ifaddr loads ctypes (and shutil, tempfile...), a tenth of
+    # a `ppcp exec NAME --unicast ADDR` start that never lists interfaces.
+    import ifaddr
+
     found = []
     for adapter in ifaddr.get_adapters():
         name = str(adapter.name)

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -414,3 +415,21 @@ async def test_aio_reexports() -> None:
     assert ppcp.aio.find_server is aio_find_server
     assert ppcp.aio.discover is aio_discover
     assert {"find_server", "discover"} <= set(ppcp.__all__) & set(ppcp.aio.__all__)
+
+
+def test_a_client_scanning_by_address_loads_neither_the_responder_nor_ifaddr() -> None:
+    # A unicast scan lists no interfaces; ifaddr (ctypes...) and the responder
+    # are only loaded by broadcast scans and servers.  A tenth of `ppcp exec NAME`.
+    code = (
+        "import sys\n"
+        "from ppcp.discovery import find_server, DiscoveryConfig\n"
+        "import ppcp.discovery.scanner\n"
+        "loaded = [m for m in ('ifaddr', 'ppcp.discovery.responder', 'ppcp.discovery.abuse')"
+        " if m in sys.modules]\n"
+        "from ppcp.discovery.netif import list_interfaces\n"
+        "assert list_interfaces(), 'no interface at all'\n"
+        "print('LOADED', loaded, 'ifaddr' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("LOADED", 1)[1].split() == ["[]", "True"]
