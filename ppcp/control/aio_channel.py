@@ -243,8 +243,12 @@ def release(data: bytes | memoryview) -> None:
         PLAINTEXT_POOL.give(data.obj)
 
 
+# One encoder for every message: json.dumps with options builds a new one per call.
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
 def encode_json(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    return _JSON_ENCODER.encode(obj).encode("utf-8")
 
 
 def decode_json(payload: bytes, what: str) -> dict[str, Any]:

@@ -26,7 +26,11 @@ class Child:
         self._proc = proc
         self._loop = asyncio.get_running_loop()
         self._fds = {0: stdin, STDOUT: stdout, STDERR: stderr}
-        self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._returncode: int | None = None
+        # One future per wait() call, not one shared future behind a shield:
+        # a cancelled waiter cancels only itself, and an exit wakes the
+        # waiting task directly (a shield costs two more loop turns).
+        self._exit_waiters: list[asyncio.Future[None]] = []
         self._pidfd: int | None = None
         self._watcher: asyncio.Future[int] | None = None
         self._watch_exit()
@@ -68,7 +72,7 @@ class Child:
     @property
     def returncode(self) -> int | None:
         """The exit status once reaped; ``-N`` if signal N ended it (as asyncio reports)."""
-        return self._exited.result() if self._exited.done() else None
+        return self._returncode
 
     def _watch_exit(self) -> None:
         try:
@@ -81,12 +85,19 @@ class Child:
 
     def _on_pidfd(self) -> None:
         self._close_pidfd()
-        if not self._exited.done():
-            self._exited.set_result(self._proc.wait())  # it has exited: no blocking
+        self._exited(self._proc.wait())  # it has exited: no blocking
 
     def _on_waited(self, done: asyncio.Future[int]) -> None:
-        if not done.cancelled() and done.exception() is None and not self._exited.done():
-            self._exited.set_result(done.result())
+        if not done.cancelled() and done.exception() is None:
+            self._exited(done.result())
+
+    def _exited(self, returncode: int) -> None:
+        if self._returncode is not None:
+            return
+        self._returncode = returncode
+        for waiter in self._exit_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _close_pidfd(self) -> None:
         if self._pidfd is not None:
@@ -95,7 +106,22 @@ class Child:
             self._pidfd = None
 
     async def wait(self) -> int:
-        return await asyncio.shield(self._exited)
+        if self._returncode is None and self._pidfd is not None:
+            # Its pipes have usually just closed: it may be reaped already,
+            # without waiting a loop turn for the pidfd to be polled.
+            returncode = self._proc.poll()
+            if returncode is not None:
+                self._close_pidfd()
+                self._exited(returncode)
+        if self._returncode is None:
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._exit_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._exit_waiters.remove(waiter)
+        assert self._returncode is not None
+        return self._returncode
 
     async def read(self, stream: int, size: int) -> bytes:
         """Up to ``size`` bytes of stdout (1) or stderr (2); ``b""`` once it has ended."""

@@ -657,17 +657,13 @@ async def _supervise(
         feeder = asyncio.ensure_future(_pump_stdin(channel, proc))
     else:
         proc.close_stdin()
-    outputs: asyncio.Future[Any] = asyncio.ensure_future(_pump_outputs(channel, proc))
+    outputs: asyncio.Future[bool] = asyncio.ensure_future(_run_to_end(channel, proc, timed_out))
     timer = asyncio.ensure_future(_deadline(proc, timeout, timed_out)) if timeout else None
     try:
         await asyncio.wait({control, outputs}, return_when=asyncio.FIRST_COMPLETED)
-        if not outputs.done() or outputs.exception() is not None or channel.closed:
+        if not outputs.done() or outputs.cancelled() or outputs.exception() is not None:
             return False
-        assert proc.returncode is not None
-        await channel.finish("exit-status", encode_exit_status(proc.returncode, timed_out.is_set()))
-        return True
-    except PPCPError:
-        return False
+        return outputs.result()
     finally:
         tasks: list[asyncio.Future[Any]] = [control, outputs, *background]
         if feeder is not None:
@@ -677,6 +673,23 @@ async def _supervise(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _run_to_end(channel: AsyncChannel, proc: Child, timed_out: asyncio.Event) -> bool:
+    """Forward the output, then the exit status; True once that is sent.
+
+    The status is sent from here, as soon as the command is reaped, not by
+    the supervisor once it sees this task end: that would put two more loop
+    turns between the command's exit and the client hearing of it.
+    """
+    try:
+        returncode = await _pump_outputs(channel, proc)
+        if channel.closed:
+            return False
+        await channel.finish("exit-status", encode_exit_status(returncode, timed_out.is_set()))
+        return True
+    except PPCPError:
+        return False
 
 
 async def _pump_outputs(channel: AsyncChannel, proc: Child) -> int:

@@ -124,6 +124,7 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
         # Bytes written in answer to the peer while our write side was paused
         # (the peer is not reading): bounded by config.max_reply_backlog.
         self._reply_backlog = 0
+        self._flush_scheduled = False
         self.peer_address: Any = None
         self.mux = ChannelMux(self._conn, config.mux)
         self.channels: dict[int, AsyncChannel] = {}
@@ -220,9 +221,19 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
     def _deliver(self, events: list[Event]) -> None:
         if not self._writable.is_set() and self._check_reply_backlog():
             return
-        self.flush()
         for event in events:
             self._dispatch(event)
+        if not self._flush_scheduled and self._conn.pending_output():
+            # Replies the connection queued (a CLOSE answering a CLOSE, a
+            # heartbeat answer...) go out after the tasks these events woke
+            # have run: what they write joins the same segment, one send and
+            # one wake-up of the peer instead of two.
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_replies)
+
+    def _flush_replies(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
 
     def _check_reply_backlog(self) -> bool:
         """Fail the session if the peer keeps asking for answers it does not read.

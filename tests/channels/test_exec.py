@@ -100,6 +100,26 @@ async def test_no_stdin_sends_no_message_for_it(session: Session) -> None:
     assert sent == []
 
 
+async def test_back_to_back_commands_take_one_send_each(session: Session) -> None:
+    """The CLOSE answering a finished command's CLOSE rides with the next
+    command's CHANNEL_OPEN: one send and one server wake-up per command, not two."""
+    transport = session._transport
+    assert transport is not None
+    writes: list[int] = []
+    original = transport.write
+
+    def write(data: bytes | bytearray | memoryview) -> None:
+        writes.append(len(data))
+        original(data)
+
+    transport.write = write  # type: ignore[method-assign]
+    for _ in range(5):
+        assert (await session.exec(["true"])).exit_code == 0
+    assert len(writes) == 5
+    # With no command after it, the last CLOSE still goes out on its own.
+    await until(lambda: len(writes) == 6)
+
+
 async def test_stdin_written_after_saying_none_is_not_read(session: Session) -> None:
     proc = await session.start_exec(["sh", "-c", "cat; echo done"], stdin=False)
     async with proc:

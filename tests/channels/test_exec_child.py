@@ -99,3 +99,34 @@ async def test_with_a_pidfd_no_thread_waits_for_the_command() -> None:
         assert await proc.wait() == 0
     finally:
         proc.close()
+
+
+async def test_a_cancelled_wait_leaves_the_status_to_later_waits(exit_watch: str) -> None:
+    proc = Child.spawn(["sh", "-c", "read line; exit 5"])
+    try:
+        first = asyncio.ensure_future(proc.wait())
+        second = asyncio.ensure_future(proc.wait())
+        await asyncio.sleep(0)  # both are waiting now
+        first.cancel()
+        proc.close_stdin()  # read hits EOF: the command exits
+        assert await second == 5
+        assert first.cancelled()
+        assert proc.returncode == 5 and await proc.wait() == 5
+    finally:
+        proc.close()
+
+
+async def test_a_command_already_gone_is_reaped_without_waiting_for_the_loop() -> None:
+    if not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfd on this platform")
+    proc = Child.spawn(["true"])
+    try:
+        # Block until it has exited, without reaping it (WNOWAIT) and without
+        # letting the loop poll the pidfd.
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        waiting = proc.wait()
+        with pytest.raises(StopIteration) as done:
+            waiting.send(None)  # finishes on its first step: no loop turn
+        assert done.value.value == 0 and proc.returncode == 0
+    finally:
+        proc.close()
