@@ -22,6 +22,7 @@ from typing import Any
 
 from bench.common import BIN, PYTHON, Deadline, Row, free_udp_port, run_child, summarize
 from bench.context import Context, have_cli, have_session_api
+from bench.exec_timeline import describe, exec_timeline, hooks_available
 from bench.sshd import SshDaemon
 from bench.worker import exit_status
 
@@ -64,7 +65,13 @@ async def _asyncssh_cold(port: int, keys: Any) -> float:
     return elapsed
 
 
-async def _in_process(ctx: Context, root: Path, cold: bool, warm: bool) -> dict[str, list[float]]:
+async def _in_process(
+    ctx: Context,
+    root: Path,
+    cold: bool,
+    warm: bool,
+    timelines: dict[str, Any] | None = None,
+) -> dict[str, list[float]]:
     from bench.peers import ppcp_client_config, server_port, start_asyncssh, start_ppcp
 
     s = ctx.settings
@@ -135,6 +142,12 @@ async def _in_process(ctx: Context, root: Path, cold: bool, warm: bool) -> dict[
                         out.setdefault("asyncssh-warm", []).append(time.perf_counter() - t)
                     # Interleaved too, so that drift hits the floor as it hits the rest.
                     out.setdefault("spawn-floor", []).append(await _spawn_once())
+                if timelines is not None and session is not None and hooks_available():
+                    # After the timed runs: the hooks cost those nothing.
+                    live = session
+                    runs = max(10, s.warm_runs // 4)
+                    timelines["ppcp"] = await exec_timeline(lambda: live.exec("true"), runs)
+                    timelines["floor"] = await exec_timeline(_spawn_once, runs)
             finally:
                 if session is not None:
                     await session.close()
@@ -282,7 +295,15 @@ def run_warm(ctx: Context, ssh: SshDaemon | None) -> None:
     root.mkdir(exist_ok=True)
     if not have_session_api("exec"):
         ctx.report.skip(section, "session.exec not implemented yet")
-    lib = asyncio.run(_in_process(ctx, root, cold=False, warm=True))
+    timelines: dict[str, Any] = {}
+    lib = asyncio.run(_in_process(ctx, root, cold=False, warm=True, timelines=timelines))
+    if timelines:
+        ctx.report.raw.setdefault(section, {})["timeline"] = timelines
+        ctx.report.note(
+            section,
+            "where a warm exec's time goes, median ms (bench/exec_timeline.py): "
+            f"PPCP {describe(timelines['ppcp'])}; floor {describe(timelines['floor'])}",
+        )
     floor = lib.get("spawn-floor") or []
     if floor:
         ctx.report.raw.setdefault(section, {})["spawn_floor"] = summarize(floor)
