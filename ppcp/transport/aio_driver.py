@@ -221,13 +221,16 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
     def _deliver(self, events: list[Event]) -> None:
         if not self._writable.is_set() and self._check_reply_backlog():
             return
+        if not events or not self._established.done():
+            # Nothing is woken that could write beside the replies (a
+            # heartbeat answer), or they are the handshake's: send them now.
+            self.flush()
         for event in events:
             self._dispatch(event)
         if not self._flush_scheduled and self._conn.pending_output():
-            # Replies the connection queued (a CLOSE answering a CLOSE, a
-            # heartbeat answer...) go out after the tasks these events woke
-            # have run: what they write joins the same segment, one send and
-            # one wake-up of the peer instead of two.
+            # Replies to input that woke tasks (the CLOSE answering a CLOSE)
+            # go out once those tasks have run: what they write joins the same
+            # segment, one send and one wake-up of the peer instead of two.
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_replies)
 
