@@ -358,15 +358,19 @@ def reset_peak_rss(pid: int) -> bool:
         return False
 
 
-def proc_cpu_seconds(pid: int) -> float | None:
-    """user + system CPU seconds of a live process (/proc/PID/stat)."""
+def proc_cpu_seconds(pid: int, *, children: bool = False) -> float | None:
+    """user + system CPU seconds of a live process (/proc/PID/stat).
+
+    ``children``: instead, the CPU of the children it has reaped (cutime + cstime).
+    """
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    first = 13 if children else 11
+    return (int(fields[first]) + int(fields[first + 1])) / ticks
 
 
 class PeakRSS:

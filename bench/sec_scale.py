@@ -90,7 +90,10 @@ def run_concurrent(ctx: Context) -> None:
     root = ctx.work / "exec-root"
     root.mkdir(exist_ok=True)
     times: dict[str, list[float]] = {}
+    # CPU seconds summed over the timed rounds: client, server, the server's commands.
+    cpu: dict[str, list[float]] = {}
     procs: list[subprocess.Popen[bytes]] = []
+    server_pids: dict[str, int] = {}
     from bench.exec_floor import client_key
 
     floor_key = client_key()
@@ -99,17 +102,20 @@ def run_concurrent(ctx: Context) -> None:
         if have_session_api("exec"):
             proc, port = ctx.start_server("ppcp", root, max_unauthenticated=n + 16)
             procs.append(proc)
+            server_pids["ppcp"] = proc.pid
             targets["ppcp"] = lambda port=port: _ppcp_one(port, ctx.psk)
         else:
             ctx.report.skip(section, "session.exec not implemented yet")
         if ctx.have.get("asyncssh"):
             proc, port = ctx.start_server("asyncssh", root)
             procs.append(proc)
+            server_pids["asyncssh"] = proc.pid
             targets["asyncssh"] = lambda port=port: _asyncssh_one(port, ctx.ssh_keys)
         else:
             ctx.report.skip(section, "asyncssh peer: not installed")
         proc, port = ctx.start_server("floor", root)
         procs.append(proc)
+        server_pids["floor"] = proc.pid
         targets["floor"] = lambda port=port: _floor_one(port, floor_key)
 
         async def go() -> None:
@@ -120,8 +126,14 @@ def run_concurrent(ctx: Context) -> None:
                 for name, make in targets.items():
                     if deadline.expired:
                         return
+                    before = _cpu_now(server_pids[name])
                     elapsed, _ = await _burst(n, make, max(deadline.left(), 5))
                     times.setdefault(name, []).append(elapsed)
+                    used = cpu.setdefault(name, [0.0, 0.0, 0.0])
+                    for i, (start, end) in enumerate(
+                        zip(before, _cpu_now(server_pids[name]), strict=True)
+                    ):
+                        used[i] += end - start
 
         asyncio.run(go())
     finally:
@@ -130,6 +142,25 @@ def run_concurrent(ctx: Context) -> None:
     ppcp_t = times.get("ppcp")
     peer_t = times.get("asyncssh")
     floor_t = times.get("floor")
+    if cpu:
+        # Both cores are busy during a burst: the time follows the CPU that
+        # client, server and commands need together, not one connection's latency.
+        per_connection = {
+            name: {
+                key: used[k] / (n * len(times[name])) * 1e3
+                for k, key in enumerate(("client_ms", "server_ms", "commands_ms"))
+            }
+            for name, used in cpu.items()
+        }
+        ctx.report.raw.setdefault(section, {})["cpu_per_connection"] = per_connection
+        ctx.report.note(
+            section,
+            "CPU per connection in ms, client + server (+ the command the server ran): "
+            + ", ".join(
+                f"{name} {v['client_ms']:.2f} + {v['server_ms']:.2f} (+ {v['commands_ms']:.2f})"
+                for name, v in per_connection.items()
+            ),
+        )
     ctx.report.add(
         Row(
             section,
@@ -266,4 +297,13 @@ def run_idle(ctx: Context) -> None:
             "asyncssh",
             one(peer_r["open_seconds"]) if peer_r else None,
         )
+    )
+
+
+def _cpu_now(server_pid: int) -> tuple[float, float, float]:
+    """CPU seconds so far: this client, the server, the commands the server reaped."""
+    return (
+        time.process_time(),
+        proc_cpu_seconds(server_pid) or 0.0,
+        proc_cpu_seconds(server_pid, children=True) or 0.0,
     )
