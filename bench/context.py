@@ -30,7 +30,7 @@ class Settings:
 
     smoke: bool = False
     file_size: int = GiB
-    transfer_runs: int = 3
+    transfer_runs: int = 5
     cold_runs: int = 40  # milliseconds each: more samples steady the median on a noisy host
     cli_runs: int = 20
     warm_runs: int = 200

@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"run only this section (repeatable, or comma-separated): {', '.join(SECTIONS)}",
     )
     p.add_argument("--profile", action="store_true", help="add the profile section")
-    p.add_argument("--runs", type=int, help="repetitions of each transfer (default 3)")
+    p.add_argument("--runs", type=int, help="repetitions of each transfer (default 5)")
     p.add_argument("--size-mib", type=int, help="transfer file size in MiB (default 1024)")
     p.add_argument("--no-install", action="store_true", help="never pip/apt install anything")
     p.add_argument(
