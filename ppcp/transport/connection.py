@@ -231,6 +231,7 @@ class Connection:
                 ):
                     self._send_close(error.code, error.message)
             self.state = State.FAILED
+            self._route_no_more_records()
         return self._error
 
     def _send_alert(self, code: int, reason: str) -> None:
@@ -430,7 +431,18 @@ class Connection:
         else:
             error = error_for_code(code, reason)
         self._error = error
+        self._route_no_more_records()
         return [ConnectionClosed(code, reason, error)]
+
+    def _route_no_more_records(self) -> None:
+        """The connection has ended: let go of the channel layer.
+
+        Its handler refers back to this connection; kept, the pair (and the
+        traffic keys with it) would outlive the session until the next
+        garbage collection, and each session would leave that collection
+        more to do.
+        """
+        self.record_handler = None
 
     @property
     def is_open(self) -> bool:

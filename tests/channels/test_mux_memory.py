@@ -460,3 +460,31 @@ def test_every_state_and_record_pair(state: ChannelState, ftype: FrameType) -> N
             p.server.conn.receive_data(data)
         with pytest.raises(PPCPError):  # the session stays failed
             p.server.conn.receive_data(b"")
+
+
+@pytest.mark.parametrize("ending", ["orderly close", "failure"])
+def test_an_ended_connection_is_freed_without_the_garbage_collector(ending: str) -> None:
+    """Once a connection has ended it lets go of the channel layer, whose handler
+    refers back to it: dropping the last reference frees both (and the traffic
+    keys) at once, instead of at some later garbage collection."""
+    import gc
+    import weakref
+
+    pair = MuxPair()
+    if ending == "orderly close":
+        pair.client.conn.close()
+        pair.pump()
+        assert all(side.conn.state.value == "CLOSED" for side in (pair.client, pair.server))
+    else:
+        pair.client.conn.fail(ProtocolError("test failure"))
+        pair.server.conn.fail(ProtocolError("test failure"))
+    refs = [weakref.ref(side.conn) for side in (pair.client, pair.server)]
+    refs += [weakref.ref(side.mux) for side in (pair.client, pair.server)]
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del pair
+        assert [ref() for ref in refs] == [None] * 4
+    finally:
+        if was_enabled:
+            gc.enable()
