@@ -218,6 +218,7 @@ class Connection:
             if self.state is not State.START:  # nothing was sent yet: say nothing
                 self._send_alert(code, reason or "closed during handshake")
             self.state = State.CLOSED
+            self._route_no_more_records()
 
     def fail(self, error: PPCPError) -> PPCPError:
         """Record a local error, tell the peer if the state allows, and return it."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from channel_helpers import MuxPair
+from channel_helpers import MuxPair, MuxSide
 
 from ppcp.control.channels import (
     CHANNEL_TRANSITIONS,
@@ -28,6 +28,7 @@ from ppcp.core.errors import (
     PPCPError,
     ProtocolError,
 )
+from ppcp.core.states import Role
 from ppcp.transport.frames import FLAG_REPLY, FrameType
 from ppcp.utils.codec import Writer
 
@@ -462,7 +463,28 @@ def test_every_state_and_record_pair(state: ChannelState, ftype: FrameType) -> N
             p.server.conn.receive_data(b"")
 
 
-@pytest.mark.parametrize("ending", ["orderly close", "failure"])
+def _ended_sides(ending: str) -> list[MuxSide]:
+    """A client and a server whose connections have ended in the given way."""
+    if ending == "closed in the handshake":
+        sides = [MuxSide(Role.CLIENT, MuxConfig()), MuxSide(Role.SERVER, MuxConfig())]
+        sides[0].conn.initiate()
+        sides[0].conn.close()
+        sides[1].conn.close()
+    else:
+        pair = MuxPair()
+        sides = [pair.client, pair.server]
+        if ending == "orderly close":
+            sides[0].conn.close()
+            pair.pump()
+        else:
+            sides[0].conn.fail(ProtocolError("test failure"))
+            sides[1].conn.fail(ProtocolError("test failure"))
+    expected = "FAILED" if ending == "failure" else "CLOSED"
+    assert [side.conn.state.value for side in sides] == [expected, expected]
+    return sides
+
+
+@pytest.mark.parametrize("ending", ["orderly close", "failure", "closed in the handshake"])
 def test_an_ended_connection_is_freed_without_the_garbage_collector(ending: str) -> None:
     """Once a connection has ended it lets go of the channel layer, whose handler
     refers back to it: dropping the last reference frees both (and the traffic
@@ -470,20 +492,11 @@ def test_an_ended_connection_is_freed_without_the_garbage_collector(ending: str)
     import gc
     import weakref
 
-    pair = MuxPair()
-    if ending == "orderly close":
-        pair.client.conn.close()
-        pair.pump()
-        assert all(side.conn.state.value == "CLOSED" for side in (pair.client, pair.server))
-    else:
-        pair.client.conn.fail(ProtocolError("test failure"))
-        pair.server.conn.fail(ProtocolError("test failure"))
-    refs = [weakref.ref(side.conn) for side in (pair.client, pair.server)]
-    refs += [weakref.ref(side.mux) for side in (pair.client, pair.server)]
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        del pair
+        # The sides live only as long as this expression.
+        refs = [weakref.ref(o) for side in _ended_sides(ending) for o in (side.conn, side.mux)]
         assert [ref() for ref in refs] == [None] * 4
     finally:
         if was_enabled:
