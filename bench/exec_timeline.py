@@ -30,7 +30,7 @@ SPANS = ("request", "spawn", "command", "report")
 
 class _Marks:
     def __init__(self) -> None:
-        self.spawn_start = self.spawn_end = self.reaped = 0.0
+        self.reset()
 
     def reset(self) -> None:
         self.spawn_start = self.spawn_end = self.reaped = 0.0
