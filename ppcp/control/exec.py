@@ -627,15 +627,22 @@ async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
             message = f"cannot execute {argv[0]!r}: {reason}"
         channel.reject(CloseCode.CHANNEL_ERROR, message)
         return
-    completed = False
+    # Set once the exit status is out.  A flag, not _supervise's result: the
+    # session may end (and cancel this task) right after the status was sent,
+    # and what the command left running must not depend on that timing.
+    reported = asyncio.Event()
     try:
         channel.accept(encode_json({"pid": proc.pid}))
-        completed = await _supervise(
-            channel, proc, effective_timeout(spec.timeout, policy.max_exec_seconds), spec.stdin
+        await _supervise(
+            channel,
+            proc,
+            effective_timeout(spec.timeout, policy.max_exec_seconds),
+            spec.stdin,
+            reported,
         )
     finally:
         try:
-            if not completed or proc.returncode is None:
+            if not reported.is_set():
                 killpg(proc.pid, _signal.SIGKILL)
             if proc.returncode is None:
                 await proc.wait()
@@ -644,9 +651,9 @@ async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
 
 
 async def _supervise(
-    channel: AsyncChannel, proc: Child, timeout: float | None, stdin: bool
-) -> bool:
-    """Run the command to its end; True if it ended and its status was sent."""
+    channel: AsyncChannel, proc: Child, timeout: float | None, stdin: bool, reported: asyncio.Event
+) -> None:
+    """Run the command to its end, or until the channel is closed."""
     timed_out = asyncio.Event()
     background: set[asyncio.Task[Any]] = set()
     control: asyncio.Future[Any] = asyncio.ensure_future(_control(channel, proc, background))
@@ -657,13 +664,12 @@ async def _supervise(
         feeder = asyncio.ensure_future(_pump_stdin(channel, proc))
     else:
         proc.close_stdin()
-    outputs: asyncio.Future[bool] = asyncio.ensure_future(_run_to_end(channel, proc, timed_out))
+    outputs: asyncio.Future[None] = asyncio.ensure_future(
+        _run_to_end(channel, proc, timed_out, reported)
+    )
     timer = asyncio.ensure_future(_deadline(proc, timeout, timed_out)) if timeout else None
     try:
         await asyncio.wait({control, outputs}, return_when=asyncio.FIRST_COMPLETED)
-        if not outputs.done() or outputs.cancelled() or outputs.exception() is not None:
-            return False
-        return outputs.result()
     finally:
         tasks: list[asyncio.Future[Any]] = [control, outputs, *background]
         if feeder is not None:
@@ -675,8 +681,10 @@ async def _supervise(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _run_to_end(channel: AsyncChannel, proc: Child, timed_out: asyncio.Event) -> bool:
-    """Forward the output, then the exit status; True once that is sent.
+async def _run_to_end(
+    channel: AsyncChannel, proc: Child, timed_out: asyncio.Event, reported: asyncio.Event
+) -> None:
+    """Forward the output, then the exit status; set ``reported`` once that is sent.
 
     The status is sent from here, as soon as the command is reaped, not by
     the supervisor once it sees this task end: that would put two more loop
@@ -685,11 +693,11 @@ async def _run_to_end(channel: AsyncChannel, proc: Child, timed_out: asyncio.Eve
     try:
         returncode = await _pump_outputs(channel, proc)
         if channel.closed:
-            return False
+            return
         await channel.finish("exit-status", encode_exit_status(returncode, timed_out.is_set()))
-        return True
+        reported.set()
     except PPCPError:
-        return False
+        return
 
 
 async def _pump_outputs(channel: AsyncChannel, proc: Child) -> int:

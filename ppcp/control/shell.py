@@ -472,14 +472,15 @@ async def serve_shell(channel: AsyncChannel, policy: ServerPolicy) -> None:
     finally:
         os.close(slave)
     log.info("shell for %s: %s (%dx%d)", channel.session.peer_name, argv, spec.cols, spec.rows)
-    completed = False
+    # A flag, not _supervise's result: see serve_exec.
+    reported = asyncio.Event()
     try:
         os.set_blocking(master, False)
         channel.accept(encode_json({"pid": proc.pid}))
-        completed = await _supervise(channel, proc, master)
+        await _supervise(channel, proc, master, reported)
     finally:
         try:
-            if not completed or proc.returncode is None:
+            if not reported.is_set():
                 killpg(proc.pid, _signal.SIGHUP)
                 killpg(proc.pid, _signal.SIGKILL)
             if proc.returncode is None:
@@ -489,7 +490,9 @@ async def serve_shell(channel: AsyncChannel, policy: ServerPolicy) -> None:
             close_subprocess_transport(proc)  # even if cancelled again while reaping
 
 
-async def _supervise(channel: AsyncChannel, proc: asyncio.subprocess.Process, master: int) -> bool:
+async def _supervise(
+    channel: AsyncChannel, proc: asyncio.subprocess.Process, master: int, reported: asyncio.Event
+) -> None:
     exited = asyncio.Event()
     output: asyncio.Future[Any] = asyncio.ensure_future(_pump_output(channel, master, exited))
     control: asyncio.Future[Any] = asyncio.ensure_future(_control(channel, proc, master))
@@ -500,13 +503,13 @@ async def _supervise(channel: AsyncChannel, proc: asyncio.subprocess.Process, ma
     try:
         await asyncio.wait({control, finished}, return_when=asyncio.FIRST_COMPLETED)
         if not finished.done() or finished.exception() is not None or channel.closed:
-            return False
+            return
         assert proc.returncode is not None
         await channel.send_eof()
         await channel.send_request("exit-status", encode_exit_status(proc.returncode, False))
-        return True
+        reported.set()
     except PPCPError:
-        return False
+        return
     finally:
         for task in (output, control, keys, waiter, finished):
             task.cancel()

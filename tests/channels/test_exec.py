@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -11,12 +12,21 @@ import time
 from pathlib import Path
 
 import pytest
-from channel_helpers import Connect, MiB, StartServer, serve_kwargs, until, wait_pid_gone
+from channel_helpers import (
+    Connect,
+    MiB,
+    StartServer,
+    pid_alive,
+    serve_kwargs,
+    until,
+    wait_pid_gone,
+)
 
 import ppcp
 import ppcp.aio
-from ppcp import ChannelError, ExecResult, PolicyDenied
+from ppcp import ChannelError, ExecResult, PolicyDenied, SessionClosed
 from ppcp.control import exec as exec_module
+from ppcp.control.aio_channel import AsyncChannel
 from ppcp.control.router import ServerPolicy
 from ppcp.transport.frames import FrameType, encode_frame
 
@@ -296,6 +306,32 @@ async def test_children_die_when_the_channel_closes(session: Session) -> None:
     await wait_pid_gone(proc.pid)
     await wait_pid_gone(int(item[1]))
     assert (await session.exec(["true"])).exit_code == 0
+
+
+async def test_what_a_finished_command_left_running_is_not_killed(
+    serve: StartServer, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command that ended normally keeps its background jobs (as over ssh), even when
+    the session ends the moment its exit status is out (``ppcp exec`` closes at once)."""
+    finish = AsyncChannel.finish
+
+    async def finish_then_session_ends(self: AsyncChannel, name: str, payload: bytes = b"") -> None:
+        await finish(self, name, payload)
+        self.session._terminate(SessionClosed("the client went away"))
+
+    monkeypatch.setattr(AsyncChannel, "finish", finish_then_session_ends)
+    server = await serve()
+    session = await connect(server)
+    served = next(iter(server.sessions))
+    result = await session.exec("sleep 300 >/dev/null 2>&1 </dev/null & echo $!")
+    background = int(result.stdout)
+    try:
+        assert result.exit_code == 0
+        await until(lambda: not served._tasks)  # the server is done with the command
+        assert pid_alive(background)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(background, signal.SIGKILL)
 
 
 async def test_cancelling_exec_kills_the_command(session: Session) -> None:

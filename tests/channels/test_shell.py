@@ -15,11 +15,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from channel_helpers import PSK_TEXT, Connect, StartServer, wait_pid_gone
+from channel_helpers import PSK_TEXT, Connect, StartServer, pid_alive, until, wait_pid_gone
 
 import ppcp
 import ppcp.aio
-from ppcp import AsyncShell, PolicyDenied
+from ppcp import AsyncShell, PolicyDenied, SessionClosed
+from ppcp.control.aio_channel import AsyncChannel
 from ppcp.control.router import ServerPolicy
 
 Session = ppcp.aio.AsyncSession
@@ -132,6 +133,39 @@ async def test_session_death_kills_the_shell(session: Session) -> None:
     assert sh.pid is not None
     session.abort()
     await wait_pid_gone(sh.pid)
+
+
+async def test_what_a_finished_shell_left_running_is_not_killed(
+    serve: StartServer, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for exec: a shell that exited keeps a job it left, even when the session ends
+    the moment the exit status is out."""
+    send_request = AsyncChannel.send_request
+
+    async def send_then_session_ends(self: AsyncChannel, name: str, payload: bytes = b"") -> None:
+        await send_request(self, name, payload)
+        if name == "exit-status":
+            self.session._terminate(SessionClosed("the client went away"))
+
+    monkeypatch.setattr(AsyncChannel, "send_request", send_then_session_ends)
+    server = await serve()
+    session = await connect(server)
+    served = next(iter(server.sessions))
+    # No job control: the job shares the shell's process group; HUP ignored: the
+    # terminal's hangup when the shell exits is not what this is about.
+    sh = await session.open_shell(
+        command="trap '' HUP; sleep 300 </dev/null >/dev/null 2>&1 & echo job=$!"
+    )
+    async with sh:
+        output = await read_until(sh, b"\r\n")
+        assert await sh.wait() == 0
+    background = int(output.split(b"job=")[1].split()[0])
+    try:
+        await until(lambda: not served._tasks)
+        assert pid_alive(background)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(background, signal.SIGKILL)
 
 
 @pytest.mark.parametrize(
