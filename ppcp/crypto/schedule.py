@@ -38,16 +38,20 @@ def transcript_hash(*messages: bytes) -> bytes:
 def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
     # RFC 5869 section 2.2: Extract is HMAC-Hash(salt, IKM).  cryptography
     # only exposes it fused with Expand, and the schedule needs the PRK itself.
-    return hmac.new(salt, ikm, hashlib.sha256).digest()
+    return hmac.digest(salt, ikm, "sha256")
+
+
+_SHA256 = hashes.SHA256()
 
 
 def expand_label(secret: bytes, label: bytes, context: bytes, length: int) -> bytes:
     info = bytes((len(label),)) + label + bytes((len(context),)) + context
-    return HKDFExpand(hashes.SHA256(), length, info).derive(secret)
+    return HKDFExpand(_SHA256, length, info).derive(secret)
 
 
 def proof(key: bytes, label: bytes, transcript: bytes) -> bytes:
-    return hmac.new(key, label + transcript, hashlib.sha256).digest()
+    # hmac.digest: OpenSSL's one-shot HMAC, without building an HMAC object.
+    return hmac.digest(key, label + transcript, "sha256")
 
 
 def proofs_equal(a: bytes, b: bytes) -> bool:
