@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ppcp.control.channels import STREAM_STDOUT, ChannelMux
@@ -44,6 +45,10 @@ class AsyncChannel:
         self._eof = False
         self._close: tuple[int, str] | None = None
         self._error: PPCPError | None = None
+        # A service may take requests, and the peer's close, as callbacks from
+        # the dispatcher instead of a task waiting on next_request().
+        self._request_handler: Callable[[str, bytes], None] | None = None
+        self._close_handler: Callable[[], object] | None = None
 
     @property
     def _mux(self) -> ChannelMux:
@@ -67,10 +72,14 @@ class AsyncChannel:
         self._wake()
 
     def _on_request(self, name: str, payload: bytes) -> None:
+        if self._request_handler is not None:
+            self._request_handler(name, payload)
+            return
         self._requests.append((name, payload))
         self._wake()
 
     def _on_closed(self, code: int, reason: str, *, refused: bool = False) -> None:
+        closing = self._close is None
         self._close = (code, reason)
         if code != CloseCode.NORMAL or refused:
             self._error = error_for_code(code, reason)
@@ -80,6 +89,8 @@ class AsyncChannel:
             )
             self._accepted.exception()
         self._wake()
+        if closing and self._close_handler is not None:
+            self._close_handler()
 
     def _on_session_failed(self, error: PPCPError) -> None:
         if self._close is None:
@@ -212,6 +223,22 @@ class AsyncChannel:
 
     def pending_request(self) -> tuple[str, bytes] | None:
         return self._requests.popleft() if self._requests else None
+
+    def handle_requests(
+        self,
+        on_request: Callable[[str, bytes], None] | None,
+        on_peer_close: Callable[[], object] | None = None,
+    ) -> None:
+        """Call ``on_request(name, payload)`` for each request as it arrives, and
+        ``on_peer_close()`` if the peer closes the channel first; None stops that.
+
+        Both run inside the session's dispatcher: they must not block or raise.
+        Requests already queued are handed over at once.
+        """
+        self._request_handler = on_request
+        self._close_handler = on_peer_close
+        while on_request is not None and self._requests:
+            on_request(*self._requests.popleft())
 
     async def wait_closed(self) -> tuple[int, str]:
         while self._close is None:

@@ -653,43 +653,68 @@ async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
 async def _supervise(
     channel: AsyncChannel, proc: Child, timeout: float | None, stdin: bool, reported: asyncio.Event
 ) -> None:
-    """Run the command to its end, or until the channel is closed."""
+    """Run the command to its end, or until the client closes the channel.
+
+    The output is pumped here, in the channel's own task; requests and a
+    deadline are callbacks.  A task per concern would cost three more task
+    starts and a wait per command for what is, nearly always, nothing.
+    """
+    loop = asyncio.get_running_loop()
     timed_out = asyncio.Event()
     background: set[asyncio.Task[Any]] = set()
-    control: asyncio.Future[Any] = asyncio.ensure_future(_control(channel, proc, background))
+
+    def in_background(coro: Coroutine[Any, Any, None]) -> None:
+        task = loop.create_task(coro)
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    def on_request(name: str, payload: bytes) -> None:
+        try:
+            if name == "signal":
+                killpg(proc.pid, valid_signal(payload))
+            elif name == "cancel":
+                in_background(terminate_group(proc))
+            else:
+                log.debug("exec: ignoring unknown request %r", name)
+        except ChannelError as exc:
+            log.info("exec: bad %r request: %s", name, exc)
+
+    def on_deadline() -> None:
+        if proc.returncode is None:
+            timed_out.set()
+            in_background(terminate_group(proc))
+
+    supervisor = asyncio.current_task()
+    assert supervisor is not None
+    # The client closed the channel before the status went out: stop pumping;
+    # serve_exec then kills the command.
+    channel.handle_requests(on_request, supervisor.cancel)
+    timer = loop.call_later(timeout, on_deadline) if timeout else None
     # Without stdin the client sends none: what it might send anyway is not
     # read (it only uses up its own window).
-    feeder: asyncio.Future[Any] | None = None
+    feeder: asyncio.Task[None] | None = None
     if stdin:
-        feeder = asyncio.ensure_future(_pump_stdin(channel, proc))
+        feeder = loop.create_task(_pump_stdin(channel, proc))
     else:
         proc.close_stdin()
-    outputs: asyncio.Future[None] = asyncio.ensure_future(
-        _run_to_end(channel, proc, timed_out, reported)
-    )
-    timer = asyncio.ensure_future(_deadline(proc, timeout, timed_out)) if timeout else None
     try:
-        await asyncio.wait({control, outputs}, return_when=asyncio.FIRST_COMPLETED)
+        await _run_to_end(channel, proc, timed_out, reported)
     finally:
-        tasks: list[asyncio.Future[Any]] = [control, outputs, *background]
-        if feeder is not None:
-            tasks.append(feeder)
+        channel.handle_requests(None)
         if timer is not None:
-            tasks.append(timer)
-        for task in tasks:
+            timer.cancel()
+        helpers = [*background, *([feeder] if feeder is not None else [])]
+        for task in helpers:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if helpers:
+            await asyncio.gather(*helpers, return_exceptions=True)
 
 
 async def _run_to_end(
     channel: AsyncChannel, proc: Child, timed_out: asyncio.Event, reported: asyncio.Event
 ) -> None:
-    """Forward the output, then the exit status; set ``reported`` once that is sent.
-
-    The status is sent from here, as soon as the command is reaped, not by
-    the supervisor once it sees this task end: that would put two more loop
-    turns between the command's exit and the client hearing of it.
-    """
+    """Forward the output, then the exit status (as soon as the command is
+    reaped); set ``reported`` once that is sent."""
     try:
         returncode = await _pump_outputs(channel, proc)
         if channel.closed:
@@ -729,30 +754,3 @@ async def _pump_stdin(channel: AsyncChannel, proc: Child) -> None:
         pass
     finally:
         proc.close_stdin()
-
-
-async def _control(channel: AsyncChannel, proc: Child, background: set[asyncio.Task[Any]]) -> None:
-    """Handle the client's requests; return when the channel is closed."""
-    while True:
-        request = await channel.next_request()
-        if request is None:
-            return
-        name, payload = request
-        try:
-            if name == "signal":
-                killpg(proc.pid, valid_signal(payload))
-            elif name == "cancel":
-                task = asyncio.ensure_future(terminate_group(proc))
-                background.add(task)
-                task.add_done_callback(background.discard)
-            else:
-                log.debug("exec: ignoring unknown request %r", name)
-        except ChannelError as exc:
-            log.info("exec: bad %r request: %s", name, exc)
-
-
-async def _deadline(proc: Child, timeout: float, timed_out: asyncio.Event) -> None:
-    await asyncio.sleep(timeout)
-    if proc.returncode is None:
-        timed_out.set()
-        await terminate_group(proc)

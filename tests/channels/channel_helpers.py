@@ -252,7 +252,35 @@ async def serve_last_words(channel: AsyncChannel, policy: ServerPolicy) -> None:
     LAST_WORDS.append("<closed>" if request is None else request[0])
 
 
+CALLBACKS: list[str] = []  # what serve_callbacks was told, in order
+
+
+async def serve_callbacks(channel: AsyncChannel, policy: ServerPolicy) -> None:
+    """Accept; once two requests are queued, take them and the rest as callbacks (and
+    the peer's close); on request ``done``, close the channel itself."""
+    done = asyncio.get_running_loop().create_future()
+
+    def on_request(name: str, payload: bytes) -> None:
+        CALLBACKS.append(name)
+        if name == "done" and not done.done():
+            done.set_result(None)
+
+    def on_peer_close() -> None:
+        CALLBACKS.append("<peer closed>")
+        if not done.done():
+            done.set_result(None)
+
+    channel.accept()
+    while len(channel._requests) < 2:
+        await channel._wait_change()
+    channel.handle_requests(on_request, on_peer_close)
+    await done
+    await channel.close()
+    await channel.wait_closed()
+
+
 TEST_SERVICES = {
+    "test-callbacks": "channel_helpers:serve_callbacks",
     "test-last-words": "channel_helpers:serve_last_words",
     "test-sink": "channel_helpers:serve_sink",
     "test-hold": "channel_helpers:serve_hold",
