@@ -205,7 +205,7 @@ class Pong:
         port = r.u16()
         name = _read_name(r)
         versions = tuple(r.vec8())
-        caps = _read_caps(r)
+        caps = _read_caps(r, "PONG")
         r.end()
         try:
             server = ServerIdentity(server_id, name, port, versions, caps)

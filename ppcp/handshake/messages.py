@@ -5,6 +5,7 @@ Byte layouts are normative in docs/rfc.md section "Handshake messages".
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -41,7 +42,24 @@ def _write_caps(w: Writer, caps: tuple[str, ...]) -> None:
         w.text8(cap)
 
 
-def _read_caps(r: Reader) -> tuple[str, ...]:
+@functools.lru_cache(maxsize=64)
+def _hello_tail(name: str, caps: tuple[str, ...]) -> bytes:
+    """Name and capability list, the end of a hello: the same for every handshake."""
+    w = Writer().text8(name)
+    _write_caps(w, caps)
+    return w.getvalue()
+
+
+def _read_caps(r: Reader, what: str) -> tuple[str, ...]:
+    """The capability list, the last field of both hellos: it takes the rest."""
+    return _parse_caps(r.rest(), what)
+
+
+# Cached: a server hears the same few lists from all its clients.  Keys are
+# bounded by the handshake frame size; a malformed list raises, uncached.
+@functools.lru_cache(maxsize=64)
+def _parse_caps(block: bytes, what: str) -> tuple[str, ...]:
+    r = Reader(block, what)
     count = r.u8()
     if count > MAX_CAPABILITIES:
         raise ProtocolError(f"{count} capabilities announced; at most {MAX_CAPABILITIES} allowed")
@@ -57,6 +75,7 @@ def _read_caps(r: Reader) -> tuple[str, ...]:
         if not valid_capability(cap):
             raise ProtocolError(f"malformed capability name {cap!r}")
         caps.append(cap)
+    r.end()
     if len(set(caps)) != len(caps):
         raise ProtocolError("duplicate capability in hello")
     return tuple(caps)
@@ -84,9 +103,7 @@ class ClientHello:
 
     def encode(self) -> bytes:
         w = Writer().raw(MAGIC).vec8(bytes(self.versions)).raw(self.random).raw(self.key_share)
-        w.text8(self.name)
-        _write_caps(w, self.capabilities)
-        return w.getvalue()
+        return w.raw(_hello_tail(self.name, self.capabilities)).getvalue()
 
     @classmethod
     def decode(cls, body: bytes | memoryview) -> ClientHello:
@@ -98,9 +115,7 @@ class ClientHello:
         random = r.take(RANDOM_LEN)
         key_share = r.take(POINT_LEN)
         name = _read_name(r)
-        caps = _read_caps(r)
-        r.end()
-        return cls(versions, random, key_share, name, caps)
+        return cls(versions, random, key_share, name, _read_caps(r, "CLIENT_HELLO"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +128,7 @@ class ServerHello:
 
     def encode(self) -> bytes:
         w = Writer().raw(MAGIC).u8(self.version).raw(self.random).raw(self.key_share)
-        w.text8(self.name)
-        _write_caps(w, self.capabilities)
-        return w.getvalue()
+        return w.raw(_hello_tail(self.name, self.capabilities)).getvalue()
 
     @classmethod
     def decode(cls, body: bytes | memoryview) -> ServerHello:
@@ -125,9 +138,7 @@ class ServerHello:
         random = r.take(RANDOM_LEN)
         key_share = r.take(POINT_LEN)
         name = _read_name(r)
-        caps = _read_caps(r)
-        r.end()
-        return cls(version, random, key_share, name, caps)
+        return cls(version, random, key_share, name, _read_caps(r, "SERVER_HELLO"))
 
 
 def decode_proof(body: bytes | memoryview, what: str) -> bytes:

@@ -916,6 +916,22 @@ def test_bad_hello_settings_raise_each_time_and_configs_are_built_once() -> None
     assert other.connection_config().max_message_size == 1 << 10
 
 
+def test_hello_capability_lists_are_checked_every_time_though_cached() -> None:
+    good = ClientHello((1,), bytes(32), bytes(65), "c", ("msg", "channels")).encode()
+    assert ClientHello.decode(good) == ClientHello.decode(good)
+    caps_at = len(good) - len(b"\x02\x03msg\x08channels")
+    bad_lists = {
+        b"\x02\x03msg\x03msg": "duplicate capability",
+        b"\x01\x03MSG": "malformed capability",
+        b"\x01\x03msg\x00": "trailing bytes",
+        b"\x02\x03msg": "truncated CLIENT_HELLO",
+    }
+    for _ in range(2):  # a malformed list raises, and is not remembered as good
+        for caps, error in bad_lists.items():
+            with pytest.raises(ProtocolError, match=error):
+                ClientHello.decode(good[:caps_at] + caps)
+
+
 @given(st.text(alphabet=st.characters(max_codepoint=0x200), max_size=40))
 def test_control_character_check_matches_its_definition(text: str) -> None:
     # C0 controls, DEL and C1 controls: what would drive a terminal or forge a log line.
