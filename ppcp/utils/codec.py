@@ -158,5 +158,5 @@ def has_control_chars(text: str) -> bool:
 
 def clip_text(text: str, max_bytes: int) -> str:
     """Make local text safe for a length-limited wire field the peer will validate."""
-    clean = "".join("?" if has_control_chars(c) else c for c in text)
+    clean = _CONTROL_CHARS.sub("?", text)
     return clean.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")

@@ -53,7 +53,7 @@ from ppcp.transport.frames import (
     encode_frame,
     encode_header,
 )
-from ppcp.utils.codec import has_control_chars
+from ppcp.utils.codec import clip_text, has_control_chars
 
 P256_P = 2**256 - 2**224 + 2**192 + 2**96 - 1
 P256_B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
@@ -930,6 +930,15 @@ def test_hello_capability_lists_are_checked_every_time_though_cached() -> None:
         for caps, error in bad_lists.items():
             with pytest.raises(ProtocolError, match=error):
                 ClientHello.decode(good[:caps_at] + caps)
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x200), max_size=60), st.integers(0, 80))
+def test_clipped_text_is_safe_and_fits(text: str, limit: int) -> None:
+    clipped = clip_text(text, limit)
+    assert not has_control_chars(clipped) and len(clipped.encode()) <= limit
+    expected = "".join("?" if has_control_chars(c) else c for c in text)
+    assert expected.startswith(clipped)
+    assert len(clipped.encode()) > limit - 4 or clipped == expected  # cut only to fit
 
 
 @given(st.text(alphabet=st.characters(max_codepoint=0x200), max_size=40))
