@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONHASHSEED", "0")  # one less source of variation
     for operation in args.operations or OPERATIONS:
         count = measure(operation, valgrind)
-        print(f"{operation:<11} {count / 1e6:6.2f} M instructions", flush=True)
+        print(f"{operation:<11} {count / 1e6:7.3f} M instructions", flush=True)
     return 0
 
 
