@@ -46,13 +46,29 @@ WRITE_HIGH_WATER = 64 * 1024  # asyncio's default
 async def wait_done(fut: asyncio.Future[Any], timeout: float | None) -> Any:
     """``fut``'s result, waiting at most ``timeout`` s (TimeoutError) without cancelling it.
 
-    Cheaper than ``wait_for(shield(fut))`` on Python 3.11, which adds a task,
-    a waiter and a timer per call: a handshake and a close do this several
-    times per session.
+    One waiter and one timer.  ``wait_for(shield(fut))`` adds a task on Python
+    3.11, and ``asyncio.timeout`` + ``shield`` a context object, an outer
+    future and the cancellation dance: a handshake and a close wait like this
+    several times per session.  Cancelling the caller cancels only the waiter.
     """
     if not fut.done():
-        async with asyncio.timeout(timeout):
-            await asyncio.shield(fut)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        fut.add_done_callback(wake)
+        timer = loop.call_later(timeout, wake) if timeout is not None else None
+        try:
+            await waiter
+        finally:
+            fut.remove_done_callback(wake)
+            if timer is not None:
+                timer.cancel()
+        if not fut.done():
+            raise TimeoutError
     return fut.result()
 
 
