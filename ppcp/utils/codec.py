@@ -38,20 +38,30 @@ class Reader:
     def take(self, n: int) -> bytes:
         return self._take(n)
 
+    # Integers are read in place (no slice copied first): every record is
+    # parsed with these.
+    def _fixed(self, size: int) -> int:
+        """The position of the next ``size`` bytes, consumed."""
+        pos = self._pos
+        if pos + size > len(self._data):
+            raise ProtocolError(f"truncated {self._what}")
+        self._pos = pos + size
+        return pos
+
     def u8(self) -> int:
-        return self._take(1)[0]
+        return self._data[self._fixed(1)]
 
     def u16(self) -> int:
-        return int(_U16.unpack(self._take(2))[0])
+        return int(_U16.unpack_from(self._data, self._fixed(2))[0])
 
     def u32(self) -> int:
-        return int(_U32.unpack(self._take(4))[0])
+        return int(_U32.unpack_from(self._data, self._fixed(4))[0])
 
     def u64(self) -> int:
-        return int(_U64.unpack(self._take(8))[0])
+        return int(_U64.unpack_from(self._data, self._fixed(8))[0])
 
     def vec8(self) -> bytes:
-        return self._take(self.u8())
+        return self._take(self._data[self._fixed(1)])
 
     def vec16(self) -> bytes:
         return self._take(self.u16())
