@@ -206,7 +206,6 @@ class Pong:
         name = _read_name(r)
         versions = tuple(r.vec8())
         caps = _read_caps(r, "PONG")
-        r.end()
         try:
             server = ServerIdentity(server_id, name, port, versions, caps)
         except ValueError as exc:

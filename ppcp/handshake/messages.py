@@ -51,7 +51,7 @@ def _hello_tail(name: str, caps: tuple[str, ...]) -> bytes:
 
 
 def _read_caps(r: Reader, what: str) -> tuple[str, ...]:
-    """The capability list, the last field of both hellos: it takes the rest."""
+    """The capability list, the last field of a hello (and of a PONG): it takes the rest."""
     return _parse_caps(r.rest(), what)
 
 
