@@ -505,8 +505,7 @@ async def _supervise(
         if not finished.done() or finished.exception() is not None or channel.closed:
             return
         assert proc.returncode is not None
-        await channel.send_eof()
-        await channel.send_request("exit-status", encode_exit_status(proc.returncode, False))
+        await channel.finish("exit-status", encode_exit_status(proc.returncode, False))
         reported.set()
     except PPCPError:
         return

@@ -130,6 +130,40 @@ async def test_back_to_back_commands_take_one_send_each(session: Session) -> Non
     await until(lambda: len(writes) == 6)
 
 
+async def test_a_finished_command_ends_with_its_status_and_close_only(session: Session) -> None:
+    """The server reports a command with exit-status + CLOSE: the CLOSE ends the
+    output (RFC 15.5 rule 3), so no CHANNEL_EOF record precedes them."""
+    from ppcp.control import channels as mux_events
+
+    seen: list[str] = []
+    original = session._dispatch_channel_event
+
+    def record(event: mux_events.Event) -> None:
+        seen.append(type(event).__name__)
+        original(event)
+
+    session._dispatch_channel_event = record  # type: ignore[method-assign]
+    result = await session.exec(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (result.stdout, result.stderr, result.exit_code) == (b"out\n", b"err\n", 3)
+    assert "ChannelEOF" not in seen
+    assert seen[0] == "ChannelAccepted" and seen[-2:] == ["ChannelRequest", "ChannelClosed"]
+
+
+async def test_a_status_after_an_eof_is_still_read(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that does send CHANNEL_EOF first (as the RFC allows) is understood."""
+    original = AsyncChannel.finish
+
+    async def finish_with_eof(self: AsyncChannel, name: str, payload: bytes = b"") -> None:
+        self._mux.send_eof(self.channel_id)
+        await original(self, name, payload)
+
+    monkeypatch.setattr(AsyncChannel, "finish", finish_with_eof)
+    result = await session.exec(["sh", "-c", "echo out; exit 4"])
+    assert (result.stdout, result.exit_code) == (b"out\n", 4)
+
+
 async def test_stdin_written_after_saying_none_is_not_read(session: Session) -> None:
     proc = await session.start_exec(["sh", "-c", "cat; echo done"], stdin=False)
     async with proc:
