@@ -72,6 +72,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--uvloop", action="store_true", help="run every PPCP and asyncssh end on uvloop"
     )
+    p.add_argument(
+        "--no-steady-memory",
+        action="store_true",
+        help="leave the VM's free page reporting on during transfers (see bench/memory.py)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     p.add_argument("--list", action="store_true", help="list the sections and exit")
     return p.parse_args(argv)
@@ -117,10 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     report = Report()
     report.raw["available"] = have
 
+    memory: dict[str, object] = {"page_reporting": "unchanged", "reason": "not asked"}
     with Procs() as procs:
         ctx = Context(settings, report, procs, have, out_dir=args.out)
         try:
-            _run_sections(ctx, sections, args)
+            with contextlib.ExitStack() as stack:
+                if _moves_big_files(sections) and not (args.smoke or args.no_steady_memory):
+                    from bench.memory import steady_memory
+
+                    # Room for every file a transfer run holds at once, and their copies.
+                    memory = stack.enter_context(steady_memory(ctx.work, 4 * settings.file_size))
+                    print(f"[bench] memory: {memory}", flush=True)
+                _run_sections(ctx, sections, args)
         finally:
             ctx.cleanup()
     left = reap_leftovers()
@@ -146,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_after": os.getloadavg(),
         "settings": {k: v for k, v in vars(settings).items()},
         "install_log": install_log,
+        "memory": memory,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     output.write_json(report, args.out / "latest.json", meta)
@@ -155,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         print("chart: skipped (matplotlib missing or no ratios)")
     print(f"results: {args.out / 'latest.json'}")
     return 1 if report.errors else 0
+
+
+def _moves_big_files(sections: list[str]) -> bool:
+    return any(name in ("transfer", "extras", "profile") for name in sections)
 
 
 def _run_sections(ctx: Context, sections: list[str], args: argparse.Namespace) -> None:
