@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,14 @@ from bench import memory
 
 MiB = 1 << 20
 KNOB = memory.PARAMETERS / "page_reporting_order"
-CAN_PAUSE = KNOB.exists() and os.geteuid() == 0
+CAN_PAUSE = KNOB.exists() and os.geteuid() == 0 and os.access("/dev/shm", os.W_OK)
+
+
+@pytest.fixture
+def shm_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="ppcp-test-memory-", dir="/dev/shm"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_largest_order_is_read_from_buddyinfo(tmp_path: Path) -> None:
@@ -25,15 +35,21 @@ def test_largest_order_is_read_from_buddyinfo(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not CAN_PAUSE, reason="needs root and a kernel with free page reporting")
-def test_reporting_is_paused_inside_and_restored_after(tmp_path: Path) -> None:
+def test_reporting_is_paused_inside_and_restored_after(shm_dir: Path) -> None:
     before = KNOB.read_text()
-    with memory.steady_memory(tmp_path, 4 * MiB) as info:
+    with memory.steady_memory(shm_dir, 4 * MiB) as info:
         assert KNOB.read_text().strip() == str(memory._largest_order() + 1)
         assert info["pretouched_mib"] == 4
         assert info["page_reporting"].startswith("paused")
     assert KNOB.read_text() == before
     assert "reported_during_run_mib" in info
-    assert list(tmp_path.iterdir()) == []  # the pre-touch file is gone
+    assert list(shm_dir.iterdir()) == []  # the pre-touch file is gone
+
+
+@pytest.mark.skipif(not CAN_PAUSE, reason="needs root and a kernel with free page reporting")
+def test_nothing_is_written_off_tmpfs(tmp_path: Path) -> None:
+    with memory.steady_memory(tmp_path, 4 * MiB) as info:
+        assert info["pretouched_mib"] == 0
 
 
 @pytest.mark.skipif(not CAN_PAUSE, reason="needs root and a kernel with free page reporting")
