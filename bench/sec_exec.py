@@ -164,6 +164,12 @@ async def _in_process(
     return out
 
 
+DEPENDENCY_IMPORTS = (
+    "import asyncio, click, cryptography.hazmat.primitives.ciphers.aead, "
+    "cryptography.hazmat.primitives.asymmetric.ec, cryptography.hazmat.primitives.kdf.hkdf"
+)
+
+
 def _cli_runs(ctx: Context, cmd: list[str], runs: int, what: str) -> list[float]:
     deadline = Deadline(ctx.settings.section_budget)
     times = []
@@ -221,6 +227,15 @@ def run_cold(ctx: Context, ssh: SshDaemon | None) -> None:
         f"interpreter floor `python -c 'import ppcp.cli'`: median {_ms(floor)} ms",
     )
     ctx.report.raw.setdefault(section, {})["python_import_floor"] = summarize(floor)
+    # What any Python client built on the same libraries pays before its first byte:
+    # the rest of `ppcp exec`'s time is PPCP's own imports and work.
+    libraries = _cli_runs(ctx, [PYTHON, "-c", DEPENDENCY_IMPORTS], s.cli_runs, "python")
+    ctx.report.note(
+        section,
+        f"dependency floor `python -c 'import asyncio, click, cryptography (AES-GCM, EC, "
+        f"HKDF)'`: median {_ms(libraries)} ms",
+    )
+    ctx.report.raw[section]["python_dependency_floor"] = summarize(libraries)
     by_name = by_address = ssh_times = None
     if have_cli("exec", "serve") and have_session_api("exec"):
         # By name: the server answers PINGs on a loopback UDP port, the client
