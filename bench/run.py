@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--no-steady-memory",
         action="store_true",
-        help="leave the VM's free page reporting on during transfers (see bench/memory.py)",
+        help="leave the VM's free page reporting on during the run (see bench/memory.py)",
     )
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     p.add_argument("--list", action="store_true", help="list the sections and exit")
@@ -122,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     report = Report()
     report.raw["available"] = have
 
-    memory: dict[str, object] = {"page_reporting": "unchanged", "reason": "not asked"}
+    left_alone = _why_memory_is_left_alone(args, sections)
+    memory: dict[str, object] = {"page_reporting": "unchanged", "reason": left_alone}
     with Procs() as procs:
         ctx = Context(settings, report, procs, have, out_dir=args.out)
         try:
             with contextlib.ExitStack() as stack:
-                if _moves_big_files(sections) and not (args.smoke or args.no_steady_memory):
+                if left_alone is None:
                     from bench.memory import steady_memory
 
                     # Room for every file a transfer run holds at once, and their copies.
@@ -171,8 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if report.errors else 0
 
 
-def _moves_big_files(sections: list[str]) -> bool:
-    return any(name in ("transfer", "extras", "profile") for name in sections)
+def _why_memory_is_left_alone(args: argparse.Namespace, sections: list[str]) -> str | None:
+    """None if the run should pause free page reporting (bench/memory.py), else why not."""
+    if args.smoke:
+        return "--smoke"
+    if args.no_steady_memory:
+        return "--no-steady-memory"
+    if not any(name in ("transfer", "extras", "profile") for name in sections):
+        return "no section writes large files"
+    return None
 
 
 def _run_sections(ctx: Context, sections: list[str], args: argparse.Namespace) -> None:
