@@ -7,8 +7,7 @@ import click
 from ppcp.cli.config import complete_name
 from ppcp.cli.errors import handle_errors
 from ppcp.cli.options import global_options
-
-DEFAULT_TOPIC = "default"
+from ppcp.control.messages_api import DEFAULT_TOPIC
 
 
 @click.command("send")

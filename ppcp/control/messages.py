@@ -24,10 +24,11 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ppcp.control.aio_channel import AsyncChannel, decode_json, encode_json
 from ppcp.control.exec import require_capability
+from ppcp.control.messages_api import DEFAULT_TOPIC
 from ppcp.core.errors import ChannelError, CloseCode, error_for_code
 from ppcp.utils.codec import has_control_chars
 
@@ -36,13 +37,11 @@ if TYPE_CHECKING:
 
     from ppcp.control.router import ServerPolicy
     from ppcp.transport.aio_driver import AsyncSession
-    from ppcp.transport.blocking import Session
 
 log = logging.getLogger("ppcp.server")
 
 T = TypeVar("T")
 KIND = "message"
-DEFAULT_TOPIC = "default"
 MAX_TOPIC_BYTES = 64
 LENGTH_BYTES = 4
 CLOSE_WAIT = 30.0
@@ -163,16 +162,12 @@ class MessageChannel:
             await self.abort()
 
 
-class MessagesMixin:
-    """asyncio client methods mixed into :class:`ppcp.aio.AsyncSession`."""
-
-    async def open_messages(self, topic: str = DEFAULT_TOPIC) -> MessageChannel:
-        """Open a message channel on ``topic``; see :class:`MessageChannel`."""
-        session = cast("AsyncSession", self)
-        check_topic(topic)
-        require_capability(session, "channels")
-        channel = await session.open_channel(KIND, encode_json({"topic": topic}))
-        return MessageChannel(channel, topic, session.config.max_message_size)
+async def open_messages(session: AsyncSession, topic: str) -> MessageChannel:
+    """:meth:`ppcp.aio.AsyncSession.open_messages`."""
+    check_topic(topic)
+    require_capability(session, "channels")
+    channel = await session.open_channel(KIND, encode_json({"topic": topic}))
+    return MessageChannel(channel, topic, session.config.max_message_size)
 
 
 class SyncMessageChannel:
@@ -230,14 +225,6 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 async def _timed(aw: Coroutine[Any, Any, T], timeout: float | None) -> T:
     return await asyncio.wait_for(aw, timeout)
-
-
-class SyncMessagesMixin:
-    """Blocking client methods mixed into :class:`ppcp.Session`."""
-
-    def open_messages(self, topic: str = DEFAULT_TOPIC) -> SyncMessageChannel:
-        """Open a message channel on ``topic``; see :class:`MessageChannel`."""
-        return SyncMessageChannel(_run(cast("Session", self).aio.open_messages(topic)))
 
 
 # -- server side --------------------------------------------------------------------
@@ -334,9 +321,8 @@ async def serve_message(channel: AsyncChannel, policy: ServerPolicy) -> None:
 __all__ = [
     "MessageChannel",
     "MessageInbox",
-    "MessagesMixin",
     "ReceivedMessage",
     "SyncMessageChannel",
-    "SyncMessagesMixin",
+    "open_messages",
     "serve_message",
 ]

@@ -31,7 +31,7 @@ import termios
 import threading
 import tty
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ppcp.control.aio_channel import AsyncChannel, decode_json, encode_json
 from ppcp.control.exec import (
@@ -44,6 +44,7 @@ from ppcp.control.exec import (
     user_shell,
     valid_signal,
 )
+from ppcp.control.shell_api import DEFAULT_TERM
 from ppcp.core.errors import ChannelError, CloseCode, PPCPError, error_for_code
 from ppcp.utils.codec import has_control_chars
 
@@ -62,7 +63,6 @@ CAPABILITY = "shell"
 CHUNK = 64 * 1024
 MAX_TERM_BYTES = 64
 MAX_DIMENSION = 0xFFFF
-DEFAULT_TERM = "xterm-256color"
 # After the shell exits, output still in the pty is drained until the pty
 # reports end of file, or until it has been quiet this long (a background job
 # may keep the terminal open forever).
@@ -197,25 +197,13 @@ class AsyncShell:
         await self.close()
 
 
-class ShellMixin:
-    """asyncio client methods mixed into :class:`ppcp.aio.AsyncSession`."""
-
-    async def open_shell(
-        self,
-        *,
-        term: str = DEFAULT_TERM,
-        cols: int = 80,
-        rows: int = 24,
-        command: str | None = None,
-    ) -> AsyncShell:
-        """Start a shell on a server-side PTY of ``cols`` x ``rows``.
-
-        ``command`` (run by the user's shell) replaces the login shell.
-        """
-        session = cast("AsyncSession", self)
-        spec = ShellSpec(term, cols, rows, command)
-        require_capability(session, CAPABILITY)
-        return AsyncShell(await session.open_channel(KIND, spec.encode()))
+async def open_shell(
+    session: AsyncSession, term: str, cols: int, rows: int, command: str | None
+) -> AsyncShell:
+    """:meth:`ppcp.aio.AsyncSession.open_shell`."""
+    spec = ShellSpec(term, cols, rows, command)
+    require_capability(session, CAPABILITY)
+    return AsyncShell(await session.open_channel(KIND, spec.encode()))
 
 
 class Shell:
@@ -274,42 +262,20 @@ async def _timed(aw: Coroutine[Any, Any, T], timeout: float | None) -> T:
     return await asyncio.wait_for(aw, timeout)
 
 
-class SyncShellMixin:
-    """Blocking client methods mixed into :class:`ppcp.Session`."""
-
-    def open_shell(
-        self,
-        *,
-        term: str = DEFAULT_TERM,
-        cols: int = 80,
-        rows: int = 24,
-        command: str | None = None,
-    ) -> Shell:
-        """A shell for programs and tests; see :meth:`ShellMixin.open_shell`."""
-        session = cast("Session", self)
-        return Shell(_run(session.aio.open_shell(term=term, cols=cols, rows=rows, command=command)))
-
-    def shell(
-        self,
-        command: str | None = None,
-        *,
-        term: str | None = None,
-        stdin: int | None = None,
-        stdout: int | None = None,
-    ) -> int:
-        """Attach the local terminal to a remote shell; return the remote exit code.
-
-        The local terminal is put in raw mode for the session and always
-        restored, whatever ends it.  Window size changes (SIGWINCH, when
-        called from the main thread) are forwarded.  ``stdin``/``stdout``
-        are file descriptors (default: those of ``sys.stdin``/``sys.stdout``).
-        """
-        in_fd = sys.stdin.fileno() if stdin is None else stdin
-        out_fd = sys.stdout.fileno() if stdout is None else stdout
-        term = term or os.environ.get("TERM") or DEFAULT_TERM
-        cols, rows = _terminal_size(out_fd)
-        sh = self.open_shell(term=term, cols=cols, rows=rows, command=command)
-        return _attach(sh, in_fd, out_fd, (cols, rows))
+def attach_terminal(
+    session: Session,
+    command: str | None,
+    term: str | None,
+    stdin: int | None,
+    stdout: int | None,
+) -> int:
+    """:meth:`ppcp.Session.shell`: the local terminal on a remote shell; its exit code."""
+    in_fd = sys.stdin.fileno() if stdin is None else stdin
+    out_fd = sys.stdout.fileno() if stdout is None else stdout
+    term = term or os.environ.get("TERM") or DEFAULT_TERM
+    cols, rows = _terminal_size(out_fd)
+    sh = session.open_shell(term=term, cols=cols, rows=rows, command=command)
+    return _attach(sh, in_fd, out_fd, (cols, rows))
 
 
 def _terminal_size(fd: int) -> tuple[int, int]:
@@ -607,7 +573,7 @@ async def _control(channel: AsyncChannel, proc: asyncio.subprocess.Process, mast
 __all__ = [
     "AsyncShell",
     "Shell",
-    "ShellMixin",
-    "SyncShellMixin",
+    "attach_terminal",
+    "open_shell",
     "serve_shell",
 ]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import re
-import secrets
 import warnings
 
 from ppcp.core.errors import PPCPError
@@ -44,6 +43,8 @@ class InvalidPSK(PPCPError, ValueError):
 
 def generate_psk() -> str:
     """A fresh random 256-bit key in printable form (``ppcp-psk-`` + 64 hex digits)."""
+    import secrets  # here, not at the top: every client imports this module, few make keys
+
     return KEY_PREFIX + secrets.token_hex(KEY_BYTES)
 
 

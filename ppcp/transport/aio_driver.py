@@ -21,8 +21,8 @@ from ppcp.control.channels import ChannelMux
 from ppcp.control.exec import ExecMixin
 from ppcp.control.files_api import FilesMixin
 from ppcp.control.heartbeat import HeartbeatMonitor
-from ppcp.control.messages import MessagesMixin
-from ppcp.control.shell import ShellMixin
+from ppcp.control.messages_api import MessagesMixin
+from ppcp.control.shell_api import ShellMixin
 from ppcp.core.config import SessionConfig
 from ppcp.core.errors import (
     CloseCode,

@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 from ppcp import aio
 from ppcp.control.exec import SyncExecMixin
 from ppcp.control.files_api import SyncFilesMixin
-from ppcp.control.messages import SyncMessagesMixin
-from ppcp.control.shell import SyncShellMixin
+from ppcp.control.messages_api import SyncMessagesMixin
+from ppcp.control.shell_api import SyncShellMixin
 from ppcp.core.config import DEFAULT_PORT, SessionConfig
 from ppcp.core.errors import CloseCode, PPCPError, SessionClosed
 from ppcp.transport.aio_driver import AsyncSession

@@ -16,13 +16,18 @@ from typing import Any
 def lazy_exports(
     package: str, names: Mapping[str, str]
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``__getattr__`` and ``__dir__`` for ``package``; ``names`` maps a name to its module."""
+    """``__getattr__`` and ``__dir__`` for ``package``.
+
+    ``names`` maps a name to its module, or to ``"module:attribute"`` when it
+    has another name there.
+    """
 
     def __getattr__(name: str) -> Any:
-        module = names.get(name)
-        if module is None:
+        where = names.get(name)
+        if where is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
+        module, _, attribute = where.partition(":")
+        value = getattr(importlib.import_module(module), attribute or name)
         setattr(sys.modules[package], name, value)  # later uses skip this function
         return value
 

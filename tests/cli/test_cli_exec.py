@@ -185,3 +185,36 @@ def test_ctrl_c_is_forwarded_to_the_remote_command(shared_env: Env, shared: Serv
             client.wait(5)
     assert out == b"got-int\n", err
     assert client.returncode == 5
+
+
+def test_exec_loads_none_of_the_server_nor_the_other_services(
+    shared_env: Env, shared: Server
+) -> None:
+    # What `ppcp exec` imports is most of its start-up time (bench/README.md):
+    # a client must not pay for the server's router, limits and rate limiters,
+    # nor for the shell, message and file services it does not use.
+    import subprocess
+    import sys
+
+    env, srv = shared_env, shared
+    code = (
+        "import sys\nfrom ppcp.cli import main\n"
+        f"try:\n    main(['exec', '--host', {srv.address!r}, '--', 'echo ran'])\n"
+        "except SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+        "print('LOADED', sorted(m for m in sys.modules if m in ("
+        "'ppcp.transport.aio_server', 'ppcp.control.router', 'ppcp.core.limits',"
+        " 'ppcp.utils.ratelimit', 'ppcp.control.shell', 'ppcp.control.messages',"
+        " 'ppcp.control.files', 'ppcp.control.transfer', 'ppcp.discovery.responder',"
+        " 'secrets', 'termios')))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env.vars,
+        cwd=env.home,
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["ran", "LOADED []"]
