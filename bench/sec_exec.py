@@ -171,16 +171,29 @@ DEPENDENCY_IMPORTS = (
 
 
 def _cli_runs(ctx: Context, cmd: list[str], runs: int, what: str) -> list[float]:
+    return _cli_rounds(ctx, {what: cmd}, runs)[what]
+
+
+def _cli_rounds(ctx: Context, commands: dict[str, list[str]], runs: int) -> dict[str, list[float]]:
+    """Each command once per round, in turn, for ``runs`` rounds.
+
+    Interleaved, not one block per command: this host's speed drifts by 10-30 %
+    within a minute, and a block measured in a slow spell would move the ratio
+    by as much.  Compared in the same rounds, both sides see the same host.
+    """
     deadline = Deadline(ctx.settings.section_budget)
-    times = []
-    run_child(cmd, 60, env=ctx.env())  # warm the page cache
+    times: dict[str, list[float]] = {what: [] for what in commands}
+    for cmd in commands.values():
+        run_child(cmd, 60, env=ctx.env())  # warm the page cache
     for _ in range(runs):
         if deadline.expired:
             break
-        r = run_child(cmd, 60, env=ctx.env())
-        if r.returncode != 0:
-            raise RuntimeError(f"{what} exited {r.returncode}: {r.stderr.decode(errors='replace')}")
-        times.append(r.seconds)
+        for what, cmd in commands.items():
+            r = run_child(cmd, 60, env=ctx.env())
+            if r.returncode != 0:
+                err = r.stderr.decode(errors="replace")
+                raise RuntimeError(f"{what} exited {r.returncode}: {err}")
+            times[what].append(r.seconds)
     return times
 
 
@@ -220,49 +233,59 @@ def run_cold(ctx: Context, ssh: SshDaemon | None) -> None:
             "no implementation can go below this ratio",
         )
     )
-    # CLI: whole process, interpreter start included.
-    floor = _cli_runs(ctx, [PYTHON, "-c", "import ppcp.cli"], s.cli_runs, "python")
+    # CLI: whole process, interpreter start included.  The floors, PPCP and
+    # ssh are measured in the same rounds (see _cli_rounds).
+    commands = {
+        "python": [PYTHON, "-c", "import ppcp.cli"],
+        # What any Python client built on the same libraries pays before its
+        # first byte: the rest of `ppcp exec`'s time is PPCP's own imports and work.
+        "libraries": [PYTHON, "-c", DEPENDENCY_IMPORTS],
+    }
+    if ssh is not None:
+        commands["ssh true"] = [*ssh.ssh_cmd(), "true"]
+    else:
+        ctx.report.skip(section, "`ssh host true`: no sshd in this run")
+    proc = None
+    if have_cli("exec", "serve") and have_session_api("exec"):
+        # By name: the server answers PINGs on a loopback UDP port, the client
+        # finds it with one unicast PING there (no broadcast leaves loopback).
+        udp = free_udp_port()
+        proc, port = ctx.start_cli_server(root, discovery_port=udp)
+        by_name = [str(BIN / "ppcp"), "exec", "--unicast", "127.0.0.1", "--discovery-port"]
+        commands["ppcp exec by name"] = [*by_name, str(udp), "bench", "--", "true"]
+        commands["ppcp exec --host"] = [
+            *[str(BIN / "ppcp"), "exec", "--host", f"127.0.0.1:{port}"],
+            *["bench", "--", "true"],
+        ]
+    else:
+        ctx.report.skip(section, "`ppcp exec` CLI not implemented yet")
+    try:
+        times = _cli_rounds(ctx, commands, s.cli_runs)
+    finally:
+        if proc is not None:
+            ctx.procs.stop(proc)
+    floor, libraries = times["python"], times["libraries"]
     ctx.report.note(
         section,
         f"interpreter floor `python -c 'import ppcp.cli'`: median {_ms(floor)} ms",
     )
     ctx.report.raw.setdefault(section, {})["python_import_floor"] = summarize(floor)
-    # What any Python client built on the same libraries pays before its first byte:
-    # the rest of `ppcp exec`'s time is PPCP's own imports and work.
-    libraries = _cli_runs(ctx, [PYTHON, "-c", DEPENDENCY_IMPORTS], s.cli_runs, "python")
     ctx.report.note(
         section,
         f"dependency floor `python -c 'import asyncio, click, cryptography (AES-GCM, EC, "
         f"HKDF)'`: median {_ms(libraries)} ms",
     )
     ctx.report.raw[section]["python_dependency_floor"] = summarize(libraries)
-    by_name = by_address = ssh_times = None
-    if have_cli("exec", "serve") and have_session_api("exec"):
-        # By name: the server answers PINGs on a loopback UDP port, the client
-        # finds it with one unicast PING there (no broadcast leaves loopback).
-        udp = free_udp_port()
-        proc, port = ctx.start_cli_server(root, discovery_port=udp)
-        try:
-            cmd = [str(BIN / "ppcp"), "exec", "--unicast", "127.0.0.1", "--discovery-port"]
-            cmd += [str(udp), "bench", "--", "true"]
-            by_name = _cli_runs(ctx, cmd, s.cli_runs, "ppcp exec by name")
-            cmd = [str(BIN / "ppcp"), "exec", "--host", f"127.0.0.1:{port}", "bench", "--", "true"]
-            by_address = _cli_runs(ctx, cmd, s.cli_runs, "ppcp exec --host")
-        finally:
-            ctx.procs.stop(proc)
-    else:
-        ctx.report.skip(section, "`ppcp exec` CLI not implemented yet")
-    if ssh is not None:
-        ssh_times = _cli_runs(ctx, [*ssh.ssh_cmd(), "true"], s.cli_runs, "ssh true")
-    else:
-        ctx.report.skip(section, "`ssh host true`: no sshd in this run")
+    by_name_times = times.get("ppcp exec by name")
+    by_address = times.get("ppcp exec --host")
+    ssh_times = times.get("ssh true")
     ctx.report.add(
         Row(
             section,
             "cold-cli",
             "`ppcp exec NAME -- true` (CLI, process start and discovery by name included)",
             "s",
-            _summ(by_name),
+            _summ(by_name_times),
             "ssh host true",
             _summ(ssh_times),
             max_ratio=0.5,
