@@ -205,7 +205,7 @@ def test_exec_loads_none_of_the_server_nor_the_other_services(
         "'ppcp.transport.aio_server', 'ppcp.control.router', 'ppcp.core.limits',"
         " 'ppcp.utils.ratelimit', 'ppcp.control.shell', 'ppcp.control.messages',"
         " 'ppcp.control.files', 'ppcp.control.transfer', 'ppcp.discovery.responder',"
-        " 'secrets', 'termios')))\n"
+        " 'secrets', 'termios', 'shlex')))\n"
     )
     res = subprocess.run(
         [sys.executable, "-c", code],
