@@ -148,23 +148,53 @@ def run_extras(ctx: Context) -> None:
     _extras_rows(ctx)
 
 
+# The stage of bench/floor.py that does what a file transfer must: read, encrypt,
+# send, decrypt, write.
+TRANSFER_FLOOR_STAGE = "tcp+aes+file"
+
+
 def _extras_rows(ctx: Context) -> None:
     raw = ctx.report.raw.get("extras", {})
     floor = (raw.get("floor") or {}).get("json") or {}
+    earlier = {row.key: row for row in ctx.report.rows}
     for stage in floor.get("stages", []):
+        seconds = {"n": 1, "median": stage["seconds"] * (1024 / floor["size_mib"])}
         ctx.report.add(
             Row(
                 "extras",
                 f"floor-{stage['stage']}",
                 f"floor, 1 GiB, no protocol: bare Python {stage['stage']} (bench/floor.py)",
                 "s",
-                {"n": 1, "median": stage["seconds"] * (1024 / floor["size_mib"])},
+                seconds,
                 note=(
                     f"{stage['mib_s']} MiB/s; CPU-s/GiB sender "
                     f"{stage['sender_cpu_s_per_gib']}, receiver {stage['receiver_cpu_s_per_gib']}"
                 ),
             )
         )
+        if stage["stage"] != TRANSFER_FLOOR_STAGE:
+            continue
+        # The transfer targets read against their floor, as cold and warm are:
+        # what PPCP's put/get must do at the least, over the same scp figures.
+        for op in ("put", "get"):
+            scp = earlier.get(f"{op}-cli-vs-scp")
+            if scp is None or scp.peer is None:
+                continue
+            size = ctx.settings.file_size // MiB
+            ctx.report.add(
+                Row(
+                    "extras",
+                    f"floor-{op}-vs-scp",
+                    f"floor for {op} {size} MiB: {TRANSFER_FLOOR_STAGE}, no protocol "
+                    "(bench/floor.py)",
+                    "s",
+                    {"n": 1, "median": stage["seconds"] * (size / floor["size_mib"])},
+                    "scp",
+                    scp.peer,
+                    note="read, encrypt, send, decrypt, write in bare Python: no Python "
+                    "implementation on these libraries can go below this ratio",
+                )
+            )
     hb = (raw.get("heartbeat_under_load") or {}).get("json") or {}
     for key, what in (
         ("heartbeat_idle", "heartbeat RTT, idle session"),
