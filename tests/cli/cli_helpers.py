@@ -40,10 +40,24 @@ class Env:
         extra_env: dict[str, str] | None = None,
         cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        return self._run([*PPCP, *args], input, timeout, extra_env, cwd)
+
+    def python(self, code: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """``python -c code`` in this environment (to look inside a ppcp process)."""
+        return self._run([sys.executable, "-c", code], None, timeout, None, None)
+
+    def _run(
+        self,
+        argv: list[str],
+        input: bytes | str | None,
+        timeout: float,
+        extra_env: dict[str, str] | None,
+        cwd: Path | None,
+    ) -> subprocess.CompletedProcess[str]:
         env = {**self.vars, **(extra_env or {})}
         data = input.encode() if isinstance(input, str) else input
         res = subprocess.run(
-            [*PPCP, *args],
+            argv,
             input=data,
             capture_output=True,
             env=env,

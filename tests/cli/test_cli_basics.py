@@ -23,9 +23,7 @@ def test_help_lists_every_command_without_heavy_imports(env: Env) -> None:
         " if m in sys.modules]\n"
         "print('HEAVY', heavy)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env.vars, timeout=30
-    )
+    out = env.python(code)
     # rich, zeroconf and the config parser are only imported by the commands that need them.
     heavy = out.stdout.split("HEAVY", 1)[1]
     assert "rich" not in heavy and "zeroconf" not in heavy and "tomllib" not in heavy

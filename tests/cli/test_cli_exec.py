@@ -193,9 +193,6 @@ def test_exec_loads_none_of_the_server_nor_the_other_services(
     # What `ppcp exec` imports is most of its start-up time (bench/README.md):
     # a client must not pay for the server's router, limits and rate limiters,
     # nor for the shell, message and file services it does not use.
-    import subprocess
-    import sys
-
     env, srv = shared_env, shared
     code = (
         "import sys\nfrom ppcp.cli import main\n"
@@ -207,14 +204,6 @@ def test_exec_loads_none_of_the_server_nor_the_other_services(
         " 'ppcp.control.files', 'ppcp.control.transfer', 'ppcp.discovery.responder',"
         " 'secrets', 'termios', 'shlex')))\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=env.vars,
-        cwd=env.home,
-        stdin=subprocess.DEVNULL,
-        timeout=30,
-    )
+    res = env.python(code)
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == ["ran", "LOADED []"]
