@@ -273,12 +273,16 @@ def _stdin_is_tty() -> bool:
 def _pump_stdin(process: Any) -> None:
     """Forward piped stdin to the remote command, then EOF."""
     import contextlib
+    import os
 
     # The command may finish before reading all of stdin: then there is nothing to do.
+    # os.read, not sys.stdin.buffer: when the command ends, the client exits while this
+    # daemon thread may still wait for input, and a daemon thread blocked inside a
+    # buffered read holds that buffer's lock, which aborts the interpreter at exit.
     with contextlib.suppress(Exception):
-        stdin: Any = sys.stdin.buffer
+        fd = sys.stdin.fileno()
         while True:
-            data = stdin.read1(65536)
+            data = os.read(fd, 65536)
             if not data:
                 break
             process.write_stdin(data)

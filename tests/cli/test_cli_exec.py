@@ -32,6 +32,39 @@ def test_exec_forwards_piped_stdin(shared_env: Env, shared: Server) -> None:
     assert res.stdout.strip() == "0"
 
 
+def test_exec_exits_while_its_stdin_pipe_stays_open(shared_env: Env, shared: Server) -> None:
+    """`producer | ppcp exec HOST true`: the command ends before the producer does.
+
+    The stdin pump is then blocked in a read; the client must still exit with the
+    command's status (a daemon thread blocked inside a buffered read used to abort
+    the interpreter at exit: "Fatal Python error: _enter_buffered_busy", status -6).
+    """
+    import subprocess
+
+    env, srv = shared_env, shared
+    client = env.popen(
+        "exec",
+        "--host",
+        srv.address,
+        "--",
+        "exit 3",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert client.stdin is not None
+    try:
+        client.wait(15)  # stdin stays open, without data or EOF, until the client exits
+        out, err = client.stdout.read(), client.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(5)
+        client.stdin.close()
+    assert (client.returncode, out) == (3, b""), err.decode()
+    assert b"Fatal Python error" not in err
+
+
 def test_remote_command_not_found_is_127(shared_env: Env, shared: Server) -> None:
     env, srv = shared_env, shared
     res = env.run("exec", "--host", srv.address, "--", "no-such-command-xyz")

@@ -34,7 +34,7 @@ def test_signal_closes_sessions_cleanly(env: Env, server: StartServer, sig: int)
     assert f"{signal.Signals(sig).name} received: closing 1 session(s)" in srv.log
     assert "server stopped" in srv.log
     assert "Traceback" not in srv.log
-    assert client.returncode == 255
+    assert client.returncode == 255, err.decode()
     assert b"ppcp:" in err and b"Traceback" not in err
 
 
