@@ -236,6 +236,7 @@ def start(session: Any, request: Request, *, stdin: bool) -> Any:
     Without ``stdin`` the command's stdin is empty from the start (no EOF to send).
     """
     from ppcp import ChannelError
+    from ppcp.control.exec import cannot_execute_errno
 
     try:
         return session.start_exec(
@@ -246,11 +247,10 @@ def start(session: Any, request: Request, *, stdin: bool) -> Any:
             stdin=stdin,
         )
     except ChannelError as exc:
-        # A plain ChannelError at start is the server's "cannot execute PROGRAM: reason".
-        if type(exc) is ChannelError and "cannot execute" in exc.message:
+        errno_name = cannot_execute_errno(exc.message) if type(exc) is ChannelError else None
+        if errno_name is not None:
             reason = exc.message.removeprefix("peer reported: ")
-            code = 127 if "No such file" in reason else 126
-            raise CommandNotStarted(code, reason) from None
+            raise CommandNotStarted(127 if errno_name == "ENOENT" else 126, reason) from None
         raise
 
 

@@ -8,7 +8,7 @@ Wire schema (docs/rfc.md section 15.10.2, "exec"):
   environment) and ``"timeout"`` (seconds);
 * accept payload ``{"pid": int}``: the channel is accepted once the process runs;
   a program that cannot be started (argv form) is a CHANNEL_REJECT with
-  CHANNEL_ERROR and the OS error as reason;
+  CHANNEL_ERROR and the reason ``cannot execute 'PROGRAM': ENAME: text``;
 * client -> server data is stdin (stream 0); the client's EOF closes stdin;
 * server -> client data is stdout (stream 0) and stderr (stream 1), as produced;
 * requests to the server: ``"signal" {"signal": n}`` (to the process group) and
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -563,6 +564,25 @@ def resolve_argv(spec: ExecSpec, policy: ServerPolicy) -> list[str]:
     return argv
 
 
+# The reason of a CHANNEL_REJECT for a program that cannot be started (RFC, exec):
+# "cannot execute 'PROGRAM': ENAME: text".  ENAME, the errno symbol, is what a client
+# decides on (127 for ENOENT, as a shell exits, 126 otherwise); the text is for
+# people and may be localised.
+_CANNOT_EXECUTE = re.compile(r"cannot execute (?P<program>.+): (?P<errno>E[A-Z0-9]+): ")
+
+
+def cannot_execute_reason(program: str, exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno) if exc.errno else None
+    symbol = f"{name}: " if name else ""
+    return f"cannot execute {program!r}: {symbol}{exc.strerror or exc}"
+
+
+def cannot_execute_errno(message: str) -> str | None:
+    """The errno symbol of a "cannot execute" rejection; None for any other message."""
+    found = _CANNOT_EXECUTE.search(message)
+    return found.group("errno") if found else None
+
+
 def effective_timeout(requested: float | None, limit: float | None) -> float | None:
     if requested is None:
         return limit
@@ -621,11 +641,10 @@ async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
     try:
         proc = Child.spawn(argv, cwd=cwd, env=env)
     except OSError as exc:
-        reason = exc.strerror or str(exc)
         if getattr(exc, "filename", None) == cwd:
-            message = f"cannot use working directory {cwd!r}: {reason}"
+            message = f"cannot use working directory {cwd!r}: {exc.strerror or exc}"
         else:
-            message = f"cannot execute {argv[0]!r}: {reason}"
+            message = cannot_execute_reason(argv[0], exc)
         channel.reject(CloseCode.CHANNEL_ERROR, message)
         return
     # Set once the exit status is out.  A flag, not _supervise's result: the

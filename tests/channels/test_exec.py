@@ -27,6 +27,7 @@ import ppcp.aio
 from ppcp import ChannelError, ExecResult, PolicyDenied, SessionClosed
 from ppcp.control import exec as exec_module
 from ppcp.control.aio_channel import AsyncChannel
+from ppcp.control.exec import cannot_execute_errno, cannot_execute_reason
 from ppcp.control.router import ServerPolicy
 from ppcp.transport.frames import FrameType, encode_frame
 
@@ -251,7 +252,33 @@ async def test_command_not_found(session: Session) -> None:
     with pytest.raises(ChannelError, match="cannot execute 'no-such-command-ppcp'") as info:
         await session.exec(["no-such-command-ppcp"])
     assert type(info.value) is ChannelError
+    # The errno symbol, not the (localisable) text, is what a client decides on.
+    assert cannot_execute_errno(info.value.message) == "ENOENT"
     assert (await session.exec(["true"])).exit_code == 0  # the session is fine
+
+
+async def test_program_not_executable(session: Session, tmp_path: Path) -> None:
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+    with pytest.raises(ChannelError, match=r"cannot execute .*not-executable") as info:
+        await session.exec([str(script)])
+    assert cannot_execute_errno(info.value.message) == "EACCES"
+
+
+def test_cannot_execute_reason_round_trip() -> None:
+    import errno
+
+    exc = OSError(errno.ENOENT, "No such file or directory")
+    # A program name that itself looks like a reason must not confuse the parser.
+    for program in ("ls", "odd: EACCES: name", "it's"):
+        reason = cannot_execute_reason(program, exc)
+        assert reason.endswith(": ENOENT: No such file or directory")
+        assert cannot_execute_errno("peer reported: " + reason) == "ENOENT"
+    assert cannot_execute_errno("cannot use working directory '/x': No such file") is None
+    assert cannot_execute_errno("exec is disabled on this server") is None
+    # An error without a number carries no symbol, and then no client guesses one.
+    assert cannot_execute_errno(cannot_execute_reason("x", OSError("odd"))) is None
 
 
 async def test_exec_disabled(serve: StartServer, connect: Connect) -> None:

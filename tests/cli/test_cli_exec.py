@@ -74,6 +74,17 @@ def test_remote_command_not_found_is_127(shared_env: Env, shared: Server) -> Non
     assert res.returncode == 127  # through the shell, which says so itself
 
 
+def test_remote_program_not_executable_is_126(shared_env: Env, shared: Server) -> None:
+    env, srv = shared_env, shared
+    script = shared_env.home / "not-executable"
+    script.write_text("#!/bin/sh\necho ran\n")
+    script.chmod(0o644)
+    res = env.run("exec", "--host", srv.address, "--", str(script), "arg")  # argv: no shell
+    assert res.returncode == 126, res.stderr
+    assert "not-executable" in res.stderr and "EACCES" in res.stderr
+    assert res.stdout == ""
+
+
 def test_remote_signal_is_128_plus_n(shared_env: Env, shared: Server) -> None:
     env, srv = shared_env, shared
     res = env.run("exec", "--host", srv.address, "--", "kill -TERM $$")
