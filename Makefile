@@ -34,6 +34,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict ppcp
+	$(VENV)/bin/mypy --strict bench
 
 unit: compile system-deps
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)

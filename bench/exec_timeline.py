@@ -59,7 +59,7 @@ async def exec_timeline(
     def timed_spawn(cls: type[Child], *args: Any, **kwargs: Any) -> Child:
         if not marks.spawn_start:
             marks.spawn_start = time.perf_counter()
-        child = spawn.__func__(cls, *args, **kwargs)
+        child: Child = spawn.__func__(cls, *args, **kwargs)
         if not marks.spawn_end:
             marks.spawn_end = time.perf_counter()
         return child

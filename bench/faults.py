@@ -157,7 +157,7 @@ class Child:
         """The next event, or None once the process has exited."""
         assert self.proc.stdout is not None
         if not self._sel.select(timeout):
-            raise TimeoutError(f"no event from {self.proc.args} within {timeout} s")
+            raise TimeoutError(f"no event from {self.proc.args!r} within {timeout} s")
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait(timeout)
@@ -168,7 +168,8 @@ class Child:
         for _ in range(100_000):
             event = self.event(timeout)
             if event is None:
-                raise RuntimeError(f"{self.proc.args} exited {self.proc.returncode} before {name}")
+                status = self.proc.returncode
+                raise RuntimeError(f"{self.proc.args!r} exited {status} before {name}")
             if event["event"] == name:
                 return event
         raise RuntimeError(f"too many events before {name}")
@@ -294,7 +295,7 @@ def run(
                 live.append(server)
             rerun = Child(client_args(op, port, local, remote))
             live.append(rerun)
-            result = {"sha256": None, "resumed_from": 0}
+            result: dict[str, Any] = {"sha256": None, "resumed_from": 0}
             for _ in range(100_000):
                 event = rerun.event()
                 if event is None or event["event"] == "error":

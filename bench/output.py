@@ -17,15 +17,13 @@ def fmt(stat: dict[str, Any] | None, unit: str) -> str:
     if not stat or stat.get("median") is None:
         return "-"
     med, lo, hi = stat["median"], stat.get("min"), stat.get("max")
-    if lo is None or hi is None:
-        lo = hi = None
     if unit == "s":
-        if lo is None:
+        if lo is None or hi is None:
             return f"{med * 1000:.1f} ms" if med < 1 else f"{med:.2f} s"
         if med < 1:
             return f"{med * 1000:.1f} ms [{lo * 1000:.1f}-{hi * 1000:.1f}]"
         return f"{med:.2f} s [{lo:.2f}-{hi:.2f}]"
-    if stat.get("n", 0) <= 1 or lo is None:
+    if stat.get("n", 0) <= 1 or lo is None or hi is None:
         return f"{med:.3g} {unit}"
     return f"{med:.3g} {unit} [{lo:.3g}-{hi:.3g}]"
 
@@ -47,7 +45,7 @@ def print_table(report: Report, title: str) -> None:
         ("status", {}),
         ("note", {"overflow": "fold", "max_width": 40}),
     ):
-        table.add_column(col, **kw)  # type: ignore[arg-type]
+        table.add_column(col, **kw)
     for row in report.rows:
         ratio = row.ratio
         status = row.status

@@ -143,13 +143,14 @@ async def _asyncssh_exec(process: Any) -> None:
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    command_stdin = proc.stdin
 
     async def feed() -> None:
         with contextlib.suppress(Exception):
             while data := await process.stdin.read(1 << 16):
-                proc.stdin.write(data)
-                await proc.stdin.drain()
-        proc.stdin.close()
+                command_stdin.write(data)
+                await command_stdin.drain()
+        command_stdin.close()
 
     async def pump(src: asyncio.StreamReader, dst: Any) -> None:
         while data := await src.read(1 << 16):

@@ -99,8 +99,8 @@ def run(ctx: Context) -> None:
         client.append(c)
         server.append(sv)
     # ms per handshake for readability
-    f, c, sv = (_ms(x) for x in (floor, client, server))
-    for side, data in (("client", c), ("server", sv)):
+    floor_ms, client_ms, server_ms = (_ms(x) for x in (floor, client, server))
+    for side, data in (("client", client_ms), ("server", server_ms)):
         ctx.report.add(
             Row(
                 section,
@@ -109,14 +109,14 @@ def run(ctx: Context) -> None:
                 "ms",
                 data,
                 "crypto floor",
-                f,
+                floor_ms,
                 note="floor: keygen+ECDH+HKDF+2 HMAC",
             )
         )
     # Over real sockets, whole processes.
     sock = _socket_handshakes(ctx, deadline)
     if sock is not None:
-        fm = f["median"]
+        fm = floor_ms["median"]
         for side in ("client", "server"):
             ctx.report.add(
                 Row(
@@ -126,14 +126,14 @@ def run(ctx: Context) -> None:
                     "ms",
                     _summarize([sock[side] * 1000]),
                     "crypto floor",
-                    f,
+                    floor_ms,
                     note=f"{sock[side] * 1000 / fm:.1f}x floor" if fm else "",
                 )
             )
     ctx.report.raw[section] = {
-        "floor_ms": f,
-        "client_ms": c,
-        "server_ms": sv,
+        "floor_ms": floor_ms,
+        "client_ms": client_ms,
+        "server_ms": server_ms,
         "socket_cpu_s_per_handshake": sock,
         "floor_share": {
             "client": statistics.median(floor) / statistics.median(client),
