@@ -147,6 +147,11 @@ async def get_files(
     if not isinstance(remote, str):
         raise TypeError("the remote path must be a str")
     require_files(session)
+    # What lands locally is named after what was asked for, never after what the
+    # server says (as scp was made to do after CVE-2019-6111): a server that can
+    # choose the name can write ./.bashrc when asked for photos/cat.jpg.  Only a
+    # request for the root itself has no name of its own.
+    requested = parse_wire_path(remote)
     encoding = choose_encoding(session.capabilities, compress, checksum)
     request = {
         "v": PROTOCOL,
@@ -160,6 +165,8 @@ async def get_files(
         answer = decode_json(channel.open_payload, "file-get answer")
         kind = field_str(answer, "type", "file-get answer")
         name = check_name(field_str(answer, "name", "file-get answer"), "name sent by the server")
+        if requested:
+            name = requested[-1]
         total = field_uint(answer, "size", "file-get answer")
         if kind not in ("file", "dir") or (kind == "dir" and not recursive):
             raise ChannelError(f"unexpected file-get answer type {kind!r}")

@@ -289,7 +289,9 @@ async def run_against(
     monkeypatch.setattr(files, "serve_get", serve_get)
     async with loopback(*dirs) as lo, lo.client() as session:
         with pytest.raises(ppcp.PPCPError) as info:
-            await session.get("whatever", local, recursive=recursive)
+            # "d", the name answer() gives by default: the client names what it writes
+            # after its request, so a test of where entries land must ask for that name.
+            await session.get("d", local, recursive=recursive)
         assert not info.value.remote
         assert_readable(info.value.message)
         code_reason = await asyncio.wait_for(closed, 10)
@@ -399,6 +401,39 @@ async def test_client_masks_dangerous_modes(
         await session.get("tool", local, checksum=True)
     assert (local / "tool").read_bytes() == data
     assert stat.S_IMODE((local / "tool").stat().st_mode) == 0o777
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+async def test_client_names_the_destination_after_its_request(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """A server answering `.bashrc` for photos/cat.jpg writes cat.jpg (scp's CVE-2019-6111)."""
+    data = b"echo pwned\n"
+
+    async def evil(channel: AsyncChannel) -> None:
+        if kind == "file":
+            channel.accept(answer("file", ".bashrc", len(data)))
+            await channel.send_request(*entry("file", "", len(data)))
+        else:
+            channel.accept(answer("dir", ".ssh", len(data)))
+            await channel.send_request(*entry("dir", ""))
+            await channel.send_request(*entry("file", "authorized_keys", len(data)))
+        await next_request(channel, "ready")
+        await channel.send_json("data", {"offset": 0})
+        await channel.write(data)
+        await channel.send_json("end", {})
+        await next_request(channel, "done")
+        await channel.send_json("finish", {})
+        await next_request(channel, "finished")
+
+    monkeypatch.setattr(files, "serve_get", lambda channel, policy: evil(channel))
+    _, local = dirs
+    asked = "photos/cat.jpg" if kind == "file" else "photos/album/"
+    async with loopback(*dirs) as lo, lo.client() as session:
+        await session.get(asked, local, recursive=kind == "dir")
+    landed = local / "cat.jpg" if kind == "file" else local / "album" / "authorized_keys"
+    assert landed.read_bytes() == data
+    assert sorted(p.name for p in local.iterdir()) == [landed.relative_to(local).parts[0]]
 
 
 async def next_request(channel: AsyncChannel, name: str) -> dict[str, Any]:
