@@ -71,7 +71,9 @@ B64_CHUNK = 45 * 1024  # base64 path: fits a 64 KiB request once encoded
 B64_WINDOW = 4 << 20  # base64 path: raw bytes the sender may have unacknowledged
 ACK_EVERY = 1 << 20  # base64 path: the receiver acknowledges at least this often
 MAX_SIZE = (1 << 63) - 1
+# Signed: a file may date from before 1970 (its time is then negative).
 MAX_MTIME_NS = (1 << 63) - 1
+MIN_MTIME_NS = -(1 << 63)
 ZLIB_LEVEL = 1
 COMPRESS_WORTH = 0.95  # a piece is sent compressed only if this much smaller
 COMPRESS_BACKOFF = 16  # pieces sent stored, untried, after one that did not shrink
@@ -140,9 +142,28 @@ def choose_encoding(
 
 
 def field_uint(obj: dict[str, Any], key: str, what: str, limit: int = MAX_SIZE) -> int:
+    return field_int(obj, key, what, 0, limit)
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it (another thread may create files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # No /proc (or Linux < 4.7): set and restore, the only other way to read it.
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def field_int(obj: dict[str, Any], key: str, what: str, low: int, high: int) -> int:
     value = obj.get(key)
-    if type(value) is not int or not 0 <= value <= limit:
-        raise ChannelError(f"malformed {what}: {key!r} must be an integer in 0..{limit}")
+    if type(value) is not int or not low <= value <= high:
+        raise ChannelError(f"malformed {what}: {key!r} must be an integer in {low}..{high}")
     return value
 
 
@@ -181,7 +202,7 @@ class FileEntry:
             parse_wire_path(field_str(obj, "path", "file entry")),
             field_uint(obj, "size", "file entry"),
             field_uint(obj, "mode", "file entry", 0o7777),
-            field_uint(obj, "mtime_ns", "file entry", MAX_MTIME_NS),
+            field_int(obj, "mtime_ns", "file entry", MIN_MTIME_NS, MAX_MTIME_NS),
         )
 
     def encode(self) -> bytes:
@@ -207,7 +228,7 @@ class DirEntry:
         return cls(
             parse_wire_path(field_str(obj, "path", "dir entry")),
             field_uint(obj, "mode", "dir entry", 0o7777),
-            field_uint(obj, "mtime_ns", "dir entry", MAX_MTIME_NS),
+            field_int(obj, "mtime_ns", "dir entry", MIN_MTIME_NS, MAX_MTIME_NS),
         )
 
     def encode(self) -> bytes:
@@ -710,11 +731,29 @@ class Receiver:
     progress: Progress
     stats: Stats
     single: bool  # exactly one file, at ``base`` itself
+    # The directories this transfer created: only those get the sender's mode and time.
     dirs: list[tuple[tuple[str, ...], int, int]] = field(default_factory=list)
+    # The sender's permission bits, less this process's umask (as cp and scp do).
+    mode_mask: int = field(default_factory=lambda: 0o777 & ~current_umask())
     # The piece the worker is writing: its pooled buffer is given back once written.
     in_worker: bytes | memoryview = b""
 
     async def run(self) -> None:
+        try:
+            await self._receive_entries()
+        except BaseException:
+            # Also after a failure: a directory is created 0700 (nothing lands in it
+            # readable by others before its mode is known) and must not stay so.
+            with contextlib.suppress(PPCPError):
+                self.finish_dirs()
+            raise
+        self.finish_dirs()
+        self.progress.report()
+        await self.channel.send_json(
+            "finished", {"files": self.stats.files, "bytes": self.progress.moved}
+        )
+
+    async def _receive_entries(self) -> None:
         while True:
             request = await self.channel.next_request()
             if request is None:
@@ -733,14 +772,9 @@ class Receiver:
                 shown = display(field_str(obj, "path", "skip"))
                 self.stats.skipped.append(f"{shown}: {display(field_str(obj, 'reason', 'skip'))}")
             elif name == "finish":
-                break
+                return
             else:
                 raise ChannelError(f"unexpected request {name!r} in a file transfer")
-        self.finish_dirs()
-        self.progress.report()
-        await self.channel.send_json(
-            "finished", {"files": self.stats.files, "bytes": self.progress.moved}
-        )
 
     def make_dir(self, entry: DirEntry) -> None:
         parts = (*self.base, *entry.path)
@@ -750,14 +784,15 @@ class Receiver:
                     os.mkdir(t.name, 0o700, dir_fd=t.dir_fd)
                 except OSError as exc:
                     raise io_error(exc, "creating directory", quote(t.path)) from None
+                self.dirs.append((t.parts, entry.mode, entry.mtime_ns))
             elif not t.is_dir:
                 raise RemotePathError(f"{quote(t.path)} exists and is not a directory")
-            self.dirs.append((t.parts, entry.mode, entry.mtime_ns))
         self.stats.directories += 1
 
     def finish_dirs(self) -> None:
         """Apply directory modes and times last, deepest first (writing changes them)."""
-        for parts, mode, mtime_ns in sorted(self.dirs, key=lambda d: len(d[0]), reverse=True):
+        dirs, self.dirs = self.dirs, []
+        for parts, mode, mtime_ns in sorted(dirs, key=lambda d: len(d[0]), reverse=True):
             with self.tree.resolve(parts) as t:
                 if not t.is_dir:
                     continue
@@ -766,7 +801,7 @@ class Receiver:
                     fd = os.open(t.name, flags, dir_fd=t.dir_fd)
                     try:
                         os.utime(fd, ns=(time.time_ns(), mtime_ns))
-                        os.fchmod(fd, mode & 0o777)
+                        os.fchmod(fd, mode & self.mode_mask)
                     finally:
                         os.close(fd)
                 except OSError as exc:
@@ -786,7 +821,7 @@ class Receiver:
             try:
                 digest = await self.receive_into(fd, entry, shown, t.dir_fd, part)
                 try:
-                    os.fchmod(fd, entry.mode & 0o777)
+                    os.fchmod(fd, entry.mode & self.mode_mask)
                     os.utime(fd, ns=(time.time_ns(), entry.mtime_ns))
                     await in_thread(fd, os.fsync)
                     os.rename(part, t.name, src_dir_fd=t.dir_fd, dst_dir_fd=t.dir_fd)

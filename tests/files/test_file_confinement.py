@@ -23,6 +23,7 @@ import ppcp
 from ppcp.control import files
 from ppcp.control.aio_channel import AsyncChannel, encode_json
 from ppcp.control.router import ServerPolicy
+from ppcp.control.transfer import current_umask
 from ppcp.core.errors import CloseCode
 from ppcp.transport.aio_driver import AsyncSession
 
@@ -400,7 +401,7 @@ async def test_client_masks_dangerous_modes(
     async with loopback(*dirs) as lo, lo.client() as session:
         await session.get("tool", local, checksum=True)
     assert (local / "tool").read_bytes() == data
-    assert stat.S_IMODE((local / "tool").stat().st_mode) == 0o777
+    assert stat.S_IMODE((local / "tool").stat().st_mode) == 0o777 & ~current_umask()
 
 
 @pytest.mark.parametrize("kind", ["file", "dir"])

@@ -110,6 +110,44 @@ async def test_mode_and_mtime_are_preserved(lo: Loopback) -> None:
     assert up.st_mtime_ns == 1_500_000_000_987_654_321
 
 
+async def test_the_receiver_applies_its_umask_and_spares_existing_directories(
+    lo: Loopback,
+) -> None:
+    src = lo.local / "open"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    os.chmod(src / "f", 0o777)
+    os.chmod(src, 0o777)
+    mine = lo.local / "copy" / "open"  # the get below merges into it
+    mine.mkdir(parents=True)
+    os.chmod(mine, 0o700)
+    old_umask = os.umask(0o027)  # both ends are this process
+    try:
+        async with lo.client() as session:
+            await session.put(src, "open", recursive=True)
+            await session.get("open", lo.local / "copy", recursive=True)
+    finally:
+        os.umask(old_umask)
+    for made in (lo.root / "open", lo.root / "open" / "f", mine / "f"):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o750, made
+    assert stat.S_IMODE(mine.stat().st_mode) == 0o700  # it was there before: left alone
+
+
+async def test_times_before_1970_are_carried(lo: Loopback) -> None:
+    old = -1_000_000_000_123_456_789  # 1938
+    src = lo.local / "d"
+    src.mkdir()
+    (src / "f").write_bytes(b"x")
+    os.utime(src / "f", ns=(old, old))
+    os.utime(src, ns=(old, old))
+    async with lo.client() as session:
+        await session.put(src, "d", recursive=True)
+        await session.get("d/f", lo.local / "back")
+    assert (lo.root / "d" / "f").stat().st_mtime_ns == old
+    assert (lo.root / "d").stat().st_mtime_ns == old
+    assert (lo.local / "back").stat().st_mtime_ns == old
+
+
 async def test_setuid_bits_are_not_transferred(lo: Loopback) -> None:
     src = lo.local / "tool"
     src.write_bytes(b"x")
