@@ -87,8 +87,7 @@ def put(
                     checksum=checksum,
                 )
             )
-    if not quiet:
-        _summary("sent", results, target.label)
+    _report("sent", results, target.label, quiet)
 
 
 def get(
@@ -102,6 +101,8 @@ def get(
 ) -> None:
     import posixpath
 
+    from ppcp import TransferError
+    from ppcp.cli.errors import EXIT_USAGE, CLIError
     from ppcp.cli.options import get_settings
     from ppcp.cli.progress import Bars, wanted
 
@@ -110,21 +111,43 @@ def get(
     session = ctx.connect(target)
     bars = Bars(wanted(quiet))
     with session, bars.shown():
-        result = session.get(
-            path,
-            local,
-            recursive=recursive,
-            progress=bars.task(posixpath.basename(path.rstrip("/")) or path),
-            resume=resume,
-            compress=compress,
-            checksum=checksum,
-        )
+        try:
+            result = session.get(
+                path,
+                local,
+                recursive=recursive,
+                progress=bars.task(posixpath.basename(path.rstrip("/")) or path),
+                resume=resume,
+                compress=compress,
+                checksum=checksum,
+            )
+        except TransferError as exc:
+            # The server's refusal speaks the library's language (RFC 16.3.3).
+            if not recursive and exc.message.endswith("is a directory (use recursive=True)"):
+                raise CLIError(
+                    EXIT_USAGE, f"{remote} is a directory; use -r to copy directories."
+                ) from None
+            raise
+    _report("received", [result], target.label, quiet)
+
+
+def _report(verb: str, results: list[Any], label: str, quiet: bool) -> None:
+    """The summary (unless quiet), then what was skipped (always): skipped entries
+    make the copy incomplete, which a script must see in the exit status."""
+    from ppcp.cli.errors import EXIT_FAILED, CLIError
+
     if not quiet:
-        _summary("received", [result], target.label)
+        _summary(verb, results, label)
+    skipped = [name for r in results for name in r.skipped]
+    for name in skipped:
+        click.echo(f"ppcp: skipped {name}", err=True)
+    if skipped:
+        count = f"{len(skipped)} entr{'y was' if len(skipped) == 1 else 'ies were'}"
+        raise CLIError(EXIT_FAILED, f"{count} skipped: the copy is incomplete.")
 
 
 def _summary(verb: str, results: list[Any], label: str) -> None:
-    """One line per transfer: what moved, how fast, what was resumed or skipped."""
+    """One line per transfer: what moved, how fast, what was resumed."""
     from ppcp.cli.progress import human_size
 
     for r in results:
@@ -143,5 +166,3 @@ def _summary(verb: str, results: list[Any], label: str) -> None:
         )
         if r.sha256:
             click.echo(f"sha256 {r.sha256}", err=True)
-        for name in r.skipped:
-            click.echo(f"ppcp: skipped {name}", err=True)

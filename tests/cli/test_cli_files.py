@@ -80,9 +80,27 @@ def test_directories_need_r(env: Env, srv: Server, root: Path, tmp_path: Path) -
     res = env.run("put", "-r", str(tree), ":", "--host", srv.address)
     assert res.returncode == 0, res.stderr
     assert (root / "tree" / "sub" / "b.txt").read_text() == "b"
+    res = env.run("get", ":tree", str(tmp_path / "copy"), "--host", srv.address)
+    assert res.returncode == 2 and "use -r" in res.stderr, res.stderr
+    assert "recursive=True" not in res.stderr
     res = env.run("get", "-r", ":tree", str(tmp_path / "copy"), "--host", srv.address)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "copy" / "sub" / "b.txt").read_text() == "b"
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_skipped_entries_are_listed_and_fail_the_copy(
+    env: Env, srv: Server, root: Path, tmp_path: Path, quiet: bool
+) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.txt").write_text("a")
+    os.mkfifo(tree / "pipe")
+    res = env.run(*(["-q"] if quiet else []), "put", "-r", str(tree), ":", "--host", srv.address)
+    assert res.returncode == 1, res.stderr
+    assert "skipped" in res.stderr and "pipe" in res.stderr
+    assert "1 entry was skipped: the copy is incomplete" in res.stderr
+    assert (root / "tree" / "a.txt").read_text() == "a"  # the rest was copied
 
 
 def test_several_files_into_a_directory(env: Env, srv: Server, root: Path, tmp_path: Path) -> None:
