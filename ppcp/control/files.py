@@ -196,9 +196,13 @@ def local_destination(local: LocalPath, kind: str, name: str) -> tuple[Tree, tup
     The tree is the directory the user named (or the parent of a file they
     named): nothing the server sends can land outside it.
     """
-    dest = os.path.abspath(os.fspath(local))
+    given = os.fspath(local)
+    dest = os.path.abspath(given)
     if os.path.isdir(dest):
         return Tree(dest), (name,), os.path.join(dest, name)
+    if kind == "file" and given.endswith(os.sep):
+        # "dir/" names a directory: a file is not saved under that name instead (as cp).
+        raise TransferError(f"local directory {quote(dest)} does not exist")
     if kind == "file":
         parent, leaf = os.path.split(dest)
         if not os.path.isdir(parent):

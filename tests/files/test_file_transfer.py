@@ -133,6 +133,17 @@ async def test_the_receiver_applies_its_umask_and_spares_existing_directories(
     assert stat.S_IMODE(mine.stat().st_mode) == 0o700  # it was there before: left alone
 
 
+async def test_a_local_name_ending_in_a_slash_must_be_a_directory(lo: Loopback) -> None:
+    (lo.root / "a.txt").write_bytes(b"a")
+    async with lo.client() as session:
+        with pytest.raises(ppcp.TransferError, match="does not exist"):
+            await session.get("a.txt", f"{lo.local / 'nodir'}/")
+        assert not (lo.local / "nodir").exists()
+        (lo.local / "nodir").mkdir()
+        await session.get("a.txt", f"{lo.local / 'nodir'}/")
+    assert (lo.local / "nodir" / "a.txt").read_bytes() == b"a"
+
+
 async def test_times_before_1970_are_carried(lo: Loopback) -> None:
     old = -1_000_000_000_123_456_789  # 1938
     src = lo.local / "d"
