@@ -109,7 +109,9 @@ def _classify_ppcp(exc: e.PPCPError) -> tuple[int, str]:
     if isinstance(exc, e.SessionClosed):
         return EXIT_CONNECTION, f"the server closed the session ({msg})."
     if isinstance(exc, e.ConnectionLost | e.HeartbeatTimeout):
-        return EXIT_CONNECTION, f"connection lost: {msg}."
+        # The library's own message may already say so (map_exception's "connection lost: ...").
+        lost = msg if msg.startswith("connection lost") else f"connection lost: {msg}"
+        return EXIT_CONNECTION, f"{lost}."
     return EXIT_CONNECTION, f"{msg}."
 
 

@@ -206,3 +206,16 @@ def test_systemd_unit(env: Env, tmp_path: Path) -> None:
     assert " serve " in exec_start and "--name kitchen" in exec_start
     assert f"--root {tmp_path}" in exec_start
     assert "ppcp-psk-" not in unit  # never the key itself
+
+
+def test_a_lost_connection_is_said_once() -> None:
+    from ppcp.cli.errors import EXIT_CONNECTION, classify
+    from ppcp.core.errors import ConnectionLost, map_exception
+
+    lost = map_exception(ConnectionResetError(104, "Connection reset by peer"))
+    assert isinstance(lost, ConnectionLost)
+    assert classify(lost) == (EXIT_CONNECTION, "connection lost: Connection reset by peer.")
+    assert classify(ConnectionLost("the connection closed")) == (
+        EXIT_CONNECTION,
+        "connection lost: the connection closed.",
+    )
