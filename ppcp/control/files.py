@@ -194,17 +194,22 @@ def local_destination(local: LocalPath, kind: str, name: str) -> tuple[Tree, tup
     """(confining tree, base below it, display path) for what a get writes locally.
 
     The tree is the directory the user named (or the parent of a file they
-    named): nothing the server sends can land outside it.
+    named): nothing the server sends can land outside it.  Symlinks in what the
+    user named (``local``, and ``local/name`` when ``local`` is a directory:
+    both chosen here, not by the server) are followed, as cp follows them.
     """
     given = os.fspath(local)
     dest = os.path.abspath(given)
     if os.path.isdir(dest):
-        return Tree(dest), (name,), os.path.join(dest, name)
+        shown = os.path.join(dest, name)
+        if os.path.islink(shown) and os.path.isdir(shown):
+            return Tree(os.path.realpath(shown)), (), shown
+        return Tree(os.path.realpath(dest)), (name,), shown
     if kind == "file" and given.endswith(os.sep):
         # "dir/" names a directory: a file is not saved under that name instead (as cp).
         raise TransferError(f"local directory {quote(dest)} does not exist")
     if kind == "file":
-        parent, leaf = os.path.split(dest)
+        parent, leaf = os.path.split(os.path.realpath(dest))
         if not os.path.isdir(parent):
             raise TransferError(f"local directory {quote(parent)} does not exist")
         return Tree(parent), (leaf,), dest

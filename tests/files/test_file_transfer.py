@@ -144,6 +144,23 @@ async def test_a_local_name_ending_in_a_slash_must_be_a_directory(lo: Loopback) 
     assert (lo.local / "nodir" / "a.txt").read_bytes() == b"a"
 
 
+async def test_symlinks_the_user_named_locally_are_followed(lo: Loopback, tmp_path: Path) -> None:
+    """As cp: the destination the user names may be a symlink (to another disk, say)."""
+    (lo.root / "a.txt").write_bytes(b"a")
+    (lo.root / "photos").mkdir()
+    (lo.root / "photos" / "p.jpg").write_bytes(b"p")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "photos").mkdir(parents=True)
+    (lo.local / "link").symlink_to(elsewhere)
+    (lo.local / "photos").symlink_to(elsewhere / "photos")
+    async with lo.client() as session:
+        await session.get("a.txt", lo.local / "link")
+        await session.get("photos", lo.local, recursive=True)
+    assert (elsewhere / "a.txt").read_bytes() == b"a"
+    assert (elsewhere / "photos" / "p.jpg").read_bytes() == b"p"
+    assert (lo.local / "photos").is_symlink()
+
+
 async def test_times_before_1970_are_carried(lo: Loopback) -> None:
     old = -1_000_000_000_123_456_789  # 1938
     src = lo.local / "d"
