@@ -203,7 +203,10 @@ async def _serve(
         received.append(signame)
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: a server started from a terminal or an ssh login gets it when that
+    # ends, and must not die without killing the commands it started.
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for sig in stop_signals:
         loop.add_signal_handler(sig, on_signal, sig.name)
     try:
         for sock in server.sockets:
@@ -223,7 +226,7 @@ async def _serve(
         )
     finally:
         await server.aclose()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in stop_signals:
             loop.remove_signal_handler(sig)
     log.info("server stopped")
 

@@ -10,7 +10,7 @@ import pytest
 from cli_helpers import Env, StartServer
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_closes_sessions_cleanly(env: Env, server: StartServer, sig: int) -> None:
     srv = server()
     client = env.popen(
