@@ -71,8 +71,28 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
+    _reopen_closed_std_streams()
     _quiet_warnings()
     return cli.main(args=argv, prog_name="ppcp")
+
+
+def _reopen_closed_std_streams() -> None:
+    """Descriptors 0-2 closed by the caller (`ppcp exec ... >&-`) become /dev/null, as ssh
+    does: Python leaves sys.stdout None (every write would raise), and the next file
+    opened would take the free descriptor and receive the output meant for it."""
+    import os
+
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 (lives as long as the process)
 
 
 def _quiet_warnings() -> None:

@@ -21,11 +21,14 @@ from ppcp.control.messages_api import DEFAULT_TOPIC
 def command(message: str, name: str | None, topic: str) -> None:
     """Send MESSAGE ('-' reads stdin) to the server NAME, over an encrypted
     message channel. `ppcp listen` on the other side prints it."""
+    import os
     import sys
 
     from ppcp.cli.target import Context
 
-    data = sys.stdin.buffer.read() if message == "-" else message.encode("utf-8")
+    # fsencode: an argument that is not valid UTF-8 reaches Python as surrogates; its
+    # bytes are sent as they were given.
+    data = sys.stdin.buffer.read() if message == "-" else os.fsencode(message)
     ctx = Context()
     target = ctx.resolve(name)
     with ctx.connect(target) as session:

@@ -251,3 +251,24 @@ def test_exec_loads_none_of_the_server_nor_the_other_services(
     res = env.python(code)
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == ["ran", "LOADED []"]
+
+
+def test_closed_standard_streams_are_dev_null(shared_env: Env, shared: Server) -> None:
+    """As ssh: `ppcp exec ... >&-` or `2>&-` is no traceback, and no output lost."""
+    import subprocess
+
+    from cli_helpers import PPCP
+
+    env, srv = shared_env, shared
+    run = [*PPCP, "exec", "--host", srv.address, "--", "echo out; echo err >&2; exit 3"]
+    for closing, kept in ((">&-", "stderr"), ("2>&-", "stdout")):
+        res = subprocess.run(
+            ["sh", "-c", f'exec "$@" {closing}', "sh", *run],
+            env=env.vars,
+            cwd=env.home,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+        )
+        assert res.returncode == 3, res
+        assert getattr(res, kept) == (b"err\n" if kept == "stderr" else b"out\n"), res

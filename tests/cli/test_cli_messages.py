@@ -19,6 +19,14 @@ def test_send_to_listen_by_address(env: Env, server: StartServer) -> None:
     assert "[alerts]" in line
 
 
+def test_send_an_argument_that_is_not_utf8(env: Env, server: StartServer) -> None:
+    srv = server(command="listen")
+    res = env.run("send", "bytes-\udcff-here", "--host", srv.address)  # argv b"bytes-\xff-here"
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    assert "bytes-" in srv.wait_for(r"bytes-", stdout=True)
+
+
 def test_send_by_name_through_discovery(env: Env, server: StartServer) -> None:
     srv = server("--name", "inbox", command="listen", discovery=True)
     res = env.run(
