@@ -700,7 +700,10 @@ async def _supervise(
             log.info("exec: bad %r request: %s", name, exc)
 
     def on_deadline() -> None:
-        if proc.returncode is None:
+        # Also when the command itself has exited: a background job that holds its
+        # output open (`sleep 60 & echo started`) keeps the status from going out,
+        # and the limit is on the whole group, as the status then says.
+        if not reported.is_set():
             timed_out.set()
             in_background(terminate_group(proc))
 

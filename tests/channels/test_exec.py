@@ -203,6 +203,14 @@ async def test_timeout(session: Session) -> None:
     assert time.monotonic() - start < 10
 
 
+async def test_timeout_covers_a_background_job_holding_the_output(session: Session) -> None:
+    """The shell exits at once; its background job keeps stdout open past the limit."""
+    start = time.monotonic()
+    result = await session.exec("sleep 30 & echo started", timeout=0.3)
+    assert result.timed_out and result.exit_code == 0 and result.stdout == b"started\n"
+    assert time.monotonic() - start < 10
+
+
 async def test_timeout_escalates_to_sigkill(
     session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
