@@ -568,7 +568,7 @@ def resolve_argv(spec: ExecSpec, policy: ServerPolicy) -> list[str]:
 # "cannot execute 'PROGRAM': ENAME: text".  ENAME, the errno symbol, is what a client
 # decides on (127 for ENOENT, as a shell exits, 126 otherwise); the text is for
 # people and may be localised.
-_CANNOT_EXECUTE = re.compile(r"cannot execute (?P<program>.+): (?P<errno>E[A-Z0-9]+): ")
+_CANNOT_EXECUTE = re.compile(r"cannot execute .+: (?P<errno>E[A-Z0-9]+): ")
 
 
 def cannot_execute_reason(program: str, exc: OSError) -> str:

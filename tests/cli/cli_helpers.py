@@ -90,6 +90,21 @@ class Env:
             [*PPCP, *args], env=self.vars, cwd=self.home, **kwargs
         )
 
+    def exec_process(
+        self, address: str, command: str, stdin: int = subprocess.DEVNULL
+    ) -> subprocess.Popen[bytes]:
+        """``ppcp exec --host ADDRESS -- COMMAND`` running, its stdout and stderr piped."""
+        return self.popen(
+            "exec",
+            "--host",
+            address,
+            "--",
+            command,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
     def new_key(self, name: str) -> Path:
         path = self.home / name
         res = self.run("keygen", "--out", str(path), "-q")

@@ -42,16 +42,7 @@ def test_exec_exits_while_its_stdin_pipe_stays_open(shared_env: Env, shared: Ser
     import subprocess
 
     env, srv = shared_env, shared
-    client = env.popen(
-        "exec",
-        "--host",
-        srv.address,
-        "--",
-        "exit 3",
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    client = env.exec_process(srv.address, "exit 3", stdin=subprocess.PIPE)
     assert client.stdin is not None
     try:
         client.wait(15)  # stdin stays open, without data or EOF, until the client exits
@@ -205,18 +196,10 @@ def test_fan_out_to_all_discovered(env: Env, server: StartServer) -> None:
 
 def test_ctrl_c_is_forwarded_to_the_remote_command(shared_env: Env, shared: Server) -> None:
     import signal
-    import subprocess
 
     env, srv = shared_env, shared
-    client = env.popen(
-        "exec",
-        "--host",
-        srv.address,
-        "--",
-        "trap 'echo got-int; exit 5' INT; echo ready; while :; do sleep 0.1; done",
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    client = env.exec_process(
+        srv.address, "trap 'echo got-int; exit 5' INT; echo ready; while :; do sleep 0.1; done"
     )
     try:
         assert client.stdout is not None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,16 +12,7 @@ from cli_helpers import Env, StartServer
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_closes_sessions_cleanly(env: Env, server: StartServer, sig: int) -> None:
     srv = server()
-    client = env.popen(
-        "exec",
-        "--host",
-        srv.address,
-        "--",
-        "sleep 60",
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    client = env.exec_process(srv.address, "sleep 60")
     try:
         srv.wait_for(r"exec for .*sleep 60")
         assert srv.stop(sig) == 0
