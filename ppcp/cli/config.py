@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from msgspec import Struct, field
 
 from ppcp.cli.errors import EXIT_CONFIG, CLIError
 from ppcp.cli.options import Settings
@@ -35,8 +36,7 @@ def default_config_path() -> Path:
     return config_dir() / "config.toml"
 
 
-@dataclass(frozen=True)
-class FileConfig:
+class FileConfig(Struct, frozen=True):
     """The parsed config file (every key optional)."""
 
     path: Path | None = None

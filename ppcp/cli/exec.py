@@ -6,14 +6,16 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from typing import Any
 
 import click
+import msgspec
+from msgspec import Struct
 
 from ppcp.cli.config import complete_name
 from ppcp.cli.errors import EXIT_OWN_FAILURE, OwnFailureCommand, handle_errors
 from ppcp.cli.options import global_options
+from ppcp.utils.records import repr_hiding
 
 _REMOTE = "ppcp.exec.remote"
 
@@ -100,14 +102,16 @@ def command(
     raise click.exceptions.Exit(run(names, all_, request))
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(Struct, frozen=True):
     command: str | list[str]
     cwd: str | None = None
     env: dict[str, str] | None = None
     timeout: float | None = None
     forward_stdin: bool = True
-    stdin_data: bytes | None = field(default=None, repr=False)
+    stdin_data: bytes | None = None
+
+    def __repr__(self) -> str:
+        return repr_hiding(self, frozenset({"stdin_data"}))
 
 
 _SHELL_CHARS = frozenset(" \t\n|&;<>()$`\\\"'*?[]#~=%{}!")
@@ -320,8 +324,7 @@ class _Prefixer:
             stream.flush()
 
 
-@dataclass
-class _Outcome:
+class _Outcome(Struct):
     label: str
     status: int | None = None
     error: str | None = None
@@ -340,7 +343,7 @@ def run_many(ctx: Any, names: list[str], all_: bool, request: Request) -> int:
             EXIT_OWN_FAILURE, f"no PPCP server answered within {ctx.timeout:g} s; nothing to run."
         )
     if request.forward_stdin and not _stdin_is_tty():
-        request = Request(**{**request.__dict__, "stdin_data": sys.stdin.buffer.read()})
+        request = msgspec.structs.replace(request, stdin_data=sys.stdin.buffer.read())
     width = max(len(label) for label, _ in jobs)
     lock = threading.Lock()
     live: list[Any] = []

@@ -11,16 +11,15 @@ This module is imported for ``ppcp --help``: it must stay light (click only).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
+from msgspec import Struct
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass
-class Settings:
+class Settings(Struct):
     """Global option values as typed on the command line (None: not given)."""
 
     psk_file: str | None = None

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
+from msgspec import Struct
 
 from ppcp.cli.errors import EXIT_CONFIG, handle_errors
 from ppcp.cli.options import Settings, get_settings, server_options
@@ -83,8 +83,7 @@ def command(
     run(options)
 
 
-@dataclass(frozen=True)
-class ServeOptions:
+class ServeOptions(Struct, frozen=True):
     name: str | None
     bind: str
     root: str | None

@@ -7,10 +7,10 @@ for names, a plain TCP connection for ``--host``, then :func:`ppcp.client_connec
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
+from msgspec import Struct
 
 from ppcp.cli.config import (
     DEFAULT_PORT,
@@ -28,8 +28,7 @@ if TYPE_CHECKING:
     import ppcp
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(Struct, frozen=True):
     """One server to reach: by address (host set) or by discovery name."""
 
     label: str

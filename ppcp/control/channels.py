@@ -12,7 +12,7 @@ unknown channel, is a session-level protocol error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from ppcp.core.errors import (
     ChannelError,
@@ -83,62 +83,53 @@ CHANNEL_TRANSITIONS: dict[ChannelState, dict[FrameType, ChannelState | None]] = 
 # -- events ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelOpenRequested(Event):
+class ChannelOpenRequested(Event, frozen=True):
     channel_id: int
     kind: str
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelAccepted(Event):
+class ChannelAccepted(Event, frozen=True):
     channel_id: int
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelRefused(Event):
+class ChannelRefused(Event, frozen=True):
     channel_id: int
     code: int
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelData(Event):
+class ChannelData(Event, frozen=True):
     channel_id: int
     stream: int
     # Bulk data is a view of a pooled buffer (see AsyncChannel.read_buffer).
     data: bytes | memoryview
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelEOF(Event):
+class ChannelEOF(Event, frozen=True):
     channel_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelRequest(Event):
+class ChannelRequest(Event, frozen=True):
     channel_id: int
     name: str
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelClosed(Event):
+class ChannelClosed(Event, frozen=True):
     channel_id: int
     code: int
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class WindowOpened(Event):
+class WindowOpened(Event, frozen=True):
     """The peer granted more send window on this channel."""
 
     channel_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class HeartbeatReceived(Event):
+class HeartbeatReceived(Event, frozen=True):
     """A heartbeat answer arrived (requests are answered by the mux itself)."""
 
     heartbeat_id: int
@@ -147,8 +138,7 @@ class HeartbeatReceived(Event):
 # -- channel bookkeeping -----------------------------------------------------------
 
 
-@dataclass
-class Channel:
+class Channel(Struct):
     channel_id: int
     kind: str
     state: ChannelState
@@ -162,8 +152,7 @@ class Channel:
     close_pending: tuple[int, str] | None = None
 
 
-@dataclass(frozen=True)
-class MuxConfig:
+class MuxConfig(Struct, frozen=True):
     window: int = DEFAULT_WINDOW
     max_packet: int = DEFAULT_MAX_PACKET
     max_channels: int = DEFAULT_MAX_CHANNELS

@@ -35,8 +35,9 @@ import pwd
 import re
 import signal as _signal
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from msgspec import Struct
 
 from ppcp.control import child
 from ppcp.control.aio_channel import AsyncChannel, decode_json, encode_json
@@ -74,8 +75,7 @@ _PLAIN_COMMAND = re.compile(r"^[A-Za-z0-9_./:=,+@%-]+( +[A-Za-z0-9_./:=,+@%-]+)*
 # -- results ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ExecResult:
+class ExecResult(Struct, frozen=True):
     """How a remote command ended (and, from :meth:`exec`, what it printed).
 
     Exactly one of ``exit_code`` and ``signal`` is set.  ``timed_out`` is
@@ -100,8 +100,7 @@ class ExecResult:
         return self.exit_code == 0
 
 
-@dataclass(frozen=True)
-class ExecSpec:
+class ExecSpec(Struct, frozen=True):
     """A validated exec request (the open payload)."""
 
     argv: tuple[str, ...] | None = None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from msgspec import Struct, field
 
 DEFAULT_INTERVAL = 5.0
 DEFAULT_MAX_MISSED = 3
 
 
-@dataclass
-class HeartbeatMonitor:
+class HeartbeatMonitor(Struct):
     """Decides when to send a heartbeat and when the peer is dead.
 
     The peer is declared dead when ``max_missed`` consecutive heartbeats went

@@ -23,8 +23,9 @@ import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from msgspec import Struct
 
 from ppcp.control.aio_channel import AsyncChannel, decode_json, encode_json
 from ppcp.control.exec import require_capability
@@ -230,8 +231,7 @@ async def _timed(aw: Coroutine[Any, Any, T], timeout: float | None) -> T:
 # -- server side --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ReceivedMessage:
+class ReceivedMessage(Struct, frozen=True):
     peer: str
     topic: str
     data: bytes

@@ -25,7 +25,8 @@ import os
 import stat
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from ppcp.core.errors import RemotePathError
 from ppcp.utils.codec import has_control_chars
@@ -144,8 +145,7 @@ def kind_of(mode: int) -> str:
     return "special file"
 
 
-@dataclass
-class Target:
+class Target(Struct):
     """A resolved place: ``name`` inside the open directory ``dir_fd`` (owned).
 
     ``st`` is its ``lstat`` (never a symlink: those were followed) or None if

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from msgspec import Struct, field
 
 from ppcp.control.aio_channel import AsyncChannel
 from ppcp.core.errors import CloseCode
@@ -29,8 +30,7 @@ SERVICES: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class ServerPolicy:
+class ServerPolicy(Struct, frozen=True):
     """What an authenticated client may do.  Safe defaults, all configurable."""
 
     allow_exec: bool = True

@@ -30,8 +30,9 @@ import sys
 import termios
 import threading
 import tty
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from msgspec import Struct
 
 from ppcp.control.aio_channel import AsyncChannel, decode_json, encode_json
 from ppcp.control.exec import (
@@ -69,8 +70,7 @@ MAX_DIMENSION = 0xFFFF
 DRAIN_QUIET = 0.5
 
 
-@dataclass(frozen=True)
-class ShellSpec:
+class ShellSpec(Struct, frozen=True):
     term: str = DEFAULT_TERM
     cols: int = 80
     rows: int = 24

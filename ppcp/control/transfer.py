@@ -34,8 +34,9 @@ import struct
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from msgspec import Struct, field
 
 from ppcp.control.aio_channel import decode_json, encode_json, release
 from ppcp.control.channels import STREAM_STDOUT, ChannelMux
@@ -93,8 +94,7 @@ ProgressCallback = Callable[[int, int, float], None]
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class TransferResult:
+class TransferResult(Struct, frozen=True):
     """What a put or get did.
 
     ``bytes`` counts file bytes actually moved; bytes a resumed file already
@@ -115,8 +115,7 @@ class TransferResult:
     compressed: bool = False
 
 
-@dataclass(frozen=True)
-class Encoding:
+class Encoding(Struct, frozen=True):
     """How file bytes travel on one channel, and whether both ends digest them
     (fixed when the channel opens)."""
 
@@ -188,8 +187,7 @@ def field_sha256(obj: dict[str, Any], key: str, what: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
-class FileEntry:
+class FileEntry(Struct, frozen=True):
     path: tuple[str, ...]
     size: int
     mode: int
@@ -216,8 +214,7 @@ class FileEntry:
         )
 
 
-@dataclass(frozen=True)
-class DirEntry:
+class DirEntry(Struct, frozen=True):
     path: tuple[str, ...]
     mode: int
     mtime_ns: int
@@ -238,23 +235,20 @@ class DirEntry:
 # -- what a sender sends ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SendDir:
+class SendDir(Struct, frozen=True):
     rel: tuple[str, ...]
     mode: int
     mtime_ns: int
 
 
-@dataclass(frozen=True)
-class SendFile:
+class SendFile(Struct, frozen=True):
     rel: tuple[str, ...]
     size: int  # as listed; the size sent is the one fstat gives at open time
     open: Callable[[], int]  # returns an fd open for reading, owned by the caller
     shown: str  # for error messages
 
 
-@dataclass(frozen=True)
-class SendSkip:
+class SendSkip(Struct, frozen=True):
     shown: str
     reason: str
 
@@ -295,8 +289,7 @@ class Progress:
         )
 
 
-@dataclass
-class Stats:
+class Stats(Struct):
     files: int = 0
     directories: int = 0
     resumed_from: int = 0
@@ -719,8 +712,7 @@ async def wait_acks(channel: AsyncChannel, acked: int, sent: int) -> int:
 # -- receiver ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Receiver:
+class Receiver(Struct):
     """Receives the entries of one channel into ``tree`` below ``base``."""
 
     channel: AsyncChannel

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from dataclasses import dataclass, field
+
+from msgspec import Struct, field
 
 from ppcp.control.channels import MuxConfig
 from ppcp.control.heartbeat import DEFAULT_INTERVAL, DEFAULT_MAX_MISSED
@@ -39,8 +40,8 @@ def default_name() -> str:
     return name.encode("utf-8")[:64].decode("utf-8", "ignore")
 
 
-@dataclass(frozen=True)
-class SessionConfig:
+# dict=True: the cached_property below keeps its value in the instance __dict__.
+class SessionConfig(Struct, frozen=True, dict=True):
     """Settings for one end of a session.  Every limit has a safe default."""
 
     name: str = field(default_factory=default_name)

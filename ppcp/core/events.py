@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from ppcp.core.errors import PPCPError
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(Struct, frozen=True):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class HandshakeComplete(Event):
+class HandshakeComplete(Event, frozen=True):
     """Both sides are authenticated; records may flow."""
 
     version: int
@@ -22,13 +20,11 @@ class HandshakeComplete(Event):
     session_id: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class MessageReceived(Event):
+class MessageReceived(Event, frozen=True):
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionClosed(Event):
+class ConnectionClosed(Event, frozen=True):
     """The session ended: the peer closed it (orderly or with an error code),
     or this side detected an error after delivering earlier events
     (``error.remote`` tells which)."""

@@ -11,7 +11,7 @@ the :class:`~ppcp.aio.Server`::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from ppcp.core.config import DEFAULT_MAX_UNAUTHENTICATED
 
@@ -23,8 +23,7 @@ DEFAULT_AUTH_BACKOFF_MAX = 900.0
 DEFAULT_MAX_TRACKED_SOURCES = 4096
 
 
-@dataclass(frozen=True)
-class ServerLimits:
+class ServerLimits(Struct, frozen=True):
     """Connection admission limits of one server.  Every default is safe for a LAN.
 
     * ``max_unauthenticated``: handshakes in progress at once; past it a new

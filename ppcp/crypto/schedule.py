@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+from msgspec import Struct
+
+from ppcp.utils.records import repr_hiding
 
 HASH_LEN = 32
 KEY_LEN = 32
@@ -58,12 +60,13 @@ def proofs_equal(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
 
 
-@dataclass(frozen=True)
-class TrafficKeys:
-    # Key material never appears in reprs (logs, tracebacks).
-    secret: bytes = field(repr=False)
-    key: bytes = field(repr=False)
-    iv: bytes = field(repr=False)
+class TrafficKeys(Struct, frozen=True):
+    secret: bytes
+    key: bytes
+    iv: bytes
+
+    def __repr__(self) -> str:
+        return repr_hiding(self)
 
     @classmethod
     def from_secret(cls, secret: bytes) -> TrafficKeys:
@@ -77,13 +80,15 @@ class TrafficKeys:
         return TrafficKeys.from_secret(expand_label(self.secret, LABEL_KEY_UPDATE, b"", HASH_LEN))
 
 
-@dataclass(frozen=True)
-class HandshakeSecrets:
+class HandshakeSecrets(Struct, frozen=True):
     """Everything derived from (PSK, ECDH secret, hello transcript)."""
 
-    handshake_secret: bytes = field(repr=False)
-    client_auth_key: bytes = field(repr=False)
-    server_auth_key: bytes = field(repr=False)
+    handshake_secret: bytes
+    client_auth_key: bytes
+    server_auth_key: bytes
+
+    def __repr__(self) -> str:
+        return repr_hiding(self)
 
     @classmethod
     def derive(cls, psk_key: bytes, ecdh_secret: bytes, hello_hash: bytes) -> HandshakeSecrets:

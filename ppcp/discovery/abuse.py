@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import collections
 import enum
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from ppcp.core.errors import ProtocolError
 from ppcp.discovery.wire import MAX_DATAGRAM, BadTag, Ping, Pong, ServerIdentity
 
 
-@dataclass(frozen=True)
-class ResponderLimits:
+class ResponderLimits(Struct, frozen=True):
     """Anti-abuse limits of a responder (RFC draft section "Rate limits")."""
 
     max_datagram: int = MAX_DATAGRAM

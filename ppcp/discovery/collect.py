@@ -20,7 +20,8 @@ from __future__ import annotations
 import collections
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from ppcp.core.errors import ProtocolError
 from ppcp.discovery.wire import (
@@ -38,8 +39,7 @@ MAX_SERVERS = 256
 MAX_ADDRESSES = 16
 
 
-@dataclass(frozen=True, slots=True)
-class ServerInfo:
+class ServerInfo(Struct, frozen=True):
     """A server found by discovery.
 
     ``verified`` is True when the data came from a PONG whose tag proves the
@@ -58,8 +58,7 @@ class ServerInfo:
     verified: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Sighting:
+class Sighting(Struct, frozen=True):
     """One accepted answer: a PONG, or a resolved mDNS record."""
 
     id: str

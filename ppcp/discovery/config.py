@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from msgspec import Struct, field
 
 from ppcp.discovery.collect import RandomSource
 from ppcp.discovery.state import default_cache_path
 from ppcp.discovery.wire import DEFAULT_PING_SIZE, MAX_DATAGRAM, MIN_PING_SIZE
 
 
-@dataclass(frozen=True)
-class DiscoveryConfig:
+class DiscoveryConfig(Struct, frozen=True):
     """How a scan looks for servers.
 
     ``targets`` are ``host[:port]`` strings PINGed by unicast (for networks

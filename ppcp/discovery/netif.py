@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass
 from pathlib import Path
+
+from msgspec import Struct
 
 IFF_UP = 0x1
 IFF_BROADCAST = 0x2
@@ -24,8 +25,7 @@ ALL_NODES = "ff02::1"
 SockAddr = tuple[str, int] | tuple[str, int, int, int]
 
 
-@dataclass(frozen=True)
-class Interface:
+class Interface(Struct, frozen=True):
     name: str
     index: int
     flags: int
@@ -41,8 +41,7 @@ class Interface:
         return bool(self.flags & IFF_LOOPBACK)
 
 
-@dataclass(frozen=True)
-class Destination:
+class Destination(Struct, frozen=True):
     """Where one PING goes; ``label`` names it in error messages."""
 
     label: str
@@ -167,7 +166,11 @@ def format_host(sockaddr: tuple[object, ...]) -> str:
 def numeric_sockaddr(host: str, port: int) -> tuple[int, SockAddr] | None:
     """(family, sockaddr) for a numeric address (scoped IPv6 too), else None."""
     try:
-        info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST)
+        # As bytes: a str host makes getaddrinfo load the IDNA codec (1 ms of a
+        # CLI command's start), and a numeric address is ASCII anyway.
+        info = socket.getaddrinfo(
+            host.encode("ascii"), port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST
+        )
     except (OSError, UnicodeError):
         return None
     family, _, _, _, sockaddr = info[0]

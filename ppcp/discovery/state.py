@@ -21,8 +21,9 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
+
+from msgspec import Struct
 
 from ppcp.discovery.collect import ServerInfo
 from ppcp.discovery.wire import SERVER_ID_LEN
@@ -85,8 +86,7 @@ def load_server_id(path: Path, rng: Callable[[int], bytes] = os.urandom) -> byte
     return new
 
 
-@dataclass(frozen=True)
-class CacheEntry:
+class CacheEntry(Struct, frozen=True):
     name: str
     seen: float
     # (host, discovery port)

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from ppcp.core.errors import ProtocolError
 from ppcp.crypto.schedule import KEY_LEN, expand_label
@@ -92,8 +93,7 @@ def _open(data: bytes, kind: int, key: bytes, what: str) -> tuple[Reader, int]:
     return Reader(signed[HEADER_LEN:], what), flags
 
 
-@dataclass(frozen=True, slots=True)
-class Ping:
+class Ping(Struct, frozen=True):
     """A discovery request: a fresh nonce, padded to ``size`` bytes on the wire.
 
     The padding is what makes a PONG never larger than its PING: a responder
@@ -128,8 +128,7 @@ class Ping:
         return cls(nonce, len(data), flags)
 
 
-@dataclass(frozen=True, slots=True)
-class ServerIdentity:
+class ServerIdentity(Struct, frozen=True):
     """What a responder says about its server in every PONG."""
 
     server_id: bytes
@@ -159,8 +158,7 @@ class ServerIdentity:
             raise ValueError("duplicate capability")
 
 
-@dataclass(frozen=True, slots=True)
-class Pong:
+class Pong(Struct, frozen=True):
     """A responder's answer to one PING (echoes its nonce)."""
 
     nonce: bytes

@@ -9,7 +9,8 @@ this module only checks contents.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+
+from msgspec import Struct, field
 
 from ppcp.core.errors import AuthenticationError, ProtocolError, VersionMismatch
 from ppcp.core.states import Role
@@ -26,14 +27,14 @@ from ppcp.handshake.messages import (
 )
 from ppcp.key_exchange.ecdh import POINT_LEN, EphemeralKey, RandomSource
 from ppcp.transport.frames import MAX_HANDSHAKE_BODY, Frame, FrameType, encode_frame
+from ppcp.utils.records import repr_hiding
 
 PROTOCOL_VERSIONS: tuple[int, ...] = (1,)
 # The record features every PPCP 1 connection offers unless told otherwise.
 CORE_CAPABILITIES: tuple[str, ...] = ("msg", "channels", "heartbeat")
 
 
-@dataclass(frozen=True)
-class HandshakeConfig:
+class HandshakeConfig(Struct, frozen=True):
     name: str
     versions: tuple[int, ...] = PROTOCOL_VERSIONS
     capabilities: tuple[str, ...] = CORE_CAPABILITIES
@@ -65,20 +66,21 @@ def _check_hello_settings(
         raise ValueError("name and capabilities do not fit in one handshake frame")
 
 
-@dataclass(frozen=True)
-class HandshakeResult:
+class HandshakeResult(Struct, frozen=True):
     version: int
     capabilities: tuple[str, ...]
     peer_name: str
     session_id: bytes
-    send_keys: TrafficKeys = field(repr=False)
-    recv_keys: TrafficKeys = field(repr=False)
+    send_keys: TrafficKeys
+    recv_keys: TrafficKeys
+
+    def __repr__(self) -> str:
+        return repr_hiding(self, frozenset({"send_keys", "recv_keys"}))
 
 
-@dataclass
-class HandshakeMachine:
+class HandshakeMachine(Struct):
     role: Role
-    psk_key: bytes = field(repr=False)
+    psk_key: bytes
     config: HandshakeConfig
     rng: RandomSource
     _transcript: list[bytes] = field(default_factory=list)
@@ -87,6 +89,9 @@ class HandshakeMachine:
     _secrets: HandshakeSecrets | None = None
     _client_hello: ClientHello | None = None
     _server_hello: ServerHello | None = None
+
+    def __repr__(self) -> str:
+        return repr_hiding(self, frozenset({"psk_key"}))
 
     def _fresh(self) -> None:
         self._random = self.rng(RANDOM_LEN)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from ppcp.core.errors import ProtocolError
 from ppcp.key_exchange.ecdh import POINT_LEN
@@ -93,8 +94,7 @@ def _read_name(r: Reader) -> str:
     return decode_text(raw, "endpoint name")
 
 
-@dataclass(frozen=True, slots=True)
-class ClientHello:
+class ClientHello(Struct, frozen=True):
     versions: tuple[int, ...]
     random: bytes
     key_share: bytes
@@ -118,8 +118,7 @@ class ClientHello:
         return cls(versions, random, key_share, name, _read_caps(r, "CLIENT_HELLO"))
 
 
-@dataclass(frozen=True, slots=True)
-class ServerHello:
+class ServerHello(Struct, frozen=True):
     version: int
     random: bytes
     key_share: bytes
@@ -147,8 +146,7 @@ def decode_proof(body: bytes | memoryview, what: str) -> bytes:
     return bytes(body)
 
 
-@dataclass(frozen=True, slots=True)
-class Alert:
+class Alert(Struct, frozen=True):
     """A clear-text error report, only valid before both sides are authenticated."""
 
     code: int

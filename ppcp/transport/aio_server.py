@@ -9,12 +9,13 @@ these, imported on first use.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
+
+import msgspec
 
 from ppcp.control.router import ServerPolicy, route
 from ppcp.core.config import DEFAULT_PORT, SessionConfig
@@ -300,7 +301,7 @@ async def serve(
     """
     limits = limits or ServerLimits()
     if max_unauthenticated is not None:
-        limits = dataclasses.replace(limits, max_unauthenticated=max_unauthenticated)
+        limits = msgspec.structs.replace(limits, max_unauthenticated=max_unauthenticated)
     server = Server(
         psk, handler, config or SessionConfig(), limits.max_unauthenticated, policy, limits
     )

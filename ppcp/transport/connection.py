@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from ppcp.core.errors import (
     CloseCode,
@@ -71,8 +72,7 @@ def alert_frame(code: int, reason: str) -> bytes:
     return encode_frame(FrameType.ALERT, Alert(code, reason).encode())
 
 
-@dataclass(frozen=True)
-class ConnectionConfig:
+class ConnectionConfig(Struct, frozen=True):
     handshake: HandshakeConfig
     max_message_size: int = DEFAULT_MAX_MESSAGE
     rekey_after_records: int = DEFAULT_REKEY_RECORDS

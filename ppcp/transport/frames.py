@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from ppcp.core.errors import FrameTooLarge, ProtocolError
 from ppcp.utils.buffers import BufferPool
@@ -88,8 +89,7 @@ MUX_TYPES = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(Struct, frozen=True):
     type: int
     flags: int
     header: bytes

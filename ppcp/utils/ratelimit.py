@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import collections
 import ipaddress
-from dataclasses import dataclass, field
 from typing import Any
+
+from msgspec import Struct, field
 
 IPV6_PREFIX = 64
 
@@ -42,8 +43,7 @@ def source_key(peer: Any) -> str:
     return str(addr)
 
 
-@dataclass
-class _Record:
+class _Record(Struct):
     failures: collections.deque[float] = field(default_factory=collections.deque)
     blocked_until: float = 0.0
     strikes: int = 0

@@ -7,10 +7,10 @@ the ``size`` fixture, so the incremental parser is exercised on every path.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import pytest
 from core_helpers import (
     OTHER_PSK,
@@ -72,7 +72,7 @@ def client_hello_frame(**changes: Any) -> bytes:
     client = Connection(Role.CLIENT, PSK, conn_config("client", capabilities=("msg",)))
     client.initiate()
     (frame,) = parse_frames(client.data_to_send())
-    hello = dataclasses.replace(ClientHello.decode(frame.body), **changes)
+    hello = msgspec.structs.replace(ClientHello.decode(frame.body), **changes)
     return encode_frame(FrameType.CLIENT_HELLO, hello.encode())
 
 
@@ -280,7 +280,7 @@ def test_invalid_server_key_share(name: str) -> None:
         frames = parse_frames(data)
         if sender is Role.SERVER and frames[0].type == FrameType.SERVER_HELLO:
             hello = ServerHello.decode(frames[0].body)
-            hello = dataclasses.replace(hello, key_share=_bad_points()[name])
+            hello = msgspec.structs.replace(hello, key_share=_bad_points()[name])
             return encode_frame(FrameType.SERVER_HELLO, hello.encode())
         return data
 
@@ -736,7 +736,7 @@ def _rewrite(frame_type: int, sender: Role, edit: object) -> object:
     def tamper(who: Role, data: bytes) -> bytes:
         frames = parse_frames(data)
         if who is sender and frames[0].type == frame_type:
-            hello = dataclasses.replace(decoder.decode(frames[0].body), **edit)  # type: ignore[arg-type]
+            hello = msgspec.structs.replace(decoder.decode(frames[0].body), **edit)  # type: ignore[arg-type]
             rest = b"".join(f.header + f.body for f in frames[1:])
             return encode_frame(frame_type, hello.encode()) + rest
         return data
@@ -912,7 +912,7 @@ def test_bad_hello_settings_raise_each_time_and_configs_are_built_once() -> None
             HandshakeConfig("", (1,), ("msg",))
     config = SessionConfig(name="c")
     assert config.connection_config() is config.connection_config()
-    other = dataclasses.replace(config, max_message_size=1 << 10)
+    other = msgspec.structs.replace(config, max_message_size=1 << 10)
     assert other.connection_config().max_message_size == 1 << 10
 
 

@@ -8,9 +8,9 @@ InvalidTag...), and once it has raised it keeps raising the same error.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
+import msgspec
 from core_helpers import PSK, Pair, conn_config, parse_frames
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -269,7 +269,7 @@ def test_proof_decoder(body: bytes) -> None:
 )
 def test_client_hello_round_trip(versions: list[int], name: str, caps: list[str]) -> None:
     genuine = ClientHello.decode(parse_frames(CLIENT_HELLO)[0].body)
-    hello = dataclasses.replace(
+    hello = msgspec.structs.replace(
         genuine, versions=tuple(versions), name=name, capabilities=tuple(caps)
     )
     assert ClientHello.decode(hello.encode()) == hello

@@ -8,11 +8,12 @@ DiscoveryError text on stderr when nothing is found.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
+
+import msgspec
 
 import ppcp
 from ppcp.discovery import DiscoveryConfig
@@ -50,7 +51,7 @@ def main() -> int:
                 targets=args.target,
                 config=config,
             )
-            print(json.dumps([dataclasses.asdict(info) for info in found]))
+            print(json.dumps([msgspec.structs.asdict(info) for info in found]))
             return 0
         sock = ppcp.find_server(
             args.port, args.name, args.timeout, args.psk, targets=args.target, config=config

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import socket
 import subprocess
@@ -13,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 from discovery_helpers import LOOPBACK, UdpPeer, make_identity, target
 
@@ -395,7 +395,7 @@ async def test_ephemeral_servers_write_no_state(psk: str, tmp_path: Path) -> Non
 async def test_cached_addresses_are_tried_without_targets(
     responder: DiscoveryService, psk: str, tmp_path: Path
 ) -> None:
-    cfg = dataclasses.replace(LOOPBACK, cache_path=tmp_path / "cache.json")
+    cfg = msgspec.structs.replace(LOOPBACK, cache_path=tmp_path / "cache.json")
     await aio_discover(
         responder.port, 1.0, psk, targets=target(responder.port), config=cfg, limit=1
     )

@@ -15,8 +15,8 @@ defence it names is removed:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
+import msgspec
 import pytest
 from hardening_util import (
     OTHER_PSK,
@@ -285,12 +285,12 @@ def test_dropped_handshake_frame_never_establishes() -> None:
 
 
 def _rewrite_client_hello(frame: Frame, **changes: object) -> bytes:
-    hello = dataclasses.replace(ClientHello.decode(frame.body), **changes)  # type: ignore[arg-type]
+    hello = msgspec.structs.replace(ClientHello.decode(frame.body), **changes)  # type: ignore[arg-type]
     return encode_frame(FrameType.CLIENT_HELLO, hello.encode())
 
 
 def _rewrite_server_hello(frame: Frame, **changes: object) -> bytes:
-    hello = dataclasses.replace(ServerHello.decode(frame.body), **changes)  # type: ignore[arg-type]
+    hello = msgspec.structs.replace(ServerHello.decode(frame.body), **changes)  # type: ignore[arg-type]
     return encode_frame(FrameType.SERVER_HELLO, hello.encode())
 
 
