@@ -256,7 +256,11 @@ def local_items(top: str) -> tuple[list[SendItem], int]:
             with os.scandir(path) as it:
                 entries = sorted((e.name, e.is_symlink()) for e in it)
         except OSError as exc:
-            raise TransferError(f"cannot list {quote(path)}: {exc.strerror}") from None
+            if not rel:
+                raise TransferError(f"cannot list {quote(path)}: {exc.strerror}") from None
+            # Its dir entry is sent (it is created, empty); what it holds is reported.
+            items.append(SendSkip(display(join(rel)), f"cannot list: {exc.strerror}"))
+            continue
         subdirs = []
         for name, is_link in entries:
             child = (*rel, name)
@@ -475,7 +479,15 @@ def remote_items(tree: Tree, base: tuple[str, ...]) -> tuple[list[SendItem], int
     while stack:
         rel = stack.pop()
         subdirs = []
-        for name, lst in list_dir(tree, (*base, *rel)):
+        try:
+            listed = list_dir(tree, (*base, *rel))
+        except PPCPError as exc:
+            if not rel:
+                raise
+            # Its dir entry is sent (it is created, empty); what it holds is reported.
+            items.append(SendSkip(display(join(rel)), exc.message))
+            continue
+        for name, lst in listed:
             child = (*rel, name)
             shown = display(join(child))
             reason = skip_reason(name, child)

@@ -249,7 +249,9 @@ class SendDir:
 class SendFile:
     rel: tuple[str, ...]
     size: int  # as listed; the size sent is the one fstat gives at open time
-    open: Callable[[], int]  # returns an fd open for reading, owned by the caller
+    # Returns an fd open for reading, owned by the caller; raises PPCPError if the
+    # file cannot be opened (a tree then skips it).
+    open: Callable[[], int]
     shown: str  # for error messages
 
 
@@ -560,19 +562,37 @@ async def send_entries(
             await channel.send_request("dir", DirEntry(item.rel, item.mode, item.mtime_ns).encode())
             stats.directories += 1
         elif isinstance(item, SendSkip):
-            stats.skipped.append(f"{item.shown}: {item.reason}")
-            await channel.send_json("skip", {"path": item.shown, "reason": item.reason})
+            await send_skip(channel, item, stats)
         else:
-            await send_file(channel, encoding, item, progress, stats)
+            try:
+                fd = item.open()
+            except PPCPError as exc:
+                if not item.rel:  # the transfer's only file: there is nothing else to send
+                    raise
+                # One unreadable file in a tree does not cost the others (as scp, rsync).
+                progress.total -= item.size
+                await send_skip(channel, SendSkip(display(join(item.rel)), exc.message), stats)
+                continue
+            await send_file(channel, encoding, item, fd, progress, stats)
     await channel.send_json("finish", {})
     await expect(channel, "finished")
     progress.report()
 
 
+async def send_skip(channel: AsyncChannel, item: SendSkip, stats: Stats) -> None:
+    stats.skipped.append(f"{item.shown}: {item.reason}")
+    await channel.send_json("skip", {"path": item.shown, "reason": item.reason})
+
+
 async def send_file(
-    channel: AsyncChannel, encoding: Encoding, item: SendFile, progress: Progress, stats: Stats
+    channel: AsyncChannel,
+    encoding: Encoding,
+    item: SendFile,
+    fd: int,
+    progress: Progress,
+    stats: Stats,
 ) -> None:
-    fd = item.open()
+    """Send the file open on ``fd`` (closed here, whatever happens)."""
     try:
         st = os.fstat(fd)
         size = st.st_size

@@ -100,6 +100,7 @@ def test_skipped_entries_are_listed_and_fail_the_copy(
     assert res.returncode == 1, res.stderr
     assert "skipped" in res.stderr and "pipe" in res.stderr
     assert "1 entry was skipped: the copy is incomplete" in res.stderr
+    assert "Traceback" not in res.stderr
     assert (root / "tree" / "a.txt").read_text() == "a"  # the rest was copied
 
 
@@ -157,6 +158,49 @@ def test_permission_denied(env: Env, server: StartServer, tmp_path: Path) -> Non
     assert "Permission denied" in res.stderr and "Traceback" not in res.stderr
     res = env.run("put", str(env.psk_file), ":ro/", "--host", srv.address)
     assert res.returncode == 7 and "Permission denied" in res.stderr
+
+
+def unreadable_tree(top: Path) -> None:
+    """a, c and sub/d readable; b (a file) and locked/ (a directory) not, without caps."""
+    (top / "sub").mkdir(parents=True)
+    (top / "locked").mkdir()
+    for name in ("a.txt", "b.txt", "c.txt", "sub/d.txt", "locked/e.txt"):
+        (top / name).write_text(name)
+    (top / "b.txt").chmod(0)
+    (top / "locked").chmod(0)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to make entries unreadable to a ppcp process",
+)
+@pytest.mark.parametrize("direction", ["put", "get"])
+def test_unreadable_entries_are_skipped_not_fatal(
+    env: Env, server: StartServer, tmp_path: Path, direction: str
+) -> None:
+    drop = "-dac_override,-dac_read_search"
+    wrap = ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}"]
+    root = tmp_path / "root"
+    root.mkdir()
+    if direction == "get":
+        unreadable_tree(root / "tree")
+        srv = server("--root", str(root), wrap=wrap)
+        res = env.run("get", "-r", ":tree", str(tmp_path / "copy"), "--host", srv.address)
+        copy = tmp_path / "copy"
+    else:
+        unreadable_tree(tmp_path / "tree")
+        srv = server("--root", str(root))
+        res = env.run_in(wrap, "put", "-r", str(tmp_path / "tree"), ":", "--host", srv.address)
+        copy = root / "tree"
+    assert res.returncode == 1, res.stderr
+    assert "skipped b.txt: " in res.stderr and "skipped locked: " in res.stderr
+    assert res.stderr.count("Permission denied") == 2, res.stderr
+    assert "2 entries were skipped: the copy is incomplete" in res.stderr
+    assert "Traceback" not in res.stderr
+    for name in ("a.txt", "c.txt", "sub/d.txt"):  # everything else was copied
+        assert (copy / name).read_text() == name
+    assert not (copy / "b.txt").exists() and not (copy / ".b.txt.ppcp-part").exists()
+    assert (copy / "locked").is_dir() and not any((copy / "locked").iterdir())
 
 
 @pytest.fixture
