@@ -208,18 +208,11 @@ def local_destination(local: LocalPath, kind: str, name: str) -> tuple[Tree, tup
     if kind == "file" and given.endswith(os.sep):
         # "dir/" names a directory: a file is not saved under that name instead (as cp).
         raise TransferError(f"local directory {quote(dest)} does not exist")
-    if kind == "file":
-        parent, leaf = os.path.split(os.path.realpath(dest))
-        if not os.path.isdir(parent):
-            raise TransferError(f"local directory {quote(parent)} does not exist")
-        return Tree(parent), (leaf,), dest
-    try:
-        os.mkdir(dest)
-    except OSError as exc:
-        raise TransferError(
-            f"cannot create local directory {quote(dest)}: {exc.strerror}"
-        ) from None
-    return Tree(dest), (), dest
+    # A new directory is created by the receiver, under a part name until complete.
+    parent, leaf = os.path.split(os.path.realpath(dest))
+    if not os.path.isdir(parent):
+        raise TransferError(f"local directory {quote(parent)} does not exist")
+    return Tree(parent), (leaf,), dest
 
 
 def local_opener(path: str) -> Callable[[], int]:

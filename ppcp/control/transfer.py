@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from ppcp.control.aio_channel import decode_json, encode_json, release
 from ppcp.control.channels import STREAM_STDOUT, ChannelMux
 from ppcp.control.paths import (
+    Target,
     Tree,
     display,
     join,
@@ -757,6 +758,8 @@ class Receiver:
     mode_mask: int = field(default_factory=lambda: 0o777 & ~current_umask())
     # The piece the worker is writing: its pooled buffer is given back once written.
     in_worker: bytes | memoryview = b""
+    # Where a new top directory goes once complete, while ``base`` is its part name.
+    final: tuple[str, ...] | None = None
 
     async def run(self) -> None:
         try:
@@ -764,10 +767,14 @@ class Receiver:
         except BaseException:
             # Also after a failure: a directory is created 0700 (nothing lands in it
             # readable by others before its mode is known) and must not stay so.
-            with contextlib.suppress(PPCPError):
-                self.finish_dirs()
+            # Not in a part directory: it stays hidden, and writable for the resume.
+            if self.final is None:
+                with contextlib.suppress(PPCPError):
+                    self.finish_dirs()
             raise
         self.finish_dirs()
+        if self.final is not None:
+            self.move_into_place(self.final)
         self.progress.report()
         await self.channel.send_json(
             "finished", {"files": self.stats.files, "bytes": self.progress.moved}
@@ -786,7 +793,8 @@ class Receiver:
                 await self.receive_file(entry)
             elif name == "dir" and not self.single:
                 d = DirEntry.decode(payload)
-                self.make_dir(d)
+                if d.path or self.final is not None or not self.open_part_dir(d):
+                    self.make_dir(d)
             elif name == "skip":
                 obj = decode_json(payload, "skip")
                 shown = display(field_str(obj, "path", "skip"))
@@ -795,6 +803,56 @@ class Receiver:
                 return
             else:
                 raise ChannelError(f"unexpected request {name!r} in a file transfer")
+
+    def open_part_dir(self, entry: DirEntry) -> bool:
+        """Receive a top directory that does not exist yet under its part name.
+
+        So an interrupted transfer leaves no half tree under the real name, and
+        running it again finds the part directory and continues in it, instead
+        of finding a directory there and copying into it (``dest/NAME/...``).
+        False if the destination exists (the tree is merged into it).
+        """
+        with self.tree.resolve(self.base) as t:
+            if t.st is not None:
+                return False
+            part = part_name(t.name)
+            try:
+                st: os.stat_result | None = os.stat(part, dir_fd=t.dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            except OSError as exc:
+                raise io_error(exc, "opening the part directory for", quote(t.path)) from None
+            if st is None:
+                try:
+                    os.mkdir(part, 0o700, dir_fd=t.dir_fd)
+                except OSError as exc:
+                    raise io_error(exc, "creating the part directory for", quote(t.path)) from None
+            elif not stat.S_ISDIR(st.st_mode):
+                raise RemotePathError(
+                    f"{quote(t.path)}: its part directory is a {kind_of(st.st_mode)}"
+                )
+            self.final = t.parts
+            self.base = (*t.parts[:-1], part)
+        self.dirs.append((self.base, entry.mode, entry.mtime_ns))
+        self.stats.directories += 1
+        return True
+
+    def move_into_place(self, final: tuple[str, ...]) -> None:
+        """Rename the completed part directory to its real name (never over something)."""
+        with self.tree.resolve(self.base) as t:
+            shown = quote(join(final))
+            if not t.is_dir:
+                raise TransferError(f"the part directory of {shown} disappeared")
+            if exists_at(t, final[-1]):
+                raise TransferError(
+                    f"{shown} appeared during the transfer; what was received is kept in "
+                    f"{quote(join(t.parts))}"
+                )
+            try:
+                os.rename(t.name, final[-1], src_dir_fd=t.dir_fd, dst_dir_fd=t.dir_fd)
+            except OSError as exc:
+                raise io_error(exc, "moving into place", shown) from None
+        self.base, self.final = final, None
 
     def make_dir(self, entry: DirEntry) -> None:
         parts = (*self.base, *entry.path)
@@ -807,6 +865,10 @@ class Receiver:
                 self.dirs.append((t.parts, entry.mode, entry.mtime_ns))
             elif not t.is_dir:
                 raise RemotePathError(f"{quote(t.path)} exists and is not a directory")
+            elif self.final is not None:
+                # Inside a part directory everything is this transfer's (an earlier
+                # run of it created it): it still gets the sender's mode and time.
+                self.dirs.append((t.parts, entry.mode, entry.mtime_ns))
         self.stats.directories += 1
 
     def finish_dirs(self) -> None:
@@ -837,6 +899,11 @@ class Receiver:
                     f"{shown} is a {kind_of(t.st.st_mode)}; refusing to replace it"
                 )
             part = part_name(t.name)
+            if self.final is not None and t.is_file and self.resume and not exists_at(t, part):
+                # Completed by an earlier run of this transfer: offered for resuming
+                # (its prefix is verified like any part file's) rather than sent again.
+                with contextlib.suppress(OSError):
+                    os.rename(t.name, part, src_dir_fd=t.dir_fd, dst_dir_fd=t.dir_fd)
             fd = await lock_part(t.dir_fd, part, shown)
             try:
                 digest = await self.receive_into(fd, entry, shown, t.dir_fd, part)
@@ -973,6 +1040,15 @@ class Receiver:
             if pos - acked >= ACK_EVERY:
                 acked = pos
                 await channel.send_json("ack", {"offset": pos})
+
+
+def exists_at(t: Target, name: str) -> bool:
+    """Whether ``name`` exists (as anything, symlinks not followed) beside ``t``."""
+    try:
+        os.stat(name, dir_fd=t.dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def store_piece(
