@@ -337,12 +337,14 @@ async def serve_put(channel: AsyncChannel, policy: ServerPolicy) -> None:
         if kind not in ("file", "dir"):
             raise ChannelError(f"malformed {what}: 'type' must be 'file' or 'dir'")
         tree = Tree(policy.root)
+        path = field_str(request, "path", what)
         dest = await asyncio.to_thread(
             put_destination,
             tree,
-            parse_wire_path(request.get("path")),
+            parse_wire_path(path),
             kind,
             check_name(field_str(request, "name", what)),
+            path.endswith("/"),
         )
         resume = field_bool(request, "resume", what)
         encoding = _encoding(channel, request, what)
@@ -371,9 +373,18 @@ async def serve_put(channel: AsyncChannel, policy: ServerPolicy) -> None:
     )
 
 
-def put_destination(tree: Tree, parts: tuple[str, ...], kind: str, name: str) -> tuple[str, ...]:
-    """Where a put of ``kind`` named ``name`` to ``parts`` lands (scp's rules)."""
+def put_destination(
+    tree: Tree, parts: tuple[str, ...], kind: str, name: str, slash: bool = False
+) -> tuple[str, ...]:
+    """Where a put of ``kind`` named ``name`` to ``parts`` lands (scp's rules).
+
+    ``slash``: the path ended in ``/``, which names a directory: a file is not
+    stored under that name instead (as cp and scp refuse ``a.txt newdir/``).
+    """
     with tree.resolve(parts) as t:
+        if slash and not t.is_dir and (kind == "file" or t.st is not None):
+            state = "does not exist" if t.st is None else "is not a directory"
+            raise RemotePathError(f"directory {quote(t.path + '/')} {state}")
         if t.is_dir:
             dest = (*t.parts, name)
         elif t.st is None or (kind == "file" and t.is_file):
@@ -406,8 +417,9 @@ async def serve_get(channel: AsyncChannel, policy: ServerPolicy) -> None:
         recursive = field_bool(request, "recursive", what)
         encoding = _encoding(channel, request, what)
         tree = Tree(policy.root)
+        path = field_str(request, "path", what)
         kind, name, items, total = await asyncio.to_thread(
-            get_source, tree, parse_wire_path(request.get("path")), recursive
+            get_source, tree, parse_wire_path(path), recursive, path.endswith("/")
         )
     except PPCPError as exc:
         _refuse(channel, exc)
@@ -416,7 +428,7 @@ async def serve_get(channel: AsyncChannel, policy: ServerPolicy) -> None:
     channel.accept(
         encode_json({"v": PROTOCOL, "type": kind, "name": name, "size": total, "files": files})
     )
-    peer, shown = channel.session.peer_name, display(join(parse_wire_path(request.get("path"))))
+    peer, shown = channel.session.peer_name, display(join(parse_wire_path(path)))
     log.info("get by %s: sending %s %s (%d file(s), %d bytes)", peer, kind, shown, files, total)
     progress = Progress(None, total)
     try:
@@ -428,12 +440,14 @@ async def serve_get(channel: AsyncChannel, policy: ServerPolicy) -> None:
 
 
 def get_source(
-    tree: Tree, parts: tuple[str, ...], recursive: bool
+    tree: Tree, parts: tuple[str, ...], recursive: bool, slash: bool = False
 ) -> tuple[str, str, list[SendItem], int]:
-    """(kind, name, items, total bytes) for a get of ``parts``."""
+    """(kind, name, items, total bytes) for a get of ``parts`` (a directory if ``slash``)."""
     with tree.resolve(parts) as t:
         if t.st is None:
             raise RemotePathError(f"{quote(join(parts))}: no such file or directory")
+        if slash and not t.is_dir:
+            raise RemotePathError(f"{quote(t.path + '/')}: not a directory")
         name = t.name if t.name != "." else (os.path.basename(tree.root) or "root")
         if t.is_file:
             shown = quote(t.path)
