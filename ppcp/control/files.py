@@ -69,6 +69,7 @@ log = logging.getLogger("ppcp.server")
 CAPABILITY = "files"
 MAX_ENTRIES = 1_000_000  # entries in one recursive transfer
 LocalPath = str | os.PathLike[str]
+NAME_NEEDED = "the source has no usable name: give one in the path"
 
 
 # -- client ----------------------------------------------------------------------------------
@@ -92,10 +93,12 @@ async def put_files(
     except OSError as exc:
         raise TransferError(f"local path {quote(src)}: {exc.strerror}") from None
     name = os.path.basename(src) or "root"
+    # The name is needed only if the destination is a directory (scp's rule): a
+    # file the wire cannot name may still be sent under a name given in ``remote``.
     try:
-        check_name(name, "local name")
+        wire_name, unusable = check_name(name, "local name"), ""
     except RemotePathError as exc:
-        raise TransferError(exc.message) from None
+        wire_name, unusable = "", exc.message
     if stat.S_ISDIR(st.st_mode):
         if not recursive:
             raise TransferError(f"{quote(src)} is a directory (use recursive=True)")
@@ -115,12 +118,17 @@ async def put_files(
         "v": PROTOCOL,
         "path": remote,
         "type": kind,
-        "name": name,
+        "name": wire_name,
         "resume": resume,
         "zlib": encoding.zlib,
         "checksum": encoding.checksum,
     }
-    channel = await session.open_channel("file-put", encode_json(request))
+    try:
+        channel = await session.open_channel("file-put", encode_json(request))
+    except RemotePathError as exc:
+        if unusable and exc.message.endswith(NAME_NEEDED):
+            raise TransferError(f"{unusable}; give the copy a name in the remote path") from None
+        raise
     tracker = Progress(progress, total)
     stats = Stats()
     try:
@@ -343,7 +351,7 @@ async def serve_put(channel: AsyncChannel, policy: ServerPolicy) -> None:
             tree,
             parse_wire_path(path),
             kind,
-            check_name(field_str(request, "name", what)),
+            field_str(request, "name", what),
             path.endswith("/"),
         )
         resume = field_bool(request, "resume", what)
@@ -386,7 +394,9 @@ def put_destination(
             state = "does not exist" if t.st is None else "is not a directory"
             raise RemotePathError(f"directory {quote(t.path + '/')} {state}")
         if t.is_dir:
-            dest = (*t.parts, name)
+            if not name:  # the client's own name for it cannot travel (RFC 16.3.2)
+                raise RemotePathError(f"{quote(t.path)} is a directory; {NAME_NEEDED}")
+            dest = (*t.parts, check_name(name))
         elif t.st is None or (kind == "file" and t.is_file):
             dest = t.parts
         elif kind == "dir":

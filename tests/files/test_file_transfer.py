@@ -169,6 +169,27 @@ async def test_a_remote_path_ending_in_a_slash_must_be_a_directory(lo: Loopback)
     assert (lo.root / "file").read_bytes() == b"f"
 
 
+async def test_a_local_name_the_wire_cannot_carry_is_needed_only_if_used(
+    lo: Loopback,
+) -> None:
+    """A file named with a newline or a non-UTF-8 byte can be sent under a valid name."""
+    local = os.fsencode(lo.local)
+    for raw, shown in ((b"new\nline", r"'new\x0aline'"), (b"bad\xffname", r"'bad\xffname'")):
+        src = os.path.join(local, raw)
+        with open(src, "wb") as f:
+            f.write(raw)
+        async with lo.client() as session:
+            await session.put(os.fsdecode(src), "fine.txt")
+            assert (lo.root / "fine.txt").read_bytes() == raw
+            # Into a directory the name is needed: a clear refusal, nothing written.
+            with pytest.raises(ppcp.TransferError) as info:
+                await session.put(os.fsdecode(src), "")
+        message = info.value.message
+        assert shown in message and "give the copy a name in the remote path" in message
+        assert "\\udc" not in message
+    assert sorted(os.listdir(lo.root)) == ["fine.txt"]
+
+
 async def test_symlinks_the_user_named_locally_are_followed(lo: Loopback, tmp_path: Path) -> None:
     """As cp: the destination the user names may be a symlink (to another disk, say)."""
     (lo.root / "a.txt").write_bytes(b"a")
