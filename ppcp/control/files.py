@@ -30,6 +30,7 @@ from ppcp.control.paths import (
     quote,
 )
 from ppcp.control.transfer import (
+    PART_TTL,
     PROTOCOL,
     Encoding,
     Progress,
@@ -364,7 +365,15 @@ async def serve_put(channel: AsyncChannel, policy: ServerPolicy) -> None:
     log.info("put from %s: receiving %s %s", peer, kind, shown)
     progress, stats = Progress(None, 0), Stats()
     receiver = Receiver(
-        channel, encoding, tree, dest, resume, progress, stats, single=kind == "file"
+        channel,
+        encoding,
+        tree,
+        dest,
+        resume,
+        progress,
+        stats,
+        single=kind == "file",
+        part_ttl=PART_TTL,
     )
     try:
         await receiver.run()

@@ -43,6 +43,7 @@ from ppcp.control.paths import (
     Target,
     Tree,
     display,
+    is_part_name,
     join,
     kind_of,
     open_part,
@@ -80,6 +81,8 @@ COMPRESS_WORTH = 0.95  # a piece is sent compressed only if this much smaller
 COMPRESS_BACKOFF = 16  # pieces sent stored, untried, after one that did not shrink
 PROGRESS_EVERY = 1 << 20
 LOCK_WAIT = 5.0  # seconds a receiver waits for a part file another transfer holds
+# A server receiving into a directory removes part files there untouched this long.
+PART_TTL = 7 * 24 * 3600.0
 LOCK_POLL = 0.05
 WORKER_THREADS = 8  # shared by all transfers of a process
 # A file job that blocks the event loop longer than this moves to a thread.
@@ -760,6 +763,10 @@ class Receiver:
     in_worker: bytes | memoryview = b""
     # Where a new top directory goes once complete, while ``base`` is its part name.
     final: tuple[str, ...] | None = None
+    # Seconds after which a part file left by another transfer expires (None: never).
+    part_ttl: float | None = None
+    # The directories (st_dev, st_ino) already swept of expired part files.
+    swept: set[tuple[int, int]] = field(default_factory=set)
 
     async def run(self) -> None:
         try:
@@ -816,6 +823,7 @@ class Receiver:
             if t.st is not None:
                 return False
             part = part_name(t.name)
+            self.expire_parts(t.dir_fd, part)
             try:
                 st: os.stat_result | None = os.stat(part, dir_fd=t.dir_fd, follow_symlinks=False)
             except FileNotFoundError:
@@ -836,6 +844,16 @@ class Receiver:
         self.dirs.append((self.base, entry.mode, entry.mtime_ns))
         self.stats.directories += 1
         return True
+
+    def expire_parts(self, dir_fd: int, keep: str) -> None:
+        """Remove the expired part files of ``dir_fd`` (once per directory and transfer)."""
+        if self.part_ttl is None:
+            return
+        st = os.fstat(dir_fd)
+        if (st.st_dev, st.st_ino) in self.swept:
+            return
+        self.swept.add((st.st_dev, st.st_ino))
+        remove_expired_parts(dir_fd, keep, time.time() - self.part_ttl)
 
     def move_into_place(self, final: tuple[str, ...]) -> None:
         """Rename the completed part directory to its real name (never over something)."""
@@ -899,6 +917,7 @@ class Receiver:
                     f"{shown} is a {kind_of(t.st.st_mode)}; refusing to replace it"
                 )
             part = part_name(t.name)
+            self.expire_parts(t.dir_fd, part)
             if self.final is not None and t.is_file and self.resume and not exists_at(t, part):
                 # Completed by an earlier run of this transfer: offered for resuming
                 # (its prefix is verified like any part file's) rather than sent again.
@@ -1040,6 +1059,43 @@ class Receiver:
             if pos - acked >= ACK_EVERY:
                 acked = pos
                 await channel.send_json("ack", {"offset": pos})
+
+
+def remove_expired_parts(dir_fd: int, keep: str, before: float) -> int:
+    """Unlink the part files in ``dir_fd`` last modified before ``before``; how many.
+
+    Housekeeping for a server: a transfer that was never resumed must not fill
+    its disk for ever with files its clients cannot see.  Part files only
+    (regular files with the part name, not ``keep``, the one about to be used),
+    never one a transfer holds (its lock is tried first), never a part directory
+    (what is below it may be in use).  Errors only leave a file for next time.
+    """
+    removed = 0
+    try:
+        with os.scandir(dir_fd) as it:
+            names = [e.name for e in it if is_part_name(e.name) and e.name != keep]
+    except OSError:
+        return 0
+    for name in names:
+        try:
+            # lstat first: opening a device or FIFO someone named so could have effects.
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_mtime >= before:
+                continue
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = os.open(name, flags, dir_fd=dir_fd)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.path.samestat(st, os.fstat(fd)):
+                os.unlink(name, dir_fd=dir_fd)
+                removed += 1
+        except OSError:  # BlockingIOError: a transfer is using it
+            continue
+        finally:
+            os.close(fd)
+    return removed
 
 
 def exists_at(t: Target, name: str) -> bool:

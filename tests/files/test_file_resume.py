@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -284,3 +286,39 @@ async def test_a_tree_that_appeared_meanwhile_is_not_replaced(lo: Loopback) -> N
             await session.put(src, "d", recursive=True, progress=someone_else)
     assert os.listdir(lo.root / "d") == ["theirs"]
     assert (part_of(lo.root / "d") / "f").read_text() == "f"  # kept, not lost
+
+
+async def test_expired_part_files_are_removed_where_a_put_lands(lo: Loopback) -> None:
+    """A server does not keep abandoned part files for ever (RFC 16.7)."""
+    old = time.time() - transfer.PART_TTL - 3600
+
+    def part(path: Path, when: float, size: int = 10) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"p" * size)
+        os.utime(path, (when, when))
+        return path
+
+    digest = make_file(lo.local / "f.bin", 2 * MiB)
+    with open(lo.local / "f.bin", "rb") as f:
+        prefix = f.read(MiB)
+    resumed = part(lo.root / ".f.bin.ppcp-part", old, 0)
+    resumed.write_bytes(prefix)  # old, but the one this put resumes from: kept
+    os.utime(resumed, (old, old))
+    expired = part(lo.root / ".abandoned.bin.ppcp-part", old)
+    fresh = part(lo.root / ".recent.bin.ppcp-part", time.time())
+    busy = part(lo.root / ".busy.bin.ppcp-part", old)
+    elsewhere = part(lo.root / "sub" / ".abandoned.bin.ppcp-part", old)  # not touched
+    (lo.root / ".tree.ppcp-part").mkdir()  # part directories are never expired
+    os.utime(lo.root / ".tree.ppcp-part", (old, old))
+    (lo.local / ".abandoned.ppcp-part").write_bytes(b"mine")  # the client does not sweep
+    os.utime(lo.local / ".abandoned.ppcp-part", (old, old))
+    with open(busy, "rb") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        async with lo.client() as session:
+            result = await session.put(lo.local / "f.bin", "f.bin", checksum=True)
+            await session.get("f.bin", lo.local / "back.bin")
+    assert (result.sha256, result.resumed_from) == (digest, MiB)
+    assert not expired.exists()
+    assert fresh.exists() and busy.exists() and elsewhere.exists()
+    assert (lo.root / ".tree.ppcp-part").is_dir()
+    assert (lo.local / ".abandoned.ppcp-part").exists()
