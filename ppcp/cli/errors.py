@@ -122,7 +122,8 @@ def fail(code: int, message: str) -> NoReturn:
 def report(exc: BaseException, *, io_code: int = EXIT_CONNECTION, verbose: int = 0) -> int:
     """Print the one-line explanation of ``exc`` (and the traceback with -v)."""
     code, message = classify(exc, io_code=io_code)
-    if verbose or code == EXIT_FAILED:
+    # Exit 1 from anything but a CLIError is a bug of ours: its traceback helps the report.
+    if verbose or (code == EXIT_FAILED and not isinstance(exc, CLIError)):
         traceback.print_exception(exc, file=sys.stderr)
     click.echo(f"ppcp: {message}", err=True)
     return code

@@ -57,12 +57,16 @@ class Bars:
     def task(self, description: str) -> ProgressCallback | None:
         if self._progress is None:
             return None
+        from rich.markup import escape
+
         progress = self._progress
-        task_id = progress.add_task(description, total=None)
+        # The description is a file name, not markup: "[red]x" is a name too.
+        task_id = progress.add_task(escape(description), total=None)
 
         def update(done: int, total: int, rate: float) -> None:
             with self._lock:
-                progress.update(task_id, completed=done, total=total or None)
+                # The total is known once reported, even 0 (an empty file ends 0/0, not 0/?).
+                progress.update(task_id, completed=done, total=total)
 
         return update
 

@@ -69,24 +69,29 @@ def put(
     ctx, target, path = _target(remote)
     quiet = get_settings().quiet
     session = ctx.connect(target)
-    results = []
+    results: list[Any] = []
     bars = Bars(wanted(quiet))
-    with session, bars.shown():
-        for local in locals_:
-            dest = path
-            if len(locals_) > 1:
-                dest = posixpath.join(path, os.path.basename(os.path.normpath(local)))
-            results.append(
-                session.put(
-                    local,
-                    dest,
-                    recursive=recursive,
-                    progress=bars.task(os.path.basename(os.path.normpath(local))),
-                    resume=resume,
-                    compress=compress,
-                    checksum=checksum,
+    try:
+        with session, bars.shown():
+            for local in locals_:
+                # As the library names it: "..", "." and "dir/" have a name of their own.
+                name = os.path.basename(os.path.abspath(local)) or "root"
+                dest = posixpath.join(path, name) if len(locals_) > 1 else path
+                results.append(
+                    session.put(
+                        local,
+                        dest,
+                        recursive=recursive,
+                        progress=bars.task(_label(name)),
+                        resume=resume,
+                        compress=compress,
+                        checksum=checksum,
+                    )
                 )
-            )
+    except BaseException:
+        # What was copied before the failure is said too, so nobody redoes it blindly.
+        _report("sent", results, target.label, quiet, failed=True)
+        raise
     _report("sent", results, target.label, quiet)
 
 
@@ -116,7 +121,7 @@ def get(
                 path,
                 local,
                 recursive=recursive,
-                progress=bars.task(posixpath.basename(path.rstrip("/")) or path),
+                progress=bars.task(_label(posixpath.basename(path.rstrip("/")) or path)),
                 resume=resume,
                 compress=compress,
                 checksum=checksum,
@@ -131,9 +136,17 @@ def get(
     _report("received", [result], target.label, quiet)
 
 
-def _report(verb: str, results: list[Any], label: str, quiet: bool) -> None:
+def _label(name: str) -> str:
+    """A file name as a progress bar's label: control characters escaped."""
+    from ppcp.control.paths import display
+
+    return display(name)
+
+
+def _report(verb: str, results: list[Any], label: str, quiet: bool, failed: bool = False) -> None:
     """The summary (unless quiet), then what was skipped (always): skipped entries
-    make the copy incomplete, which a script must see in the exit status."""
+    make the copy incomplete, which a script must see in the exit status (unless
+    the copy ``failed``: its own error is raised then)."""
     from ppcp.cli.errors import EXIT_FAILED, CLIError
 
     if not quiet:
@@ -141,7 +154,7 @@ def _report(verb: str, results: list[Any], label: str, quiet: bool) -> None:
     skipped = [name for r in results for name in r.skipped]
     for name in skipped:
         click.echo(f"ppcp: skipped {name}", err=True)
-    if skipped:
+    if skipped and not failed:
         count = f"{len(skipped)} entr{'y was' if len(skipped) == 1 else 'ies were'}"
         raise CLIError(EXIT_FAILED, f"{count} skipped: the copy is incomplete.")
 

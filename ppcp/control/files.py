@@ -30,6 +30,7 @@ from ppcp.control.paths import (
     quote,
 )
 from ppcp.control.transfer import (
+    PART_TTL,
     PROTOCOL,
     Encoding,
     Progress,
@@ -69,6 +70,7 @@ log = logging.getLogger("ppcp.server")
 CAPABILITY = "files"
 MAX_ENTRIES = 1_000_000  # entries in one recursive transfer
 LocalPath = str | os.PathLike[str]
+NAME_NEEDED = "the source has no usable name: give one in the path"
 
 
 # -- client ----------------------------------------------------------------------------------
@@ -92,10 +94,12 @@ async def put_files(
     except OSError as exc:
         raise TransferError(f"local path {quote(src)}: {exc.strerror}") from None
     name = os.path.basename(src) or "root"
+    # The name is needed only if the destination is a directory (scp's rule): a
+    # file the wire cannot name may still be sent under a name given in ``remote``.
     try:
-        check_name(name, "local name")
+        wire_name, unusable = check_name(name, "local name"), ""
     except RemotePathError as exc:
-        raise TransferError(exc.message) from None
+        wire_name, unusable = "", exc.message
     if stat.S_ISDIR(st.st_mode):
         if not recursive:
             raise TransferError(f"{quote(src)} is a directory (use recursive=True)")
@@ -115,12 +119,17 @@ async def put_files(
         "v": PROTOCOL,
         "path": remote,
         "type": kind,
-        "name": name,
+        "name": wire_name,
         "resume": resume,
         "zlib": encoding.zlib,
         "checksum": encoding.checksum,
     }
-    channel = await session.open_channel("file-put", encode_json(request))
+    try:
+        channel = await session.open_channel("file-put", encode_json(request))
+    except RemotePathError as exc:
+        if unusable and exc.message.endswith(NAME_NEEDED):
+            raise TransferError(f"{unusable}; give the copy a name in the remote path") from None
+        raise
     tracker = Progress(progress, total)
     stats = Stats()
     try:
@@ -208,18 +217,11 @@ def local_destination(local: LocalPath, kind: str, name: str) -> tuple[Tree, tup
     if kind == "file" and given.endswith(os.sep):
         # "dir/" names a directory: a file is not saved under that name instead (as cp).
         raise TransferError(f"local directory {quote(dest)} does not exist")
-    if kind == "file":
-        parent, leaf = os.path.split(os.path.realpath(dest))
-        if not os.path.isdir(parent):
-            raise TransferError(f"local directory {quote(parent)} does not exist")
-        return Tree(parent), (leaf,), dest
-    try:
-        os.mkdir(dest)
-    except OSError as exc:
-        raise TransferError(
-            f"cannot create local directory {quote(dest)}: {exc.strerror}"
-        ) from None
-    return Tree(dest), (), dest
+    # A new directory is created by the receiver, under a part name until complete.
+    parent, leaf = os.path.split(os.path.realpath(dest))
+    if not os.path.isdir(parent):
+        raise TransferError(f"local directory {quote(parent)} does not exist")
+    return Tree(parent), (leaf,), dest
 
 
 def local_opener(path: str) -> Callable[[], int]:
@@ -256,7 +258,11 @@ def local_items(top: str) -> tuple[list[SendItem], int]:
             with os.scandir(path) as it:
                 entries = sorted((e.name, e.is_symlink()) for e in it)
         except OSError as exc:
-            raise TransferError(f"cannot list {quote(path)}: {exc.strerror}") from None
+            if not rel:
+                raise TransferError(f"cannot list {quote(path)}: {exc.strerror}") from None
+            # Its dir entry is sent (it is created, empty); what it holds is reported.
+            items.append(SendSkip(display(join(rel)), f"cannot list: {exc.strerror}"))
+            continue
         subdirs = []
         for name, is_link in entries:
             child = (*rel, name)
@@ -340,12 +346,14 @@ async def serve_put(channel: AsyncChannel, policy: ServerPolicy) -> None:
         if kind not in ("file", "dir"):
             raise ChannelError(f"malformed {what}: 'type' must be 'file' or 'dir'")
         tree = Tree(policy.root)
+        path = field_str(request, "path", what)
         dest = await asyncio.to_thread(
             put_destination,
             tree,
-            parse_wire_path(request.get("path")),
+            parse_wire_path(path),
             kind,
-            check_name(field_str(request, "name", what)),
+            field_str(request, "name", what),
+            path.endswith("/"),
         )
         resume = field_bool(request, "resume", what)
         encoding = _encoding(channel, request, what)
@@ -357,7 +365,15 @@ async def serve_put(channel: AsyncChannel, policy: ServerPolicy) -> None:
     log.info("put from %s: receiving %s %s", peer, kind, shown)
     progress, stats = Progress(None, 0), Stats()
     receiver = Receiver(
-        channel, encoding, tree, dest, resume, progress, stats, single=kind == "file"
+        channel,
+        encoding,
+        tree,
+        dest,
+        resume,
+        progress,
+        stats,
+        single=kind == "file",
+        part_ttl=PART_TTL,
     )
     try:
         await receiver.run()
@@ -374,11 +390,22 @@ async def serve_put(channel: AsyncChannel, policy: ServerPolicy) -> None:
     )
 
 
-def put_destination(tree: Tree, parts: tuple[str, ...], kind: str, name: str) -> tuple[str, ...]:
-    """Where a put of ``kind`` named ``name`` to ``parts`` lands (scp's rules)."""
+def put_destination(
+    tree: Tree, parts: tuple[str, ...], kind: str, name: str, slash: bool = False
+) -> tuple[str, ...]:
+    """Where a put of ``kind`` named ``name`` to ``parts`` lands (scp's rules).
+
+    ``slash``: the path ended in ``/``, which names a directory: a file is not
+    stored under that name instead (as cp and scp refuse ``a.txt newdir/``).
+    """
     with tree.resolve(parts) as t:
+        if slash and not t.is_dir and (kind == "file" or t.st is not None):
+            state = "does not exist" if t.st is None else "is not a directory"
+            raise RemotePathError(f"directory {quote(t.path + '/')} {state}")
         if t.is_dir:
-            dest = (*t.parts, name)
+            if not name:  # the client's own name for it cannot travel (RFC 16.3.2)
+                raise RemotePathError(f"{quote(t.path)} is a directory; {NAME_NEEDED}")
+            dest = (*t.parts, check_name(name))
         elif t.st is None or (kind == "file" and t.is_file):
             dest = t.parts
         elif kind == "dir":
@@ -409,8 +436,9 @@ async def serve_get(channel: AsyncChannel, policy: ServerPolicy) -> None:
         recursive = field_bool(request, "recursive", what)
         encoding = _encoding(channel, request, what)
         tree = Tree(policy.root)
+        path = field_str(request, "path", what)
         kind, name, items, total = await asyncio.to_thread(
-            get_source, tree, parse_wire_path(request.get("path")), recursive
+            get_source, tree, parse_wire_path(path), recursive, path.endswith("/")
         )
     except PPCPError as exc:
         _refuse(channel, exc)
@@ -419,7 +447,7 @@ async def serve_get(channel: AsyncChannel, policy: ServerPolicy) -> None:
     channel.accept(
         encode_json({"v": PROTOCOL, "type": kind, "name": name, "size": total, "files": files})
     )
-    peer, shown = channel.session.peer_name, display(join(parse_wire_path(request.get("path"))))
+    peer, shown = channel.session.peer_name, display(join(parse_wire_path(path)))
     log.info("get by %s: sending %s %s (%d file(s), %d bytes)", peer, kind, shown, files, total)
     progress = Progress(None, total)
     try:
@@ -431,12 +459,14 @@ async def serve_get(channel: AsyncChannel, policy: ServerPolicy) -> None:
 
 
 def get_source(
-    tree: Tree, parts: tuple[str, ...], recursive: bool
+    tree: Tree, parts: tuple[str, ...], recursive: bool, slash: bool = False
 ) -> tuple[str, str, list[SendItem], int]:
-    """(kind, name, items, total bytes) for a get of ``parts``."""
+    """(kind, name, items, total bytes) for a get of ``parts`` (a directory if ``slash``)."""
     with tree.resolve(parts) as t:
         if t.st is None:
             raise RemotePathError(f"{quote(join(parts))}: no such file or directory")
+        if slash and not t.is_dir:
+            raise RemotePathError(f"{quote(t.path + '/')}: not a directory")
         name = t.name if t.name != "." else (os.path.basename(tree.root) or "root")
         if t.is_file:
             shown = quote(t.path)
@@ -475,7 +505,15 @@ def remote_items(tree: Tree, base: tuple[str, ...]) -> tuple[list[SendItem], int
     while stack:
         rel = stack.pop()
         subdirs = []
-        for name, lst in list_dir(tree, (*base, *rel)):
+        try:
+            listed = list_dir(tree, (*base, *rel))
+        except PPCPError as exc:
+            if not rel:
+                raise
+            # Its dir entry is sent (it is created, empty); what it holds is reported.
+            items.append(SendSkip(display(join(rel)), exc.message))
+            continue
+        for name, lst in listed:
             child = (*rel, name)
             shown = display(join(child))
             reason = skip_reason(name, child)

@@ -45,12 +45,18 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def display(text: str) -> str:
-    """``text`` made safe for a terminal or a log line: escapes, bounded length."""
+    """``text`` made safe for a terminal or a log line: escapes, bounded length.
+
+    A byte that is not UTF-8 in a local file name (decoded by Python as a lone
+    surrogate U+DC80..U+DCFF) shows as that byte, ``\\xff``, as ls and cp show it.
+    """
     out = "".join(
         c
         if c.isprintable() and c not in _SPOOFING
         else f"\\x{ord(c):02x}"
         if ord(c) < 0x100
+        else f"\\x{ord(c) - 0xDC00:02x}"
+        if 0xDC80 <= ord(c) <= 0xDCFF
         else f"\\u{ord(c):04x}"
         for c in text
     )

@@ -41,8 +41,10 @@ from msgspec import Struct, field
 from ppcp.control.aio_channel import decode_json, encode_json, release
 from ppcp.control.channels import STREAM_STDOUT, ChannelMux
 from ppcp.control.paths import (
+    Target,
     Tree,
     display,
+    is_part_name,
     join,
     kind_of,
     open_part,
@@ -80,6 +82,8 @@ COMPRESS_WORTH = 0.95  # a piece is sent compressed only if this much smaller
 COMPRESS_BACKOFF = 16  # pieces sent stored, untried, after one that did not shrink
 PROGRESS_EVERY = 1 << 20
 LOCK_WAIT = 5.0  # seconds a receiver waits for a part file another transfer holds
+# A server receiving into a directory removes part files there untouched this long.
+PART_TTL = 7 * 24 * 3600.0
 LOCK_POLL = 0.05
 WORKER_THREADS = 8  # shared by all transfers of a process
 # A file job that blocks the event loop longer than this moves to a thread.
@@ -244,7 +248,9 @@ class SendDir(Struct, frozen=True):
 class SendFile(Struct, frozen=True):
     rel: tuple[str, ...]
     size: int  # as listed; the size sent is the one fstat gives at open time
-    open: Callable[[], int]  # returns an fd open for reading, owned by the caller
+    # Returns an fd open for reading, owned by the caller; raises PPCPError if the
+    # file cannot be opened (a tree then skips it).
+    open: Callable[[], int]
     shown: str  # for error messages
 
 
@@ -553,19 +559,37 @@ async def send_entries(
             await channel.send_request("dir", DirEntry(item.rel, item.mode, item.mtime_ns).encode())
             stats.directories += 1
         elif isinstance(item, SendSkip):
-            stats.skipped.append(f"{item.shown}: {item.reason}")
-            await channel.send_json("skip", {"path": item.shown, "reason": item.reason})
+            await send_skip(channel, item, stats)
         else:
-            await send_file(channel, encoding, item, progress, stats)
+            try:
+                fd = item.open()
+            except PPCPError as exc:
+                if not item.rel:  # the transfer's only file: there is nothing else to send
+                    raise
+                # One unreadable file in a tree does not cost the others (as scp, rsync).
+                progress.total -= item.size
+                await send_skip(channel, SendSkip(display(join(item.rel)), exc.message), stats)
+                continue
+            await send_file(channel, encoding, item, fd, progress, stats)
     await channel.send_json("finish", {})
     await expect(channel, "finished")
     progress.report()
 
 
+async def send_skip(channel: AsyncChannel, item: SendSkip, stats: Stats) -> None:
+    stats.skipped.append(f"{item.shown}: {item.reason}")
+    await channel.send_json("skip", {"path": item.shown, "reason": item.reason})
+
+
 async def send_file(
-    channel: AsyncChannel, encoding: Encoding, item: SendFile, progress: Progress, stats: Stats
+    channel: AsyncChannel,
+    encoding: Encoding,
+    item: SendFile,
+    fd: int,
+    progress: Progress,
+    stats: Stats,
 ) -> None:
-    fd = item.open()
+    """Send the file open on ``fd`` (closed here, whatever happens)."""
     try:
         st = os.fstat(fd)
         size = st.st_size
@@ -729,6 +753,12 @@ class Receiver(Struct):
     mode_mask: int = field(default_factory=lambda: 0o777 & ~current_umask())
     # The piece the worker is writing: its pooled buffer is given back once written.
     in_worker: bytes | memoryview = b""
+    # Where a new top directory goes once complete, while ``base`` is its part name.
+    final: tuple[str, ...] | None = None
+    # Seconds after which a part file left by another transfer expires (None: never).
+    part_ttl: float | None = None
+    # The directories (st_dev, st_ino) already swept of expired part files.
+    swept: set[tuple[int, int]] = field(default_factory=set)
 
     async def run(self) -> None:
         try:
@@ -736,10 +766,14 @@ class Receiver(Struct):
         except BaseException:
             # Also after a failure: a directory is created 0700 (nothing lands in it
             # readable by others before its mode is known) and must not stay so.
-            with contextlib.suppress(PPCPError):
-                self.finish_dirs()
+            # Not in a part directory: it stays hidden, and writable for the resume.
+            if self.final is None:
+                with contextlib.suppress(PPCPError):
+                    self.finish_dirs()
             raise
         self.finish_dirs()
+        if self.final is not None:
+            self.move_into_place(self.final)
         self.progress.report()
         await self.channel.send_json(
             "finished", {"files": self.stats.files, "bytes": self.progress.moved}
@@ -758,7 +792,8 @@ class Receiver(Struct):
                 await self.receive_file(entry)
             elif name == "dir" and not self.single:
                 d = DirEntry.decode(payload)
-                self.make_dir(d)
+                if d.path or self.final is not None or not self.open_part_dir(d):
+                    self.make_dir(d)
             elif name == "skip":
                 obj = decode_json(payload, "skip")
                 shown = display(field_str(obj, "path", "skip"))
@@ -767,6 +802,67 @@ class Receiver(Struct):
                 return
             else:
                 raise ChannelError(f"unexpected request {name!r} in a file transfer")
+
+    def open_part_dir(self, entry: DirEntry) -> bool:
+        """Receive a top directory that does not exist yet under its part name.
+
+        So an interrupted transfer leaves no half tree under the real name, and
+        running it again finds the part directory and continues in it, instead
+        of finding a directory there and copying into it (``dest/NAME/...``).
+        False if the destination exists (the tree is merged into it).
+        """
+        with self.tree.resolve(self.base) as t:
+            if t.st is not None:
+                return False
+            part = part_name(t.name)
+            self.expire_parts(t.dir_fd, part)
+            try:
+                st: os.stat_result | None = os.stat(part, dir_fd=t.dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            except OSError as exc:
+                raise io_error(exc, "opening the part directory for", quote(t.path)) from None
+            if st is None:
+                try:
+                    os.mkdir(part, 0o700, dir_fd=t.dir_fd)
+                except OSError as exc:
+                    raise io_error(exc, "creating the part directory for", quote(t.path)) from None
+            elif not stat.S_ISDIR(st.st_mode):
+                raise RemotePathError(
+                    f"{quote(t.path)}: its part directory is a {kind_of(st.st_mode)}"
+                )
+            self.final = t.parts
+            self.base = (*t.parts[:-1], part)
+        self.dirs.append((self.base, entry.mode, entry.mtime_ns))
+        self.stats.directories += 1
+        return True
+
+    def expire_parts(self, dir_fd: int, keep: str) -> None:
+        """Remove the expired part files of ``dir_fd`` (once per directory and transfer)."""
+        if self.part_ttl is None:
+            return
+        st = os.fstat(dir_fd)
+        if (st.st_dev, st.st_ino) in self.swept:
+            return
+        self.swept.add((st.st_dev, st.st_ino))
+        remove_expired_parts(dir_fd, keep, time.time() - self.part_ttl)
+
+    def move_into_place(self, final: tuple[str, ...]) -> None:
+        """Rename the completed part directory to its real name (never over something)."""
+        with self.tree.resolve(self.base) as t:
+            shown = quote(join(final))
+            if not t.is_dir:
+                raise TransferError(f"the part directory of {shown} disappeared")
+            if exists_at(t, final[-1]):
+                raise TransferError(
+                    f"{shown} appeared during the transfer; what was received is kept in "
+                    f"{quote(join(t.parts))}"
+                )
+            try:
+                os.rename(t.name, final[-1], src_dir_fd=t.dir_fd, dst_dir_fd=t.dir_fd)
+            except OSError as exc:
+                raise io_error(exc, "moving into place", shown) from None
+        self.base, self.final = final, None
 
     def make_dir(self, entry: DirEntry) -> None:
         parts = (*self.base, *entry.path)
@@ -779,6 +875,10 @@ class Receiver(Struct):
                 self.dirs.append((t.parts, entry.mode, entry.mtime_ns))
             elif not t.is_dir:
                 raise RemotePathError(f"{quote(t.path)} exists and is not a directory")
+            elif self.final is not None:
+                # Inside a part directory everything is this transfer's (an earlier
+                # run of it created it): it still gets the sender's mode and time.
+                self.dirs.append((t.parts, entry.mode, entry.mtime_ns))
         self.stats.directories += 1
 
     def finish_dirs(self) -> None:
@@ -809,6 +909,12 @@ class Receiver(Struct):
                     f"{shown} is a {kind_of(t.st.st_mode)}; refusing to replace it"
                 )
             part = part_name(t.name)
+            self.expire_parts(t.dir_fd, part)
+            if self.final is not None and t.is_file and self.resume and not exists_at(t, part):
+                # Completed by an earlier run of this transfer: offered for resuming
+                # (its prefix is verified like any part file's) rather than sent again.
+                with contextlib.suppress(OSError):
+                    os.rename(t.name, part, src_dir_fd=t.dir_fd, dst_dir_fd=t.dir_fd)
             fd = await lock_part(t.dir_fd, part, shown)
             try:
                 digest = await self.receive_into(fd, entry, shown, t.dir_fd, part)
@@ -945,6 +1051,52 @@ class Receiver(Struct):
             if pos - acked >= ACK_EVERY:
                 acked = pos
                 await channel.send_json("ack", {"offset": pos})
+
+
+def remove_expired_parts(dir_fd: int, keep: str, before: float) -> int:
+    """Unlink the part files in ``dir_fd`` last modified before ``before``; how many.
+
+    Housekeeping for a server: a transfer that was never resumed must not fill
+    its disk for ever with files its clients cannot see.  Part files only
+    (regular files with the part name, not ``keep``, the one about to be used),
+    never one a transfer holds (its lock is tried first), never a part directory
+    (what is below it may be in use).  Errors only leave a file for next time.
+    """
+    removed = 0
+    try:
+        with os.scandir(dir_fd) as it:
+            names = [e.name for e in it if is_part_name(e.name) and e.name != keep]
+    except OSError:
+        return 0
+    for name in names:
+        try:
+            # lstat first: opening a device or FIFO someone named so could have effects.
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_mtime >= before:
+                continue
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = os.open(name, flags, dir_fd=dir_fd)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.path.samestat(st, os.fstat(fd)):
+                os.unlink(name, dir_fd=dir_fd)
+                removed += 1
+        except OSError:  # BlockingIOError: a transfer is using it
+            continue
+        finally:
+            os.close(fd)
+    return removed
+
+
+def exists_at(t: Target, name: str) -> bool:
+    """Whether ``name`` exists (as anything, symlinks not followed) beside ``t``."""
+    try:
+        os.stat(name, dir_fd=t.dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def store_piece(

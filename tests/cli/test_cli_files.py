@@ -100,6 +100,7 @@ def test_skipped_entries_are_listed_and_fail_the_copy(
     assert res.returncode == 1, res.stderr
     assert "skipped" in res.stderr and "pipe" in res.stderr
     assert "1 entry was skipped: the copy is incomplete" in res.stderr
+    assert "Traceback" not in res.stderr
     assert (root / "tree" / "a.txt").read_text() == "a"  # the rest was copied
 
 
@@ -111,6 +112,39 @@ def test_several_files_into_a_directory(env: Env, srv: Server, root: Path, tmp_p
     res = env.run("put", *map(str, files), ":inbox", "--host", srv.address)
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in (root / "inbox").iterdir()) == ["f0.txt", "f1.txt", "f2.txt"]
+
+
+def test_several_sources_are_named_as_the_library_names_them(
+    env: Env, srv: Server, root: Path, tmp_path: Path
+) -> None:
+    """``put -r a.txt .. :multi`` sends ``..`` under its real name, not as '..'."""
+    src = tmp_path / "src"
+    (src / "inner").mkdir(parents=True)
+    (src / "inner" / "a.txt").write_text("a")
+    (src / "b.txt").write_text("b")
+    (root / "multi").mkdir()
+    res = env.run("put", "-r", "a.txt", "..", ":multi", "--host", srv.address, cwd=src / "inner")
+    assert res.returncode == 0, res.stderr
+    assert (root / "multi" / "a.txt").read_text() == "a"
+    assert (root / "multi" / "src" / "b.txt").read_text() == "b"
+    assert (root / "multi" / "src" / "inner" / "a.txt").read_text() == "a"
+
+
+def test_what_was_sent_before_a_failure_is_reported(
+    env: Env, srv: Server, root: Path, tmp_path: Path
+) -> None:
+    (root / "inbox").mkdir()
+    os.mkfifo(root / "inbox" / "second.txt")  # the second copy is refused
+    files = [tmp_path / "first.txt", tmp_path / "second.txt", tmp_path / "third.txt"]
+    for f in files:
+        f.write_text(f.name)
+    res = env.run("put", *map(str, files), ":inbox", "--host", srv.address)
+    assert res.returncode == 7, res.stderr
+    lines = res.stderr.splitlines()
+    assert lines[0].startswith("sent 1 file, 9 B, to ") and "(inbox/first.txt)" in lines[0]
+    assert "'inbox/second.txt' is a FIFO" in lines[1] and len(lines) == 2
+    assert (root / "inbox" / "first.txt").read_text() == "first.txt"
+    assert not (root / "inbox" / "third.txt").exists()
 
 
 def test_remote_spec_errors(env: Env, srv: Server, tmp_path: Path) -> None:
@@ -157,6 +191,49 @@ def test_permission_denied(env: Env, server: StartServer, tmp_path: Path) -> Non
     assert "Permission denied" in res.stderr and "Traceback" not in res.stderr
     res = env.run("put", str(env.psk_file), ":ro/", "--host", srv.address)
     assert res.returncode == 7 and "Permission denied" in res.stderr
+
+
+def unreadable_tree(top: Path) -> None:
+    """a, c and sub/d readable; b (a file) and locked/ (a directory) not, without caps."""
+    (top / "sub").mkdir(parents=True)
+    (top / "locked").mkdir()
+    for name in ("a.txt", "b.txt", "c.txt", "sub/d.txt", "locked/e.txt"):
+        (top / name).write_text(name)
+    (top / "b.txt").chmod(0)
+    (top / "locked").chmod(0)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to make entries unreadable to a ppcp process",
+)
+@pytest.mark.parametrize("direction", ["put", "get"])
+def test_unreadable_entries_are_skipped_not_fatal(
+    env: Env, server: StartServer, tmp_path: Path, direction: str
+) -> None:
+    drop = "-dac_override,-dac_read_search"
+    wrap = ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}"]
+    root = tmp_path / "root"
+    root.mkdir()
+    if direction == "get":
+        unreadable_tree(root / "tree")
+        srv = server("--root", str(root), wrap=wrap)
+        res = env.run("get", "-r", ":tree", str(tmp_path / "copy"), "--host", srv.address)
+        copy = tmp_path / "copy"
+    else:
+        unreadable_tree(tmp_path / "tree")
+        srv = server("--root", str(root))
+        res = env.run_in(wrap, "put", "-r", str(tmp_path / "tree"), ":", "--host", srv.address)
+        copy = root / "tree"
+    assert res.returncode == 1, res.stderr
+    assert "skipped b.txt: " in res.stderr and "skipped locked: " in res.stderr
+    assert res.stderr.count("Permission denied") == 2, res.stderr
+    assert "2 entries were skipped: the copy is incomplete" in res.stderr
+    assert "Traceback" not in res.stderr
+    for name in ("a.txt", "c.txt", "sub/d.txt"):  # everything else was copied
+        assert (copy / name).read_text() == name
+    assert not (copy / "b.txt").exists() and not (copy / ".b.txt.ppcp-part").exists()
+    assert (copy / "locked").is_dir() and not any((copy / "locked").iterdir())
 
 
 @pytest.fixture
@@ -235,15 +312,11 @@ def test_interrupted_transfer_resumes(
     assert not part.exists()
 
 
-def test_progress_bar_on_a_terminal(env: Env, srv: Server, tmp_path: Path) -> None:
-    src = random_file(tmp_path / "bar.bin", 8 << 20)
+def on_terminal(env: Env, *args: str) -> tuple[int, bytes]:
+    """(exit status, everything written) of ppcp run on a pseudo-terminal."""
     pid, fd = pty.fork()
     if pid == 0:
-        os.execve(
-            sys.executable,
-            [*PPCP, "put", str(src), ":", "--host", srv.address],
-            {**env.vars, "TERM": "xterm"},
-        )
+        os.execve(sys.executable, [*PPCP, *args], {**env.vars, "TERM": "xterm"})
     screen = b""
     try:
         deadline = time.monotonic() + 30
@@ -260,5 +333,23 @@ def test_progress_bar_on_a_terminal(env: Env, srv: Server, tmp_path: Path) -> No
     finally:
         _, status = os.waitpid(pid, 0)
         os.close(fd)
-    assert os.waitstatus_to_exitcode(status) == 0, screen
+    return os.waitstatus_to_exitcode(status), screen
+
+
+def test_progress_bar_on_a_terminal(env: Env, srv: Server, tmp_path: Path) -> None:
+    src = random_file(tmp_path / "bar.bin", 8 << 20)
+    status, screen = on_terminal(env, "put", str(src), ":", "--host", srv.address)
+    assert status == 0, screen
     assert b"bar.bin" in screen and b"8.4 MB" in screen, screen
+
+
+def test_progress_bar_of_an_empty_file_and_an_odd_name(
+    env: Env, srv: Server, tmp_path: Path
+) -> None:
+    src = tmp_path / "[red]empty"
+    src.write_bytes(b"")
+    status, screen = on_terminal(env, "put", str(src), ":", "--host", srv.address)
+    assert status == 0, screen
+    # It ends complete (0/0), not pending (0/?, how a bar starts before any report).
+    assert screen.rfind(b"0/0 bytes") > screen.rfind(b"0/?"), screen
+    assert b"[red]empty" in screen, screen  # a name, not rich markup

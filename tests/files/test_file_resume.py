@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import time
 from pathlib import Path
 
 import pytest
-from files_helpers import NO_BINARY, Loopback, MiB, make_file, sha256_file
+from files_helpers import NO_BINARY, Loopback, MiB, make_file, sha256_file, tree_snapshot
 
 import ppcp
 from ppcp.control import transfer
@@ -206,3 +208,117 @@ async def test_a_file_that_only_grew_while_sent_is_copied_as_it_was(
         result = await session.put(src, "app.log")
     assert result.bytes == len(before)
     assert (lo.root / "app.log").read_bytes() == before
+
+
+def photos(top: Path) -> dict[str, object]:
+    """A tree whose first file is small (complete before a cut) and second is big."""
+    (top / "sub").mkdir(parents=True)
+    (top / "0-first.txt").write_text("first")
+    make_file(top / "big.bin", SIZE)
+    (top / "sub" / "z.txt").write_text("z")
+    os.chmod(top, 0o750)
+    return tree_snapshot(top)
+
+
+@pytest.mark.parametrize("into", [False, True], ids=["as-new-name", "into-existing-dir"])
+async def test_recursive_put_resumes_where_it_stopped(lo: Loopback, into: bool) -> None:
+    """Running an interrupted put -r again continues it: it does not nest the tree."""
+    src = lo.local / "photos"
+    expected = photos(src)
+    if into:
+        (lo.root / "backup").mkdir()
+    remote, dest = (
+        ("backup", lo.root / "backup" / "photos") if into else ("backup", lo.root / "backup")
+    )
+    async with lo.client() as session:
+        with pytest.raises(ppcp.PPCPError):
+            await session.put(src, remote, recursive=True, progress=cut_after(session, CUT))
+    await lo.server_idle()
+    assert not dest.exists()  # nothing under the real name until the tree is complete
+    staged = part_of(dest)
+    assert (staged / "0-first.txt").read_text() == "first"
+    kept = part_of(staged / "big.bin").stat().st_size
+    async with lo.client() as session:
+        result = await session.put(src, remote, recursive=True)
+    assert result.path == ("backup/photos" if into else "backup")
+    assert tree_snapshot(dest) == expected
+    assert os.stat(dest).st_mode & 0o777 == 0o750
+    assert sorted(os.listdir(dest.parent)) == [dest.name]  # no part left behind
+    # The finished small file and the big one's prefix were not sent again.
+    assert len("first") + kept <= result.resumed_from < SIZE
+    assert result.bytes + result.resumed_from == SIZE + len("first") + len("z")
+
+
+@pytest.mark.parametrize("into", [False, True], ids=["as-new-name", "into-existing-dir"])
+async def test_recursive_get_resumes_where_it_stopped(lo: Loopback, into: bool) -> None:
+    expected = photos(lo.root / "photos")
+    local = lo.local / "dl"
+    if into:
+        local.mkdir()
+    dest = local / "photos" if into else local
+    async with lo.client() as session:
+        with pytest.raises(ppcp.PPCPError):
+            await session.get("photos", local, recursive=True, progress=cut_after(session, CUT))
+    assert not dest.exists()
+    staged = part_of(dest)
+    assert (staged / "0-first.txt").read_text() == "first"
+    kept = part_of(staged / "big.bin").stat().st_size
+    async with lo.client() as session:
+        result = await session.get("photos", local, recursive=True)
+    assert result.path == str(dest)
+    assert tree_snapshot(dest) == expected
+    assert os.stat(dest).st_mode & 0o777 == 0o750
+    assert sorted(os.listdir(dest.parent)) == [dest.name]
+    assert len("first") + kept <= result.resumed_from < SIZE
+
+
+async def test_a_tree_that_appeared_meanwhile_is_not_replaced(lo: Loopback) -> None:
+    src = lo.local / "d"
+    src.mkdir()
+    (src / "f").write_text("f")
+
+    def someone_else(done: int, total: int, rate: float) -> None:
+        (lo.root / "d").mkdir(exist_ok=True)
+        (lo.root / "d" / "theirs").write_text("theirs")
+
+    async with lo.client() as session:
+        with pytest.raises(ppcp.TransferError, match="appeared during the transfer"):
+            await session.put(src, "d", recursive=True, progress=someone_else)
+    assert os.listdir(lo.root / "d") == ["theirs"]
+    assert (part_of(lo.root / "d") / "f").read_text() == "f"  # kept, not lost
+
+
+async def test_expired_part_files_are_removed_where_a_put_lands(lo: Loopback) -> None:
+    """A server does not keep abandoned part files for ever (RFC 16.7)."""
+    old = time.time() - transfer.PART_TTL - 3600
+
+    def part(path: Path, when: float, size: int = 10) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"p" * size)
+        os.utime(path, (when, when))
+        return path
+
+    digest = make_file(lo.local / "f.bin", 2 * MiB)
+    with open(lo.local / "f.bin", "rb") as f:
+        prefix = f.read(MiB)
+    resumed = part(lo.root / ".f.bin.ppcp-part", old, 0)
+    resumed.write_bytes(prefix)  # old, but the one this put resumes from: kept
+    os.utime(resumed, (old, old))
+    expired = part(lo.root / ".abandoned.bin.ppcp-part", old)
+    fresh = part(lo.root / ".recent.bin.ppcp-part", time.time())
+    busy = part(lo.root / ".busy.bin.ppcp-part", old)
+    elsewhere = part(lo.root / "sub" / ".abandoned.bin.ppcp-part", old)  # not touched
+    (lo.root / ".tree.ppcp-part").mkdir()  # part directories are never expired
+    os.utime(lo.root / ".tree.ppcp-part", (old, old))
+    (lo.local / ".abandoned.ppcp-part").write_bytes(b"mine")  # the client does not sweep
+    os.utime(lo.local / ".abandoned.ppcp-part", (old, old))
+    with open(busy, "rb") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        async with lo.client() as session:
+            result = await session.put(lo.local / "f.bin", "f.bin", checksum=True)
+            await session.get("f.bin", lo.local / "back.bin")
+    assert (result.sha256, result.resumed_from) == (digest, MiB)
+    assert not expired.exists()
+    assert fresh.exists() and busy.exists() and elsewhere.exists()
+    assert (lo.root / ".tree.ppcp-part").is_dir()
+    assert (lo.local / ".abandoned.ppcp-part").exists()

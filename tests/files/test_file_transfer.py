@@ -144,6 +144,52 @@ async def test_a_local_name_ending_in_a_slash_must_be_a_directory(lo: Loopback) 
     assert (lo.local / "nodir" / "a.txt").read_bytes() == b"a"
 
 
+async def test_a_remote_path_ending_in_a_slash_must_be_a_directory(lo: Loopback) -> None:
+    """``put a.txt :newdir/`` does not create a file named newdir (as cp and scp)."""
+    (lo.local / "a.txt").write_bytes(b"a")
+    (lo.local / "tree").mkdir()
+    (lo.local / "tree" / "t").write_bytes(b"t")
+    (lo.root / "file").write_bytes(b"f")
+    async with lo.client() as session:
+        with pytest.raises(ppcp.RemotePathError, match="'newdir/' does not exist"):
+            await session.put(lo.local / "a.txt", "newdir/")
+        with pytest.raises(ppcp.RemotePathError, match="'file/' is not a directory"):
+            await session.put(lo.local / "a.txt", "file/")
+        with pytest.raises(ppcp.RemotePathError, match="'file/' is not a directory"):
+            await session.put(lo.local / "tree", "file/", recursive=True)
+        with pytest.raises(ppcp.RemotePathError, match="'file/': not a directory"):
+            await session.get("file/", lo.local / "got")
+        assert not (lo.root / "newdir").exists() and not (lo.local / "got").exists()
+        # A directory may be created under a name given with a slash (as cp -r a b/).
+        await session.put(lo.local / "tree", "newtree/", recursive=True)
+        (lo.root / "newdir").mkdir()
+        up = await session.put(lo.local / "a.txt", "newdir/")
+    assert up.path == "newdir/a.txt" and (lo.root / "newdir" / "a.txt").read_bytes() == b"a"
+    assert (lo.root / "newtree" / "t").read_bytes() == b"t"
+    assert (lo.root / "file").read_bytes() == b"f"
+
+
+async def test_a_local_name_the_wire_cannot_carry_is_needed_only_if_used(
+    lo: Loopback,
+) -> None:
+    """A file named with a newline or a non-UTF-8 byte can be sent under a valid name."""
+    local = os.fsencode(lo.local)
+    for raw, shown in ((b"new\nline", r"'new\x0aline'"), (b"bad\xffname", r"'bad\xffname'")):
+        src = os.path.join(local, raw)
+        with open(src, "wb") as f:
+            f.write(raw)
+        async with lo.client() as session:
+            await session.put(os.fsdecode(src), "fine.txt")
+            assert (lo.root / "fine.txt").read_bytes() == raw
+            # Into a directory the name is needed: a clear refusal, nothing written.
+            with pytest.raises(ppcp.TransferError) as info:
+                await session.put(os.fsdecode(src), "")
+        message = info.value.message
+        assert shown in message and "give the copy a name in the remote path" in message
+        assert "\\udc" not in message
+    assert sorted(os.listdir(lo.root)) == ["fine.txt"]
+
+
 async def test_symlinks_the_user_named_locally_are_followed(lo: Loopback, tmp_path: Path) -> None:
     """As cp: the destination the user names may be a symlink (to another disk, say)."""
     (lo.root / "a.txt").write_bytes(b"a")
