@@ -662,6 +662,8 @@ async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
     finally:
         try:
             if not reported.is_set():
+                if proc.returncode is None:
+                    log.info("exec for %s: %r killed, its session or channel ended", peer, argv)
                 killpg(proc.pid, _signal.SIGKILL)
             if proc.returncode is None:
                 await proc.wait()

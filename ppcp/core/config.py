@@ -9,7 +9,8 @@ import socket
 from msgspec import Struct, field
 
 from ppcp.control.channels import MuxConfig
-from ppcp.control.heartbeat import DEFAULT_INTERVAL, DEFAULT_MAX_MISSED
+from ppcp.control.heartbeat import DEFAULT_INTERVAL, DEFAULT_MAX_MISSED, DEFAULT_SERVER_MAX_MISSED
+from ppcp.core.states import Role
 from ppcp.handshake.machine import PROTOCOL_VERSIONS, HandshakeConfig
 from ppcp.key_exchange.ecdh import RandomSource
 from ppcp.transport.connection import (
@@ -58,9 +59,10 @@ class SessionConfig(Struct, frozen=True, dict=True):
     # FLOW_CONTROL_ERROR, so a peer that never reads cannot grow our memory.
     max_reply_backlog: int = 1 << 20
     # Seconds between heartbeats (0 disables them); the peer is declared dead
-    # after heartbeat_max_missed unanswered ones.
+    # after heartbeat_max_missed unanswered ones (None: 3 for a client, 24 for
+    # a server, see control/heartbeat.py).
     heartbeat_interval: float = DEFAULT_INTERVAL
-    heartbeat_max_missed: int = DEFAULT_MAX_MISSED
+    heartbeat_max_missed: int | None = None
     mux: MuxConfig = field(default_factory=MuxConfig)
     rng: RandomSource = os.urandom
 
@@ -77,3 +79,8 @@ class SessionConfig(Struct, frozen=True, dict=True):
 
     def connection_config(self) -> ConnectionConfig:
         return self._connection_config
+
+    def heartbeat_max_missed_for(self, role: Role) -> int:
+        if self.heartbeat_max_missed is not None:
+            return self.heartbeat_max_missed
+        return DEFAULT_SERVER_MAX_MISSED if role is Role.SERVER else DEFAULT_MAX_MISSED

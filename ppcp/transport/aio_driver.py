@@ -368,7 +368,9 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
     def _start_heartbeats(self, info: HandshakeComplete) -> None:
         interval = self.config.heartbeat_interval
         if interval and "heartbeat" in info.capabilities:
-            self.heartbeat = HeartbeatMonitor(interval, self.config.heartbeat_max_missed)
+            self.heartbeat = HeartbeatMonitor(
+                interval, self.config.heartbeat_max_missed_for(self.role)
+            )
             self.heartbeat.start(self._loop.time())
             # The handshake has just shown the peer alive: the first heartbeat
             # is due one interval later (a short session sends none at all).

@@ -147,3 +147,95 @@ async def test_heartbeats_flow_during_a_bulk_transfer(serve: StartServer, connec
     )
     # Heartbeats are not queued behind the transfer: far below the death bound.
     assert rtts[-1] < 0.5
+
+
+def test_time_the_monitor_did_not_run_is_not_the_peers_silence() -> None:
+    from ppcp.control.heartbeat import HeartbeatMonitor
+
+    monitor = HeartbeatMonitor(interval=1.0, max_missed=3)
+    monitor.start(0.0)
+    for now in (1.0, 2.0, 3.0):
+        assert not monitor.dead(now)
+        monitor.due(now)
+    # Checked on time, a silence of max_missed + 0.5 intervals is death...
+    assert monitor.dead(4.0)
+    # ...but a check 30 intervals late means this end was stopped: the count restarts.
+    late = HeartbeatMonitor(interval=1.0, max_missed=3)
+    late.start(0.0)
+    assert not late.dead(1.0)
+    late.due(1.0)
+    assert not late.dead(31.0)
+    assert late.outstanding == {}
+    for now in (32.0, 33.0, 34.0):
+        assert not late.dead(now)
+    assert late.dead(35.0)
+
+
+def test_role_defaults_give_a_server_more_patience() -> None:
+    from ppcp.core.states import Role
+
+    config = ppcp.SessionConfig()
+    assert config.heartbeat_max_missed_for(Role.CLIENT) == 3
+    assert config.heartbeat_max_missed_for(Role.SERVER) == 24
+    explicit = ppcp.SessionConfig(heartbeat_max_missed=5)
+    assert explicit.heartbeat_max_missed_for(Role.SERVER) == 5
+
+
+_STOPPABLE_CLIENT = """
+import asyncio, sys
+import ppcp, ppcp.aio
+
+async def main(port: int) -> None:
+    config = ppcp.SessionConfig(name="client", heartbeat_interval={interval})
+    session = await ppcp.aio.connect("127.0.0.1", port, {psk!r}, config=config)
+    proc = await session.start_exec("read line; echo got $line")
+    print("started", flush=True)
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await proc.write_stdin(line.encode())
+    await proc.close_stdin()
+    out = b"".join([data async for _, data in proc])
+    sys.stdout.write(out.decode())
+    print("status", (await proc.wait()).exit_code, flush=True)
+    await session.close()
+
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+async def test_a_client_stopped_for_a_while_keeps_its_command(serve: StartServer) -> None:
+    """Ctrl-Z on `ppcp exec` for longer than a client's dead-peer time: on SIGCONT
+    both ends carry on (the server is more patient; the client does not count
+    the time it was stopped against the server)."""
+    import signal
+    import subprocess
+    import sys
+
+    from channel_helpers import PSK_TEXT
+
+    # Default max_missed on both ends: the client's 3 (0.35 s), the server's 24 (2.45 s).
+    server = await serve(config=ppcp.SessionConfig(name="server", heartbeat_interval=INTERVAL))
+    code = _STOPPABLE_CLIENT.format(interval=INTERVAL, psk=PSK_TEXT)
+    client = subprocess.Popen(
+        [sys.executable, "-c", code, str(server.port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        assert client.stdout is not None and client.stdin is not None
+        first = await asyncio.wait_for(loop.run_in_executor(None, client.stdout.readline), 30)
+        assert first == b"started\n", first + client.stderr.read() if client.stderr else first
+        client.send_signal(signal.SIGSTOP)
+        # Three times the client's own dead-peer time, under the server's.
+        await asyncio.sleep(INTERVAL * (MAX_MISSED + 0.5) * 3)
+        client.send_signal(signal.SIGCONT)
+        out, err = await asyncio.wait_for(
+            loop.run_in_executor(None, client.communicate, b"back\n"), 30
+        )
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert client.returncode == 0, err.decode()
+    assert out.decode().splitlines() == ["got back", "status 0"], (out, err)

@@ -58,6 +58,7 @@ from ppcp.core.errors import (
 )
 from ppcp.core.events import ConnectionClosed
 from ppcp.core.limits import ServerLimits
+from ppcp.core.states import Role
 from ppcp.crypto.aead import MAX_RECORDS_PER_KEY
 from ppcp.handshake.messages import MAX_CAPABILITIES, MAX_NAME_BYTES, MAX_REASON_BYTES, MAX_VERSIONS
 from ppcp.transport.connection import (
@@ -314,7 +315,8 @@ CODE_VALUES: dict[str, object] = {
     "MAX_KIND_BYTES": MAX_KIND_BYTES,
     "max_pending_requests": DEFAULT_MAX_PENDING_REQUESTS,
     "heartbeat_interval": SessionConfig().heartbeat_interval,
-    "heartbeat_max_missed": SessionConfig().heartbeat_max_missed,
+    "heartbeat_max_missed": SessionConfig().heartbeat_max_missed_for(Role.CLIENT),
+    "server_heartbeat_max_missed": SessionConfig().heartbeat_max_missed_for(Role.SERVER),
 }
 
 
