@@ -6,7 +6,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -107,7 +107,6 @@ class Request:
     env: dict[str, str] | None = None
     timeout: float | None = None
     forward_stdin: bool = True
-    stdin_data: bytes | None = field(default=None, repr=False)
 
 
 _SHELL_CHARS = frozenset(" \t\n|&;<>()$`\\\"'*?[]#~=%{}!")
@@ -175,8 +174,10 @@ def run_one(ctx: Any, target: Any, request: Request) -> int:
             click.echo(f"ppcp: {target.label}: {exc.reason}", err=True)
             return exc.status
         if forward:
+            feed = _StdinFeed(1)
+            feed.join(process)
             threading.Thread(
-                target=_pump_stdin, args=(process,), name="ppcp-stdin", daemon=True
+                target=_pump_stdin, args=(feed,), name="ppcp-stdin", daemon=True
             ).start()
         out, err = sys.stdout.buffer, sys.stderr.buffer
         with forwarded_interrupts(process):
@@ -270,24 +271,81 @@ def _stdin_is_tty() -> bool:
         return True
 
 
-def _pump_stdin(process: Any) -> None:
-    """Forward piped stdin to the remote command, then EOF."""
-    import contextlib
+def _pump_stdin(feed: _StdinFeed) -> None:
+    """Forward piped stdin to every command that still takes it, then EOF."""
     import os
 
-    # The command may finish before reading all of stdin: then there is nothing to do.
-    # os.read, not sys.stdin.buffer: when the command ends, the client exits while this
+    # os.read, not sys.stdin.buffer: when the commands end, the client exits while this
     # daemon thread may still wait for input, and a daemon thread blocked inside a
     # buffered read holds that buffer's lock, which aborts the interpreter at exit.
-    with contextlib.suppress(Exception):
+    targets = feed.started()
+    with suppress(OSError, ValueError):  # stdin unreadable: the commands get EOF
         fd = sys.stdin.fileno()
-        while True:
+        while targets:
             data = os.read(fd, 65536)
             if not data:
                 break
-            process.write_stdin(data)
-    with contextlib.suppress(Exception):
-        process.close_stdin()
+            targets = feed.write(targets, data)
+    feed.close(targets)
+
+
+class _StdinFeed:
+    """Piped stdin, chunk by chunk, to one or several commands.
+
+    A chunk goes to every command before the next is read, so memory stays at one
+    chunk plus each channel's window whatever the input's size; the slowest
+    reader sets the pace, as with tee.  A command that ended (or whose
+    connection failed) is dropped, and the others go on getting the input.
+    """
+
+    def __init__(self, expected: int) -> None:
+        self._expected = expected
+        self._joined: list[Any] = []
+        self._cond = threading.Condition()
+
+    def join(self, process: Any | None) -> None:
+        """One command started (None: it did not); each one calls this exactly once."""
+        with self._cond:
+            if process is not None:
+                self._joined.append(process)
+            self._expected -= 1
+            self._cond.notify_all()
+
+    def started(self) -> list[Any]:
+        """The commands to feed, once every one has started or failed: no command
+        may miss the first chunks."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._expected <= 0)
+            return list(self._joined)
+
+    def write(self, targets: list[Any], data: bytes) -> list[Any]:
+        """Write ``data`` to every target at once; those still taking input."""
+        from ppcp.transport.blocking import run
+
+        if len(targets) == 1:
+            try:
+                targets[0].write_stdin(data)
+            except Exception:
+                return []
+            return targets
+        results = run(_write_each([p.aio for p in targets], data))
+        return [p for p, failed in zip(targets, results, strict=True) if not failed]
+
+    def close(self, targets: list[Any]) -> None:
+        for process in targets:
+            with suppress(Exception):  # the command may have ended meanwhile
+                process.close_stdin()
+
+
+async def _write_each(processes: list[Any], data: bytes) -> list[bool]:
+    """Concurrently, so that one command's full window does not hold back the
+    writes to the others; True where the write failed."""
+    import asyncio
+
+    results = await asyncio.gather(
+        *(p.write_stdin(data) for p in processes), return_exceptions=True
+    )
+    return [isinstance(r, BaseException) for r in results]
 
 
 # -- several servers: in parallel, output prefixed ----------------------------------------
@@ -339,18 +397,23 @@ def run_many(ctx: Any, names: list[str], all_: bool, request: Request) -> int:
         raise CLIError(
             EXIT_OWN_FAILURE, f"no PPCP server answered within {ctx.timeout:g} s; nothing to run."
         )
-    if request.forward_stdin and not _stdin_is_tty():
-        request = Request(**{**request.__dict__, "stdin_data": sys.stdin.buffer.read()})
+    feed = _StdinFeed(len(jobs)) if request.forward_stdin and not _stdin_is_tty() else None
+    if feed is not None:
+        threading.Thread(target=_pump_stdin, args=(feed,), name="ppcp-stdin", daemon=True).start()
     width = max(len(label) for label, _ in jobs)
     lock = threading.Lock()
     live: list[Any] = []
     with (
         forwarded_interrupts(live=live),
-        ThreadPoolExecutor(max_workers=min(32, len(jobs))) as pool,
+        ThreadPoolExecutor(max_workers=len(jobs)) as pool,
     ):
+        # One worker per server: with fewer, a server still waiting for its turn would
+        # hold the stdin feed (which waits for every command to start) and the
+        # running commands with it.
         outcomes = list(
             pool.map(
-                lambda job: _run_prefixed(ctx, job[0], job[1], request, width, lock, live), jobs
+                lambda job: _run_prefixed(ctx, job[0], job[1], request, width, lock, live, feed),
+                jobs,
             )
         )
     return _summarize(outcomes, width)
@@ -380,22 +443,24 @@ def _run_prefixed(
     width: int,
     lock: threading.Lock,
     live: list[Any],
+    feed: _StdinFeed | None,
 ) -> _Outcome:
     from ppcp.cli.errors import classify
 
     out = _Prefixer(label, width, lock)
+    joined = feed is None
     try:
         session = ctx.connect(target)
         try:
             try:
-                process = start(session, request, stdin=bool(request.stdin_data))
+                process = start(session, request, stdin=feed is not None)
             except CommandNotStarted as exc:
                 out.write(f"ppcp: {exc.reason}\n".encode(), True)
                 return _Outcome(label, status=exc.status)
             live.append(process)
-            if request.stdin_data:
-                process.write_stdin(request.stdin_data)
-                process.close_stdin()
+            if feed is not None:
+                feed.join(process)
+                joined = True
             for stream, data in process:
                 out.write(data, is_stderr(stream))
             return _Outcome(label, status=exit_status(process.wait()))
@@ -404,6 +469,10 @@ def _run_prefixed(
             session.close()
     except Exception as exc:
         return _Outcome(label, error=classify(exc)[1])
+    finally:
+        if not joined:
+            assert feed is not None
+            feed.join(None)
 
 
 def _summarize(outcomes: list[_Outcome], width: int) -> int:

@@ -255,3 +255,59 @@ def test_closed_standard_streams_are_dev_null(shared_env: Env, shared: Server) -
         )
         assert res.returncode == 3, res
         assert getattr(res, kept) == (b"err\n" if kept == "stderr" else b"out\n"), res
+
+
+def _aliases(env: Env, **servers: Server) -> None:
+    cfg = env.home / ".config" / "ppcp" / "config.toml"
+    cfg.write_text("[aliases]\n" + "".join(f'{n} = "{s.address}"\n' for n, s in servers.items()))
+
+
+def test_fan_out_streams_large_stdin_beside_the_output(env: Env, server: StartServer) -> None:
+    """20 MB through `cat` on two servers: stdin written all before reading the
+    output deadlocked once the output window filled (about 5-10 MB)."""
+    _aliases(env, alpha=server(), beta=server())
+    line = b"%07d" + b"x" * 4088 + b"\n"
+    data = b"".join(line % i for i in range(5000))  # 20 MB
+    res = env.run("-q", "exec", "alpha", "beta", "--", "cat", input=data, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for label in ("alpha", "beta"):
+        prefix = f"{label:<5} | "
+        got = [ln[len(prefix) :] for ln in res.stdout.splitlines() if ln.startswith(prefix)]
+        assert "\n".join(got) + "\n" == data.decode()
+
+
+def test_fan_out_stops_on_endless_stdin_with_bounded_memory(env: Env, server: StartServer) -> None:
+    """`yes | ppcp exec a b -- head -1`: all of stdin was read before anything ran."""
+    import os
+    import subprocess
+    import threading
+
+    _aliases(env, alpha=server(), beta=server())
+    yes = subprocess.Popen(["yes"], stdout=subprocess.PIPE)
+    assert yes.stdout is not None
+    client = env.popen(
+        "exec",
+        "alpha",
+        "beta",
+        "--",
+        "head",
+        "-1",
+        stdin=yes.stdout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    yes.stdout.close()
+    guard = threading.Timer(60, client.kill)
+    guard.start()
+    try:
+        # EOF on both pipes: the client has exited (stderr is only the summary).
+        out, err = client.stdout.read(), client.stderr.read()  # type: ignore[union-attr]
+        _, status, usage = os.wait4(client.pid, 0)  # its own peak memory, not the children's
+        client.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        guard.cancel()
+        yes.kill()
+        yes.wait(5)
+    assert client.returncode == 0, err.decode()
+    assert sorted(out.decode().splitlines()) == ["alpha | y", "beta  | y"], err.decode()
+    assert usage.ru_maxrss < 300_000, usage.ru_maxrss  # KiB: stdin is not all held
