@@ -167,30 +167,33 @@ def run(names: list[str], all_: bool, request: Request) -> int:
 def run_one(ctx: Any, target: Any, request: Request) -> int:
     session = ctx.connect(target)
     try:
-        forward = request.forward_stdin and not _stdin_is_tty()
+        forward = request.forward_stdin and not stdin_is_tty()
         try:
             process = start(session, request, stdin=forward)
         except CommandNotStarted as exc:
             click.echo(f"ppcp: {target.label}: {exc.reason}", err=True)
             return exc.status
-        if forward:
-            feed = _StdinFeed(1)
-            feed.join(process)
-            threading.Thread(
-                target=_pump_stdin, args=(feed,), name="ppcp-stdin", daemon=True
-            ).start()
-        out, err = sys.stdout.buffer, sys.stderr.buffer
-        with forwarded_interrupts(process):
-            for stream, data in process:
-                target_stream = err if is_stderr(stream) else out
-                target_stream.write(data)
-                target_stream.flush()
-            result = process.wait()
-        if getattr(result, "timed_out", False):
-            click.echo(f"ppcp: {target.label}: the remote command timed out.", err=True)
-        return exit_status(result)
+        return stream_process(process, target.label, forward)
     finally:
         session.close()
+
+
+def stream_process(process: Any, label: str, forward: bool) -> int:
+    """Piped stdin in (if ``forward``), output out, until the command ends; its status."""
+    if forward:
+        feed = _StdinFeed(1)
+        feed.join(process)
+        threading.Thread(target=_pump_stdin, args=(feed,), name="ppcp-stdin", daemon=True).start()
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    with forwarded_interrupts(process):
+        for stream, data in process:
+            target_stream = err if is_stderr(stream) else out
+            target_stream.write(data)
+            target_stream.flush()
+        result = process.wait()
+    if getattr(result, "timed_out", False):
+        click.echo(f"ppcp: {label}: the remote command timed out.", err=True)
+    return exit_status(result)
 
 
 @contextmanager
@@ -264,7 +267,7 @@ class CommandNotStarted(Exception):
         self.reason = reason
 
 
-def _stdin_is_tty() -> bool:
+def stdin_is_tty() -> bool:
     try:
         return sys.stdin is None or sys.stdin.isatty()
     except (ValueError, OSError):
@@ -397,7 +400,7 @@ def run_many(ctx: Any, names: list[str], all_: bool, request: Request) -> int:
         raise CLIError(
             EXIT_OWN_FAILURE, f"no PPCP server answered within {ctx.timeout:g} s; nothing to run."
         )
-    feed = _StdinFeed(len(jobs)) if request.forward_stdin and not _stdin_is_tty() else None
+    feed = _StdinFeed(len(jobs)) if request.forward_stdin and not stdin_is_tty() else None
     if feed is not None:
         threading.Thread(target=_pump_stdin, args=(feed,), name="ppcp-stdin", daemon=True).start()
     width = max(len(label) for label, _ in jobs)

@@ -647,19 +647,21 @@ async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
             message = cannot_execute_reason(argv[0], exc)
         channel.reject(CloseCode.CHANNEL_ERROR, message)
         return
+    await run_child(
+        channel, proc, effective_timeout(spec.timeout, policy.max_exec_seconds), spec.stdin
+    )
+
+
+async def run_child(channel: AsyncChannel, proc: Child, timeout: float | None, stdin: bool) -> None:
+    """Accept the channel for the started ``proc`` and run it as an exec command:
+    its pipes on the channel, then its exit status (also a shell without a terminal)."""
     # Set once the exit status is out.  A flag, not _supervise's result: the
     # session may end (and cancel this task) right after the status was sent,
     # and what the command left running must not depend on that timing.
     reported = asyncio.Event()
     try:
         channel.accept(encode_json({"pid": proc.pid}))
-        await _supervise(
-            channel,
-            proc,
-            effective_timeout(spec.timeout, policy.max_exec_seconds),
-            spec.stdin,
-            reported,
-        )
+        await _supervise(channel, proc, timeout, stdin, reported)
     finally:
         try:
             if not reported.is_set():

@@ -5,7 +5,9 @@ Wire schema (docs/rfc.md section 15.10.3, "shell"):
 * channel kind ``"shell"``; open payload ``{"term": str, "cols": int, "rows": int,
   "command": str | null}``: the server allocates a pseudo-terminal of that size,
   sets ``TERM`` and runs ``command`` through the user's shell, or, if null, the
-  user's login shell; accept payload ``{"pid": int}``;
+  user's login shell; accept payload ``{"pid": int}``; with ``"pty": false`` the
+  same shell runs on pipes instead, exactly as an exec command (input that is not
+  a terminal: its end is the shell's end of file);
 * data in both directions is stream 0 (keystrokes in, terminal output out);
   the client's EOF makes the server type the terminal's EOF character;
 * requests to the server: ``"resize" {"cols", "rows"}`` (TIOCSWINSZ, which
@@ -34,13 +36,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ppcp.control.aio_channel import AsyncChannel, decode_json, encode_json
+from ppcp.control.child import Child
 from ppcp.control.exec import (
+    AsyncProcess,
     close_subprocess_transport,
     decode_exit_status,
     encode_exit_status,
     home_directory,
     killpg,
     require_capability,
+    run_child,
     user_shell,
     valid_signal,
 )
@@ -75,6 +80,8 @@ class ShellSpec:
     cols: int = 80
     rows: int = 24
     command: str | None = None
+    # False: no terminal, stdin/stdout/stderr are pipes as for exec (``ssh host < script``).
+    pty: bool = True
 
     def __post_init__(self) -> None:
         raw = self.term.encode("utf-8")
@@ -85,9 +92,15 @@ class ShellSpec:
             raise ChannelError("shell: invalid command")
 
     def encode(self) -> bytes:
-        return encode_json(
-            {"term": self.term, "cols": self.cols, "rows": self.rows, "command": self.command}
-        )
+        obj: dict[str, Any] = {
+            "term": self.term,
+            "cols": self.cols,
+            "rows": self.rows,
+            "command": self.command,
+        }
+        if not self.pty:
+            obj["pty"] = False
+        return encode_json(obj)
 
     @classmethod
     def decode(cls, payload: bytes) -> ShellSpec:
@@ -96,8 +109,11 @@ class ShellSpec:
         command = obj.get("command")
         if not isinstance(term, str) or (command is not None and not isinstance(command, str)):
             raise ChannelError("shell: term and command must be strings")
+        pty = obj.get("pty", True)
+        if not isinstance(pty, bool):
+            raise ChannelError("shell: pty must be a boolean")
         cols, rows = _size(obj)
-        return cls(term, cols, rows, command)
+        return cls(term, cols, rows, command, pty)
 
 
 def check_size(cols: int, rows: int) -> None:
@@ -204,6 +220,13 @@ async def open_shell(
     spec = ShellSpec(term, cols, rows, command)
     require_capability(session, CAPABILITY)
     return AsyncShell(await session.open_channel(KIND, spec.encode()))
+
+
+async def start_shell(session: AsyncSession, command: str | None) -> AsyncProcess:
+    """:meth:`ppcp.aio.AsyncSession.start_shell`."""
+    spec = ShellSpec(command=command, pty=False)
+    require_capability(session, CAPABILITY)
+    return AsyncProcess(await session.open_channel(KIND, spec.encode()))
 
 
 class Shell:
@@ -413,6 +436,9 @@ async def serve_shell(channel: AsyncChannel, policy: ServerPolicy) -> None:
     shell = user_shell()
     # No command: a login shell ("-bash" as argv[0]), as sshd starts it.
     argv = ["-" + os.path.basename(shell)] if spec.command is None else [shell, "-c", spec.command]
+    if not spec.pty:
+        await _serve_without_terminal(channel, argv, shell)
+        return
     env = dict(os.environ)
     env["TERM"] = spec.term
     master, slave = os.openpty()
@@ -454,6 +480,17 @@ async def serve_shell(channel: AsyncChannel, policy: ServerPolicy) -> None:
         finally:
             os.close(master)
             close_subprocess_transport(proc)  # even if cancelled again while reaping
+
+
+async def _serve_without_terminal(channel: AsyncChannel, argv: list[str], shell: str) -> None:
+    """The shell on pipes, run exactly as an exec command is (stderr apart, EOF is EOF)."""
+    try:
+        proc = Child.spawn(argv, cwd=home_directory(), executable=shell)
+    except OSError as exc:
+        channel.reject(CloseCode.CHANNEL_ERROR, f"cannot start {shell}: {exc.strerror or exc}")
+        return
+    log.info("shell for %s: %s (no terminal)", channel.session.peer_name, argv)
+    await run_child(channel, proc, None, True)
 
 
 async def _supervise(

@@ -129,3 +129,26 @@ def test_shell_refused_by_policy(env: Env, server: StartServer) -> None:
     res = env.run("shell", "--host", srv.address)
     assert res.returncode == 255
     assert "refused" in res.stderr
+
+
+def test_shell_with_piped_stdin_runs_without_a_terminal(env: Env, server: StartServer) -> None:
+    """`echo cmd | ppcp shell`: the ^D typed at the end of input into a terminal could
+    be lost, and the shell then waited forever; as with ssh, no terminal is used."""
+    srv = server()
+    res = env.run("shell", "--host", srv.address, input="echo piped-$((6*7)); tty\n")
+    assert res.returncode == 1, res.stderr  # tty: "not a tty"
+    assert res.stdout.splitlines() == ["piped-42", "not a tty"]
+    assert "stdin is not a terminal" in res.stderr
+    res = env.run("-q", "shell", "--host", srv.address, input="echo err >&2; exit 4\n")
+    assert (res.returncode, res.stdout, res.stderr) == (4, "", "err\n")
+    res = env.run("shell", "--host", srv.address)  # stdin is /dev/null
+    assert res.returncode == 0, res.stderr
+    assert "no terminal" in srv.wait_for(r"shell for .*no terminal")
+
+
+def test_shell_without_terminal_keeps_the_shell_policy(env: Env, server: StartServer) -> None:
+    for policy in (("--no-shell",), ("--allow", "echo")):
+        srv = server(*policy)
+        res = env.run("shell", "--host", srv.address, input="echo ran\n")
+        assert res.returncode == 255, res
+        assert "refused" in res.stderr and "ran" not in res.stdout
