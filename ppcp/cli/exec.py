@@ -19,10 +19,15 @@ _REMOTE = "ppcp.exec.remote"
 
 
 class ExecCommand(OwnFailureCommand):
-    """Everything after the first ``--`` is the remote command, untouched.
+    """Everything after the first ``--`` is the remote command, untouched; the words
+    before it name servers.
 
-    Without ``--``, option parsing stops at the first positional argument:
-    ``ppcp exec NAME ls -l`` runs ``ls -l``.
+    Without any ``--``, option parsing stops at the first positional argument:
+    ``ppcp exec NAME ls -l`` runs ``ls -l``.  A command containing ``--`` itself
+    needs one after the name (``ppcp exec h -- git log -- README``): otherwise its
+    words before ``--`` are taken for server names, and since every name is
+    reached before anything runs, that ends in "no server named ..." with
+    nothing run, never in a different command run (see ``_check_names``).
     """
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -74,7 +79,11 @@ def command(
     containing spaces or shell syntax runs through the remote shell; several
     arguments run the program directly. With several NAMEs or --all the
     command runs everywhere in parallel, each output line prefixed with the
-    server's name, followed by a summary.
+    server's name, followed by a summary; a server named twice runs it once.
+
+    The words before the first -- are server names. Without any --, the
+    first word is NAME and the rest is the command. A command that contains
+    -- itself needs -- after NAME: ppcp exec h -- git log -- README.
     """
     from ppcp.cli.errors import CLIError
     from ppcp.cli.options import get_settings
@@ -400,26 +409,75 @@ def run_many(ctx: Any, names: list[str], all_: bool, request: Request) -> int:
         raise CLIError(
             EXIT_OWN_FAILURE, f"no PPCP server answered within {ctx.timeout:g} s; nothing to run."
         )
-    feed = _StdinFeed(len(jobs)) if request.forward_stdin and not stdin_is_tty() else None
-    if feed is not None:
-        threading.Thread(target=_pump_stdin, args=(feed,), name="ppcp-stdin", daemon=True).start()
-    width = max(len(label) for label, _ in jobs)
     lock = threading.Lock()
     live: list[Any] = []
-    with (
-        forwarded_interrupts(live=live),
-        ThreadPoolExecutor(max_workers=len(jobs)) as pool,
-    ):
-        # One worker per server: with fewer, a server still waiting for its turn would
-        # hold the stdin feed (which waits for every command to start) and the
-        # running commands with it.
-        outcomes = list(
-            pool.map(
-                lambda job: _run_prefixed(ctx, job[0], job[1], request, width, lock, live, feed),
-                jobs,
+    # One worker per server: with fewer, a server still waiting for its turn would
+    # hold the stdin feed (which waits for every command to start) and the
+    # running commands with it.
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        # Every server is reached before any command starts: a word that names no
+        # server must not leave the command run on the others (see _check_names).
+        connected = _check_names(jobs, list(pool.map(lambda job: _connect(ctx, job[1]), jobs)))
+        width = max(len(label) for label, _ in connected)
+        feed = _StdinFeed(len(connected)) if request.forward_stdin and not stdin_is_tty() else None
+        if feed is not None:
+            threading.Thread(
+                target=_pump_stdin, args=(feed,), name="ppcp-stdin", daemon=True
+            ).start()
+        with forwarded_interrupts(live=live):
+            outcomes = list(
+                pool.map(
+                    lambda job: _run_prefixed(job[0], job[1], request, width, lock, live, feed),
+                    connected,
+                )
             )
-        )
     return _summarize(outcomes, width)
+
+
+def _connect(ctx: Any, target: Any) -> Any:
+    """The open session, or the exception that prevented it."""
+    try:
+        return ctx.connect(target)
+    except Exception as exc:
+        return exc
+
+
+def _check_names(jobs: list[tuple[str, Any]], sessions: list[Any]) -> list[tuple[str, Any]]:
+    """(label, session or exception) per distinct server; CLIError if a name found none.
+
+    ``ppcp exec h git log -- README`` reads as the servers h, git and log: had the
+    command run on h, it would have run ``README``.  A server named twice (an
+    alias and its name, two spellings) runs the command once.
+    """
+    from ppcp.cli.errors import EXIT_NOT_FOUND, CLIError
+
+    missing = [
+        (label, result)
+        for (label, target), result in zip(jobs, sessions, strict=True)
+        if isinstance(result, CLIError) and result.code == EXIT_NOT_FOUND and target.name
+    ]
+    if missing:
+        for result in sessions:
+            if not isinstance(result, Exception):
+                result.close()
+        label, error = missing[0]
+        raise CLIError(
+            EXIT_OWN_FAILURE,
+            f"{error.message} Nothing was run: the words before '--' name servers. To run a "
+            "command that contains '--' itself, put '--' after the server's name: "
+            f"ppcp exec NAME -- CMD [ARGS]...",
+        )
+    seen: set[Any] = set()
+    kept: list[tuple[str, Any]] = []
+    for (label, _), result in zip(jobs, sessions, strict=True):
+        address = getattr(result, "peer_address", None)
+        key = tuple(address[:2]) if isinstance(address, tuple) else None
+        if key is not None and key in seen:
+            result.close()
+            continue
+        seen.add(key)
+        kept.append((label, result))
+    return kept
 
 
 def _discovered_targets(ctx: Any, skip: set[str]) -> list[tuple[str, Any]]:
@@ -439,9 +497,8 @@ def _discovered_targets(ctx: Any, skip: set[str]) -> list[tuple[str, Any]]:
 
 
 def _run_prefixed(
-    ctx: Any,
     label: str,
-    target: Any,
+    session: Any,
     request: Request,
     width: int,
     lock: threading.Lock,
@@ -453,7 +510,8 @@ def _run_prefixed(
     out = _Prefixer(label, width, lock)
     joined = feed is None
     try:
-        session = ctx.connect(target)
+        if isinstance(session, Exception):
+            raise session
         try:
             try:
                 process = start(session, request, stdin=feed is not None)

@@ -311,3 +311,32 @@ def test_fan_out_stops_on_endless_stdin_with_bounded_memory(env: Env, server: St
     assert client.returncode == 0, err.decode()
     assert sorted(out.decode().splitlines()) == ["alpha | y", "beta  | y"], err.decode()
     assert usage.ru_maxrss < 300_000, usage.ru_maxrss  # KiB: stdin is not all held
+
+
+def test_double_dash_inside_the_command_runs_nothing_elsewhere(
+    env: Env, server: StartServer
+) -> None:
+    """`ppcp exec alpha echo -- touch ran` ran `touch ran` on alpha (and looked for a
+    server named `echo`): now every name is reached first, and nothing runs."""
+    srv = server("--name", "alpha", discovery=True)
+    look = ("--timeout", "1", "--unicast", "127.0.0.1", "--discovery-port")
+    args = (*look, str(srv.discovery_port))
+    res = env.run("exec", "alpha", "echo", *args, "--", "touch", "ran")
+    assert res.returncode == 255
+    assert "no PPCP server named 'echo'" in res.stderr and "Nothing was run" in res.stderr
+    assert "ppcp exec NAME -- CMD" in res.stderr and "Traceback" not in res.stderr
+    assert not (env.home / "ran").exists()
+    res = env.run("exec", "alpha", *args, "--", "echo", "--", "ok")
+    assert (res.returncode, res.stdout) == (0, "-- ok\n"), res.stderr
+
+
+def test_fan_out_runs_once_on_a_server_named_twice(env: Env, server: StartServer) -> None:
+    srv = server("--name", "alpha", discovery=True)
+    _aliases(env, one=srv, two=srv)
+    args = ("--unicast", "127.0.0.1", "--discovery-port", str(srv.discovery_port))
+    res = env.run("exec", "one", "two", "alpha", *args, "--", "echo ran")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["one | ran"]
+    res = env.run("exec", "--all", "one", "--timeout", "1", *args, "--", "echo ran")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["one | ran"]
