@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ppcp.control import child
 from ppcp.control.aio_channel import AsyncChannel, decode_json, encode_json
-from ppcp.control.channels import STREAM_STDERR, STREAM_STDOUT
+from ppcp.control.channels import MAX_PAYLOAD, STREAM_STDERR, STREAM_STDOUT
 from ppcp.control.child import Child
 from ppcp.core.errors import (
     ChannelError,
@@ -366,7 +366,14 @@ class ExecMixin:
         session = cast("AsyncSession", self)
         spec = ExecSpec.build(command, cwd, env, timeout, stdin)
         require_capability(session, CAPABILITY)
-        channel = await session.open_channel(KIND, spec.encode())
+        payload = spec.encode()
+        if len(payload) > MAX_PAYLOAD:
+            # Said here: the channel layer's refusal is a bare ValueError about payloads.
+            raise ChannelError(
+                f"the command is too long ({len(payload)} bytes encoded; the limit is "
+                f"{MAX_PAYLOAD} bytes for command, env and cwd together)"
+            )
+        channel = await session.open_channel(KIND, payload)
         return AsyncProcess(channel)
 
     async def exec(

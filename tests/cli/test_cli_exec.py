@@ -340,3 +340,13 @@ def test_fan_out_runs_once_on_a_server_named_twice(env: Env, server: StartServer
     res = env.run("exec", "--all", "one", "--timeout", "1", *args, "--", "echo ran")
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == ["one | ran"]
+
+
+def test_command_too_long_is_a_clear_error(shared_env: Env, shared: Server) -> None:
+    """Over the 64 KiB open payload: it was "internal error: ValueError" and exit 1."""
+    env, srv = shared_env, shared
+    for extra in (("--", "echo " + "a" * 70000), ("-e", "X=" + "x" * 70000, "--", "true")):
+        res = env.run("exec", "--host", srv.address, *extra)
+        assert res.returncode == 255, res.stderr
+        assert "the command is too long" in res.stderr and "65536" in res.stderr
+        assert "Traceback" not in res.stderr and "internal error" not in res.stderr
