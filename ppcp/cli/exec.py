@@ -363,31 +363,64 @@ async def _write_each(processes: list[Any], data: bytes) -> list[bool]:
 # -- several servers: in parallel, output prefixed ----------------------------------------
 
 
+# A line longer than this is written in pieces, each a prefixed line of its own:
+# output without newlines (binary data, progress bars) is neither held whole nor
+# copied again with every chunk.
+PARTIAL_LINE_LIMIT = 64 * 1024
+
+
 class _Prefixer:
     """Writes whole lines, each prefixed by its server's label."""
 
-    def __init__(self, label: str, width: int, lock: threading.Lock) -> None:
+    def __init__(
+        self, label: str, width: int, lock: threading.Lock, stdout_gone: threading.Event
+    ) -> None:
         self.prefix = f"{label:<{width}} | ".encode()
         self.lock = lock
-        self.partial: dict[bool, bytes] = {False: b"", True: b""}
+        self.stdout_gone = stdout_gone
+        # The line not yet ended, as the chunks it came in, and its length.
+        self.partial: dict[bool, list[bytes]] = {False: [], True: []}
+        self.size: dict[bool, int] = {False: 0, True: 0}
 
     def write(self, data: bytes, to_err: bool) -> None:
-        buf = self.partial[to_err] + data
-        *lines, self.partial[to_err] = buf.split(b"\n")
-        if lines:
-            self._emit(b"".join(self.prefix + line + b"\n" for line in lines), to_err)
+        pending = self.partial[to_err]
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            pending.append(data)
+            self.size[to_err] += len(data)
+            if self.size[to_err] >= PARTIAL_LINE_LIMIT:
+                self._end_line(to_err)
+            return
+        lines = b"".join([*pending, data[:cut]]).split(b"\n")
+        pending.clear()
+        self.size[to_err] = 0
+        self._emit(b"".join(self.prefix + line + b"\n" for line in lines), to_err)
+        if cut + 1 < len(data):
+            self.write(data[cut + 1 :], to_err)
 
     def flush(self) -> None:
-        for to_err, rest in self.partial.items():
-            if rest:
-                self._emit(self.prefix + rest + b"\n", to_err)
-        self.partial = {False: b"", True: b""}
+        for to_err in (False, True):
+            if self.partial[to_err]:
+                self._end_line(to_err)
+
+    def _end_line(self, to_err: bool) -> None:
+        line = b"".join(self.partial[to_err])
+        self.partial[to_err].clear()
+        self.size[to_err] = 0
+        self._emit(self.prefix + line + b"\n", to_err)
 
     def _emit(self, data: bytes, to_err: bool) -> None:
         stream = sys.stderr.buffer if to_err else sys.stdout.buffer
         with self.lock:
-            stream.write(data)
-            stream.flush()
+            if self.stdout_gone.is_set():
+                raise BrokenPipeError  # stop this command too: its output has nowhere to go
+            try:
+                stream.write(data)
+                stream.flush()
+            except BrokenPipeError:
+                if not to_err:
+                    self.stdout_gone.set()
+                raise
 
 
 @dataclass
@@ -410,6 +443,7 @@ def run_many(ctx: Any, names: list[str], all_: bool, request: Request) -> int:
             EXIT_OWN_FAILURE, f"no PPCP server answered within {ctx.timeout:g} s; nothing to run."
         )
     lock = threading.Lock()
+    stdout_gone = threading.Event()
     live: list[Any] = []
     # One worker per server: with fewer, a server still waiting for its turn would
     # hold the stdin feed (which waits for every command to start) and the
@@ -427,10 +461,19 @@ def run_many(ctx: Any, names: list[str], all_: bool, request: Request) -> int:
         with forwarded_interrupts(live=live):
             outcomes = list(
                 pool.map(
-                    lambda job: _run_prefixed(job[0], job[1], request, width, lock, live, feed),
+                    lambda job: _run_prefixed(
+                        job[0],
+                        job[1],
+                        request,
+                        _Prefixer(job[0], width, lock, stdout_gone),
+                        live,
+                        feed,
+                    ),
                     connected,
                 )
             )
+    if stdout_gone.is_set():
+        raise BrokenPipeError  # `| head`: quietly 141, as with one server (handle_errors)
     return _summarize(outcomes, width)
 
 
@@ -500,14 +543,12 @@ def _run_prefixed(
     label: str,
     session: Any,
     request: Request,
-    width: int,
-    lock: threading.Lock,
+    out: _Prefixer,
     live: list[Any],
     feed: _StdinFeed | None,
 ) -> _Outcome:
     from ppcp.cli.errors import classify
 
-    out = _Prefixer(label, width, lock)
     joined = feed is None
     try:
         if isinstance(session, Exception):
@@ -526,8 +567,17 @@ def _run_prefixed(
                 out.write(data, is_stderr(stream))
             return _Outcome(label, status=exit_status(process.wait()))
         finally:
-            out.flush()
-            session.close()
+            try:
+                out.flush()
+            finally:
+                session.close()
+    except BrokenPipeError:
+        # Closing the session (above) has the server kill this command; the others
+        # are closed too, since what they print has nowhere to go.
+        for other in list(live):
+            with suppress(Exception):
+                other.close()
+        return _Outcome(label, error="stdout closed")
     except Exception as exc:
         return _Outcome(label, error=classify(exc)[1])
     finally:

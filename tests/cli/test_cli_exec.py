@@ -350,3 +350,46 @@ def test_command_too_long_is_a_clear_error(shared_env: Env, shared: Server) -> N
         assert res.returncode == 255, res.stderr
         assert "the command is too long" in res.stderr and "65536" in res.stderr
         assert "Traceback" not in res.stderr and "internal error" not in res.stderr
+
+
+def test_fan_out_into_head_stops_quietly_with_141(env: Env, server: StartServer) -> None:
+    """`ppcp exec a b -- yes | head -2`: it was a "Broken pipe" per server, exit 255."""
+    import subprocess
+
+    _aliases(env, alpha=server(), beta=server())
+    client = env.popen(
+        "exec",
+        "alpha",
+        "beta",
+        "--",
+        "yes",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert client.stdout is not None and client.stderr is not None
+    try:
+        assert client.stdout.readline().endswith(b"| y\n")
+        client.stdout.close()
+        err = client.stderr.read()
+        client.wait(30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(5)
+    assert client.returncode == 141, err.decode()
+    assert err == b""
+
+
+def test_fan_out_cuts_output_without_newlines_into_prefixed_lines(
+    env: Env, server: StartServer
+) -> None:
+    """A line was held whole and copied again with each chunk (quadratic time)."""
+    _aliases(env, alpha=server(), beta=server())
+    res = env.run("-q", "exec", "alpha", "beta", "--", "head -c 1000000 /dev/zero | tr '\\0' z")
+    assert res.returncode == 0, res.stderr
+    for label in ("alpha", "beta"):
+        prefix = f"{label:<5} | "
+        pieces = [ln[len(prefix) :] for ln in res.stdout.splitlines() if ln.startswith(prefix)]
+        assert "".join(pieces) == "z" * 1000000
+        assert len(pieces) > 1 and max(len(p) for p in pieces) <= 128 * 1024
