@@ -72,6 +72,8 @@ MAX_DIMENSION = 0xFFFF
 # reports end of file, or until it has been quiet this long (a background job
 # may keep the terminal open forever).
 DRAIN_QUIET = 0.5
+# How long a hung-up shell has to pass SIGHUP on to its jobs and exit before SIGKILL.
+HANGUP_GRACE = 2.0
 
 
 @dataclass(frozen=True)
@@ -466,6 +468,7 @@ async def serve_shell(channel: AsyncChannel, policy: ServerPolicy) -> None:
     log.info("shell for %s: %s (%dx%d)", channel.session.peer_name, argv, spec.cols, spec.rows)
     # A flag, not _supervise's result: see serve_exec.
     reported = asyncio.Event()
+    terminal = [master]  # emptied once closed
     try:
         os.set_blocking(master, False)
         channel.accept(encode_json({"pid": proc.pid}))
@@ -473,13 +476,30 @@ async def serve_shell(channel: AsyncChannel, policy: ServerPolicy) -> None:
     finally:
         try:
             if not reported.is_set():
-                killpg(proc.pid, _signal.SIGHUP)
-                killpg(proc.pid, _signal.SIGKILL)
+                await _hang_up(proc, terminal)
             if proc.returncode is None:
                 await proc.wait()
         finally:
-            os.close(master)
+            for fd in terminal:
+                os.close(fd)
             close_subprocess_transport(proc)  # even if cancelled again while reaping
+
+
+async def _hang_up(proc: asyncio.subprocess.Process, terminal: list[int]) -> None:
+    """The connection is gone: hang up as a terminal whose line dropped does.
+
+    Closing the master sends SIGHUP to the shell, which (bash) passes it on to its
+    jobs, each in a process group of its own: as sshd does.  Killing the shell's
+    group straight away left those jobs running, reparented to init.  SIGKILL
+    follows for whatever is still in the group after a grace period.
+    """
+    os.close(terminal.pop())
+    killpg(proc.pid, _signal.SIGHUP)
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), HANGUP_GRACE)
+    finally:
+        killpg(proc.pid, _signal.SIGKILL)
 
 
 async def _serve_without_terminal(channel: AsyncChannel, argv: list[str], shell: str) -> None:

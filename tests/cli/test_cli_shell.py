@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import re
@@ -152,3 +153,22 @@ def test_shell_without_terminal_keeps_the_shell_policy(env: Env, server: StartSe
         res = env.run("shell", "--host", srv.address, input="echo ran\n")
         assert res.returncode == 255, res
         assert "refused" in res.stderr and "ran" not in res.stdout
+
+
+def test_background_jobs_end_when_the_connection_drops(
+    env: Env, server: StartServer, terminal: list[Terminal]
+) -> None:
+    """As with sshd: the terminal hangs up and bash passes SIGHUP on to its jobs.
+    The shell's group was SIGKILLed at once, and `sleep 501 &` ran on under init."""
+    srv = server(extra_env={"SHELL": "/bin/bash"})
+    t = open_shell(env, srv, terminal)
+    t.type("sleep 501 & echo job=$!\r")
+    pid = int(t.expect(rb"job=(\d+)").group(1))
+    job = os.pidfd_open(pid)
+    try:
+        os.kill(t.child_pid, signal.SIGKILL)  # the client dies: the connection drops
+        assert select.select([job], [], [], 30)[0], "the background job is still running"
+    finally:
+        os.close(job)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
