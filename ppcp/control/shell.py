@@ -488,17 +488,19 @@ async def serve_shell(channel: AsyncChannel, policy: ServerPolicy) -> None:
 async def _hang_up(proc: asyncio.subprocess.Process, terminal: list[int]) -> None:
     """The connection is gone: hang up as a terminal whose line dropped does.
 
-    Closing the master sends SIGHUP to the shell, which (bash) passes it on to its
-    jobs, each in a process group of its own: as sshd does.  Killing the shell's
-    group straight away left those jobs running, reparented to init.  SIGKILL
-    follows for whatever is still in the group after a grace period.
+    SIGHUP to the shell's group, which (bash) passes it on to its jobs, each in a
+    process group of its own, as under sshd: killing the group straight away left
+    those jobs running, reparented to init.  The signal goes before the terminal
+    closes, so that the shell does not read end of file first and exit the way
+    `exit` does (without hanging up its jobs).  Then closing the terminal hangs up
+    what else still uses it, and SIGKILL ends whatever is left in the group.
     """
-    os.close(terminal.pop())
     killpg(proc.pid, _signal.SIGHUP)
     try:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), HANGUP_GRACE)
     finally:
+        os.close(terminal.pop())
         killpg(proc.pid, _signal.SIGKILL)
 
 
