@@ -428,6 +428,7 @@ class _Outcome:
     label: str
     status: int | None = None
     error: str | None = None
+    timed_out: bool = False
 
 
 def run_many(ctx: Any, names: list[str], all_: bool, request: Request) -> int:
@@ -474,7 +475,7 @@ def run_many(ctx: Any, names: list[str], all_: bool, request: Request) -> int:
             )
     if stdout_gone.is_set():
         raise BrokenPipeError  # `| head`: quietly 141, as with one server (handle_errors)
-    return _summarize(outcomes, width)
+    return _summarize(outcomes, width, ctx.settings.quiet)
 
 
 def _connect(ctx: Any, target: Any) -> Any:
@@ -565,7 +566,9 @@ def _run_prefixed(
                 joined = True
             for stream, data in process:
                 out.write(data, is_stderr(stream))
-            return _Outcome(label, status=exit_status(process.wait()))
+            result = process.wait()
+            timed_out = bool(getattr(result, "timed_out", False))
+            return _Outcome(label, status=exit_status(result), timed_out=timed_out)
         finally:
             try:
                 out.flush()
@@ -586,16 +589,18 @@ def _run_prefixed(
             feed.join(None)
 
 
-def _summarize(outcomes: list[_Outcome], width: int) -> int:
-    """Print one line per server; 0 if all succeeded, 1 if a command failed,
-    255 if ppcp could not run it somewhere."""
-    lines = ["", "summary:"]
+def _summarize(outcomes: list[_Outcome], width: int, quiet: bool) -> int:
+    """Print one line per server (with ``quiet``, only the failures); 0 if all
+    succeeded, 1 if a command failed, 255 if ppcp could not run it somewhere."""
+    lines = []
     for o in outcomes:
         if o.error is not None:
             lines.append(f"  {o.label:<{width}}  ppcp error: {o.error}")
-        else:
-            lines.append(f"  {o.label:<{width}}  exit {o.status}")
-    click.echo("\n".join(lines), err=True)
+        elif not quiet or o.status != 0:
+            note = " (timed out)" if o.timed_out else ""
+            lines.append(f"  {o.label:<{width}}  exit {o.status}{note}")
+    if lines:
+        click.echo("\n".join(["", "summary:", *lines]), err=True)
     if any(o.error is not None for o in outcomes):
         return EXIT_OWN_FAILURE
     return 0 if all(o.status == 0 for o in outcomes) else 1

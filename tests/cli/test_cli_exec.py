@@ -393,3 +393,16 @@ def test_fan_out_cuts_output_without_newlines_into_prefixed_lines(
         pieces = [ln[len(prefix) :] for ln in res.stdout.splitlines() if ln.startswith(prefix)]
         assert "".join(pieces) == "z" * 1000000
         assert len(pieces) > 1 and max(len(p) for p in pieces) <= 128 * 1024
+
+
+def test_fan_out_summary_says_timed_out_and_quiet_keeps_only_failures(
+    env: Env, server: StartServer
+) -> None:
+    _aliases(env, alpha=server(), beta=server())
+    res = env.run("exec", "alpha", "beta", "--max-time", "0.5", "--", "sleep 30")
+    assert res.returncode == 1
+    assert res.stderr.count("exit 143 (timed out)") == 2, res.stderr
+    res = env.run("-q", "exec", "alpha", "beta", "--", "true")
+    assert (res.returncode, res.stderr) == (0, "")  # README: -q, no summaries
+    res = env.run("-q", "exec", "alpha", "beta", "--", "exit 3")
+    assert res.returncode == 1 and res.stderr.count("exit 3") == 2, res.stderr
