@@ -308,7 +308,11 @@ def _terminal_size(fd: int) -> tuple[int, int]:
         size = os.get_terminal_size(fd)
     except OSError:
         return 80, 24
-    return max(1, size.columns), max(1, size.lines)
+    if not size.columns or not size.lines:
+        # A terminal that does not know its size (0x0, as a new pty): 1x1 made
+        # every prompt wrap; programs assume 80x24 then.
+        return 80, 24
+    return size.columns, size.lines
 
 
 async def _running_loop() -> asyncio.AbstractEventLoop:

@@ -172,3 +172,14 @@ def test_background_jobs_end_when_the_connection_drops(
         os.close(job)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_terminal_of_unknown_size_gets_80x24(
+    env: Env, server: StartServer, terminal: list[Terminal]
+) -> None:
+    """A new pty reports 0x0 (the test's own terminal does): the remote one was 1x1."""
+    t = open_shell(env, server(), terminal)
+    t.type("echo size=$(stty size | tr ' ' x)\r")
+    t.expect(rb"size=24x80")
+    t.type("exit\r")
+    assert t.finish() == (0, True)
