@@ -406,3 +406,38 @@ def test_fan_out_summary_says_timed_out_and_quiet_keeps_only_failures(
     assert (res.returncode, res.stderr) == (0, "")  # README: -q, no summaries
     res = env.run("-q", "exec", "alpha", "beta", "--", "exit 3")
     assert res.returncode == 1 and res.stderr.count("exit 3") == 2, res.stderr
+
+
+def test_a_busy_server_is_tried_again_within_the_timeout(env: Env, server: StartServer) -> None:
+    """8 handshakes in progress from one address fill its slots (`xargs -P 16 ppcp
+    exec`): the next client failed at once, although the server says "try again"."""
+    import socket
+    import subprocess
+
+    srv = server()
+    held = [socket.create_connection((srv.host, srv.port)) for _ in range(8)]
+    try:
+        client = env.popen(
+            "exec",
+            "--host",
+            srv.address,
+            "--timeout",
+            "20",
+            "--",
+            "echo",
+            "in",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        srv.wait_for(r"refusing .*too many handshakes in progress from this address")
+    finally:
+        for sock in held:
+            sock.close()
+    try:
+        out, err = client.communicate(timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(5)
+    assert (client.returncode, out) == (0, b"in\n"), err.decode()
