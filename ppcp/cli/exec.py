@@ -350,8 +350,8 @@ class _StdinFeed:
 
 
 async def _write_each(processes: list[Any], data: bytes) -> list[bool]:
-    """Concurrently, so that one command's full window does not hold back the
-    writes to the others; True where the write failed."""
+    """Concurrently: a command whose window is full delays the next chunk, not
+    the others' copy of this one; True where the write failed."""
     import asyncio
 
     results = await asyncio.gather(
