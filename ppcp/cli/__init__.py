@@ -46,6 +46,18 @@ class LazyGroup(click.Group):
         command: click.Command = module.command
         return command
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """A usage error in the options before ``exec``/``shell`` exits 255 as
+        theirs do (``ppcp --timeout 0 exec ...``): 2 could be the remote status."""
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            if next((a for a in args if a in COMMANDS), None) in ("exec", "shell"):
+                from ppcp.cli.errors import own_usage_error
+
+                raise own_usage_error(exc) from None
+            raise
+
 
 def _version() -> str:
     from ppcp import __version__

@@ -150,7 +150,7 @@ def handle_errors(
                 click.echo("ppcp: interrupted.", err=True)
                 code = EXIT_INTERRUPTED
             except BrokenPipeError:  # `ppcp ... | head`: stop quietly, like a killed writer
-                _silence_stdout()
+                silence_stdout()
                 code = EXIT_SIGPIPE
             except Exception as exc:  # the one boundary: everything becomes a sentence
                 code = report(exc, io_code=io_code, verbose=get_settings().verbose)
@@ -163,7 +163,7 @@ def handle_errors(
     return decorate
 
 
-def _silence_stdout() -> None:
+def silence_stdout() -> None:
     """After EPIPE on stdout, stop Python from complaining again at exit."""
     import os
 
@@ -181,8 +181,13 @@ class OwnFailureCommand(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as exc:
-            raise _OwnUsageError(exc.message, exc.ctx) from None
+            raise own_usage_error(exc) from None
 
 
 class _OwnUsageError(click.UsageError):
     exit_code = EXIT_OWN_FAILURE
+
+
+def own_usage_error(exc: click.UsageError) -> click.UsageError:
+    """``exc``, exiting 255 (ppcp's own failure, for exec/shell) instead of 2."""
+    return _OwnUsageError(exc.format_message(), exc.ctx)

@@ -9,22 +9,25 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 import click
-import msgspec
 from msgspec import Struct
 
 from ppcp.cli.config import complete_name
 from ppcp.cli.errors import EXIT_OWN_FAILURE, OwnFailureCommand, handle_errors
 from ppcp.cli.options import global_options
-from ppcp.utils.records import repr_hiding
 
 _REMOTE = "ppcp.exec.remote"
 
 
 class ExecCommand(OwnFailureCommand):
-    """Everything after the first ``--`` is the remote command, untouched.
+    """Everything after the first ``--`` is the remote command, untouched; the words
+    before it name servers.
 
-    Without ``--``, option parsing stops at the first positional argument:
-    ``ppcp exec NAME ls -l`` runs ``ls -l``.
+    Without any ``--``, option parsing stops at the first positional argument:
+    ``ppcp exec NAME ls -l`` runs ``ls -l``.  A command containing ``--`` itself
+    needs one after the name (``ppcp exec h -- git log -- README``): otherwise its
+    words before ``--`` are taken for server names, and since every name is
+    reached before anything runs, that ends in "no server named ..." with
+    nothing run, never in a different command run (see ``_check_names``).
     """
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -76,7 +79,11 @@ def command(
     containing spaces or shell syntax runs through the remote shell; several
     arguments run the program directly. With several NAMEs or --all the
     command runs everywhere in parallel, each output line prefixed with the
-    server's name, followed by a summary.
+    server's name, followed by a summary; a server named twice runs it once.
+
+    The words before the first -- are server names. Without any --, the
+    first word is NAME and the rest is the command. A command that contains
+    -- itself needs -- after NAME: ppcp exec h -- git log -- README.
     """
     from ppcp.cli.errors import CLIError
     from ppcp.cli.options import get_settings
@@ -108,10 +115,6 @@ class Request(Struct, frozen=True):
     env: dict[str, str] | None = None
     timeout: float | None = None
     forward_stdin: bool = True
-    stdin_data: bytes | None = None
-
-    def __repr__(self) -> str:
-        return repr_hiding(self, frozenset({"stdin_data"}))
 
 
 _SHELL_CHARS = frozenset(" \t\n|&;<>()$`\\\"'*?[]#~=%{}!")
@@ -172,28 +175,33 @@ def run(names: list[str], all_: bool, request: Request) -> int:
 def run_one(ctx: Any, target: Any, request: Request) -> int:
     session = ctx.connect(target)
     try:
-        forward = request.forward_stdin and not _stdin_is_tty()
+        forward = request.forward_stdin and not stdin_is_tty()
         try:
             process = start(session, request, stdin=forward)
         except CommandNotStarted as exc:
             click.echo(f"ppcp: {target.label}: {exc.reason}", err=True)
             return exc.status
-        if forward:
-            threading.Thread(
-                target=_pump_stdin, args=(process,), name="ppcp-stdin", daemon=True
-            ).start()
-        out, err = sys.stdout.buffer, sys.stderr.buffer
-        with forwarded_interrupts(process):
-            for stream, data in process:
-                target_stream = err if is_stderr(stream) else out
-                target_stream.write(data)
-                target_stream.flush()
-            result = process.wait()
-        if getattr(result, "timed_out", False):
-            click.echo(f"ppcp: {target.label}: the remote command timed out.", err=True)
-        return exit_status(result)
+        return stream_process(process, target.label, forward)
     finally:
         session.close()
+
+
+def stream_process(process: Any, label: str, forward: bool) -> int:
+    """Piped stdin in (if ``forward``), output out, until the command ends; its status."""
+    if forward:
+        feed = _StdinFeed(1)
+        feed.join(process)
+        threading.Thread(target=_pump_stdin, args=(feed,), name="ppcp-stdin", daemon=True).start()
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    with forwarded_interrupts(process):
+        for stream, data in process:
+            target_stream = err if is_stderr(stream) else out
+            target_stream.write(data)
+            target_stream.flush()
+        result = process.wait()
+    if getattr(result, "timed_out", False):
+        click.echo(f"ppcp: {label}: the remote command timed out.", err=True)
+    return exit_status(result)
 
 
 @contextmanager
@@ -267,67 +275,158 @@ class CommandNotStarted(Exception):
         self.reason = reason
 
 
-def _stdin_is_tty() -> bool:
+def stdin_is_tty() -> bool:
     try:
         return sys.stdin is None or sys.stdin.isatty()
     except (ValueError, OSError):
         return True
 
 
-def _pump_stdin(process: Any) -> None:
-    """Forward piped stdin to the remote command, then EOF."""
-    import contextlib
+def _pump_stdin(feed: _StdinFeed) -> None:
+    """Forward piped stdin to every command that still takes it, then EOF."""
     import os
 
-    # The command may finish before reading all of stdin: then there is nothing to do.
-    # os.read, not sys.stdin.buffer: when the command ends, the client exits while this
+    # os.read, not sys.stdin.buffer: when the commands end, the client exits while this
     # daemon thread may still wait for input, and a daemon thread blocked inside a
     # buffered read holds that buffer's lock, which aborts the interpreter at exit.
-    with contextlib.suppress(Exception):
+    targets = feed.started()
+    with suppress(OSError, ValueError):  # stdin unreadable: the commands get EOF
         fd = sys.stdin.fileno()
-        while True:
+        while targets:
             data = os.read(fd, 65536)
             if not data:
                 break
-            process.write_stdin(data)
-    with contextlib.suppress(Exception):
-        process.close_stdin()
+            targets = feed.write(targets, data)
+    feed.close(targets)
+
+
+class _StdinFeed:
+    """Piped stdin, chunk by chunk, to one or several commands.
+
+    A chunk goes to every command before the next is read, so memory stays at one
+    chunk plus each channel's window whatever the input's size; the slowest
+    reader sets the pace, as with tee.  A command that ended (or whose
+    connection failed) is dropped, and the others go on getting the input.
+    """
+
+    def __init__(self, expected: int) -> None:
+        self._expected = expected
+        self._joined: list[Any] = []
+        self._cond = threading.Condition()
+
+    def join(self, process: Any | None) -> None:
+        """One command started (None: it did not); each one calls this exactly once."""
+        with self._cond:
+            if process is not None:
+                self._joined.append(process)
+            self._expected -= 1
+            self._cond.notify_all()
+
+    def started(self) -> list[Any]:
+        """The commands to feed, once every one has started or failed: no command
+        may miss the first chunks."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._expected <= 0)
+            return list(self._joined)
+
+    def write(self, targets: list[Any], data: bytes) -> list[Any]:
+        """Write ``data`` to every target at once; those still taking input."""
+        from ppcp.transport.blocking import run
+
+        if len(targets) == 1:
+            try:
+                targets[0].write_stdin(data)
+            except Exception:
+                return []
+            return targets
+        results = run(_write_each([p.aio for p in targets], data))
+        return [p for p, failed in zip(targets, results, strict=True) if not failed]
+
+    def close(self, targets: list[Any]) -> None:
+        for process in targets:
+            with suppress(Exception):  # the command may have ended meanwhile
+                process.close_stdin()
+
+
+async def _write_each(processes: list[Any], data: bytes) -> list[bool]:
+    """Concurrently: a command whose window is full delays the next chunk, not
+    the others' copy of this one; True where the write failed."""
+    import asyncio
+
+    results = await asyncio.gather(
+        *(p.write_stdin(data) for p in processes), return_exceptions=True
+    )
+    return [isinstance(r, BaseException) for r in results]
 
 
 # -- several servers: in parallel, output prefixed ----------------------------------------
 
 
+# A line longer than this is written in pieces, each a prefixed line of its own:
+# output without newlines (binary data, progress bars) is neither held whole nor
+# copied again with every chunk.
+PARTIAL_LINE_LIMIT = 64 * 1024
+
+
 class _Prefixer:
     """Writes whole lines, each prefixed by its server's label."""
 
-    def __init__(self, label: str, width: int, lock: threading.Lock) -> None:
+    def __init__(
+        self, label: str, width: int, lock: threading.Lock, stdout_gone: threading.Event
+    ) -> None:
         self.prefix = f"{label:<{width}} | ".encode()
         self.lock = lock
-        self.partial: dict[bool, bytes] = {False: b"", True: b""}
+        self.stdout_gone = stdout_gone
+        # The line not yet ended, as the chunks it came in, and its length.
+        self.partial: dict[bool, list[bytes]] = {False: [], True: []}
+        self.size: dict[bool, int] = {False: 0, True: 0}
 
     def write(self, data: bytes, to_err: bool) -> None:
-        buf = self.partial[to_err] + data
-        *lines, self.partial[to_err] = buf.split(b"\n")
-        if lines:
-            self._emit(b"".join(self.prefix + line + b"\n" for line in lines), to_err)
+        pending = self.partial[to_err]
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            pending.append(data)
+            self.size[to_err] += len(data)
+            if self.size[to_err] >= PARTIAL_LINE_LIMIT:
+                self._end_line(to_err)
+            return
+        lines = b"".join([*pending, data[:cut]]).split(b"\n")
+        pending.clear()
+        self.size[to_err] = 0
+        self._emit(b"".join(self.prefix + line + b"\n" for line in lines), to_err)
+        if cut + 1 < len(data):
+            self.write(data[cut + 1 :], to_err)
 
     def flush(self) -> None:
-        for to_err, rest in self.partial.items():
-            if rest:
-                self._emit(self.prefix + rest + b"\n", to_err)
-        self.partial = {False: b"", True: b""}
+        for to_err in (False, True):
+            if self.partial[to_err]:
+                self._end_line(to_err)
+
+    def _end_line(self, to_err: bool) -> None:
+        line = b"".join(self.partial[to_err])
+        self.partial[to_err].clear()
+        self.size[to_err] = 0
+        self._emit(self.prefix + line + b"\n", to_err)
 
     def _emit(self, data: bytes, to_err: bool) -> None:
         stream = sys.stderr.buffer if to_err else sys.stdout.buffer
         with self.lock:
-            stream.write(data)
-            stream.flush()
+            if self.stdout_gone.is_set():
+                raise BrokenPipeError  # stop this command too: its output has nowhere to go
+            try:
+                stream.write(data)
+                stream.flush()
+            except BrokenPipeError:
+                if not to_err:
+                    self.stdout_gone.set()
+                raise
 
 
 class _Outcome(Struct):
     label: str
     status: int | None = None
     error: str | None = None
+    timed_out: bool = False
 
 
 def run_many(ctx: Any, names: list[str], all_: bool, request: Request) -> int:
@@ -342,21 +441,85 @@ def run_many(ctx: Any, names: list[str], all_: bool, request: Request) -> int:
         raise CLIError(
             EXIT_OWN_FAILURE, f"no PPCP server answered within {ctx.timeout:g} s; nothing to run."
         )
-    if request.forward_stdin and not _stdin_is_tty():
-        request = msgspec.structs.replace(request, stdin_data=sys.stdin.buffer.read())
-    width = max(len(label) for label, _ in jobs)
     lock = threading.Lock()
+    stdout_gone = threading.Event()
     live: list[Any] = []
-    with (
-        forwarded_interrupts(live=live),
-        ThreadPoolExecutor(max_workers=min(32, len(jobs))) as pool,
-    ):
-        outcomes = list(
-            pool.map(
-                lambda job: _run_prefixed(ctx, job[0], job[1], request, width, lock, live), jobs
+    # One worker per server: with fewer, a server still waiting for its turn would
+    # hold the stdin feed (which waits for every command to start) and the
+    # running commands with it.
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        # Every server is reached before any command starts: a word that names no
+        # server must not leave the command run on the others (see _check_names).
+        connected = _check_names(jobs, list(pool.map(lambda job: _connect(ctx, job[1]), jobs)))
+        width = max(len(label) for label, _ in connected)
+        feed = _StdinFeed(len(connected)) if request.forward_stdin and not stdin_is_tty() else None
+        if feed is not None:
+            threading.Thread(
+                target=_pump_stdin, args=(feed,), name="ppcp-stdin", daemon=True
+            ).start()
+        with forwarded_interrupts(live=live):
+            outcomes = list(
+                pool.map(
+                    lambda job: _run_prefixed(
+                        job[0],
+                        job[1],
+                        request,
+                        _Prefixer(job[0], width, lock, stdout_gone),
+                        live,
+                        feed,
+                    ),
+                    connected,
+                )
             )
+    if stdout_gone.is_set():
+        raise BrokenPipeError  # `| head`: quietly 141, as with one server (handle_errors)
+    return _summarize(outcomes, width, ctx.settings.quiet)
+
+
+def _connect(ctx: Any, target: Any) -> Any:
+    """The open session, or the exception that prevented it."""
+    try:
+        return ctx.connect(target)
+    except Exception as exc:
+        return exc
+
+
+def _check_names(jobs: list[tuple[str, Any]], sessions: list[Any]) -> list[tuple[str, Any]]:
+    """(label, session or exception) per distinct server; CLIError if a name found none.
+
+    ``ppcp exec h git log -- README`` reads as the servers h, git and log: had the
+    command run on h, it would have run ``README``.  A server named twice (an
+    alias and its name, two spellings) runs the command once.
+    """
+    from ppcp.cli.errors import EXIT_NOT_FOUND, CLIError
+
+    missing = [
+        (label, result)
+        for (label, target), result in zip(jobs, sessions, strict=True)
+        if isinstance(result, CLIError) and result.code == EXIT_NOT_FOUND and target.name
+    ]
+    if missing:
+        for result in sessions:
+            if not isinstance(result, Exception):
+                result.close()
+        label, error = missing[0]
+        raise CLIError(
+            EXIT_OWN_FAILURE,
+            f"{error.message} Nothing was run: the words before '--' name servers. To run a "
+            "command that contains '--' itself, put '--' after the server's name: "
+            f"ppcp exec NAME -- CMD [ARGS]...",
         )
-    return _summarize(outcomes, width)
+    seen: set[Any] = set()
+    kept: list[tuple[str, Any]] = []
+    for (label, _), result in zip(jobs, sessions, strict=True):
+        address = getattr(result, "peer_address", None)
+        key = tuple(address[:2]) if isinstance(address, tuple) else None
+        if key is not None and key in seen:
+            result.close()
+            continue
+        seen.add(key)
+        kept.append((label, result))
+    return kept
 
 
 def _discovered_targets(ctx: Any, skip: set[str]) -> list[tuple[str, Any]]:
@@ -376,49 +539,66 @@ def _discovered_targets(ctx: Any, skip: set[str]) -> list[tuple[str, Any]]:
 
 
 def _run_prefixed(
-    ctx: Any,
     label: str,
-    target: Any,
+    session: Any,
     request: Request,
-    width: int,
-    lock: threading.Lock,
+    out: _Prefixer,
     live: list[Any],
+    feed: _StdinFeed | None,
 ) -> _Outcome:
     from ppcp.cli.errors import classify
 
-    out = _Prefixer(label, width, lock)
+    joined = feed is None
     try:
-        session = ctx.connect(target)
+        if isinstance(session, Exception):
+            raise session
         try:
             try:
-                process = start(session, request, stdin=bool(request.stdin_data))
+                process = start(session, request, stdin=feed is not None)
             except CommandNotStarted as exc:
                 out.write(f"ppcp: {exc.reason}\n".encode(), True)
                 return _Outcome(label, status=exc.status)
             live.append(process)
-            if request.stdin_data:
-                process.write_stdin(request.stdin_data)
-                process.close_stdin()
+            if feed is not None:
+                feed.join(process)
+                joined = True
             for stream, data in process:
                 out.write(data, is_stderr(stream))
-            return _Outcome(label, status=exit_status(process.wait()))
+            result = process.wait()
+            timed_out = bool(getattr(result, "timed_out", False))
+            return _Outcome(label, status=exit_status(result), timed_out=timed_out)
         finally:
-            out.flush()
-            session.close()
+            try:
+                out.flush()
+            finally:
+                session.close()
+    except BrokenPipeError:
+        # Closing the session (above) has the server kill this command; the others
+        # are closed too, since what they print has nowhere to go.
+        for other in list(live):
+            with suppress(Exception):
+                other.close()
+        return _Outcome(label, error="stdout closed")
     except Exception as exc:
         return _Outcome(label, error=classify(exc)[1])
+    finally:
+        if not joined:
+            assert feed is not None
+            feed.join(None)
 
 
-def _summarize(outcomes: list[_Outcome], width: int) -> int:
-    """Print one line per server; 0 if all succeeded, 1 if a command failed,
-    255 if ppcp could not run it somewhere."""
-    lines = ["", "summary:"]
+def _summarize(outcomes: list[_Outcome], width: int, quiet: bool) -> int:
+    """Print one line per server (with ``quiet``, only the failures); 0 if all
+    succeeded, 1 if a command failed, 255 if ppcp could not run it somewhere."""
+    lines = []
     for o in outcomes:
         if o.error is not None:
             lines.append(f"  {o.label:<{width}}  ppcp error: {o.error}")
-        else:
-            lines.append(f"  {o.label:<{width}}  exit {o.status}")
-    click.echo("\n".join(lines), err=True)
+        elif not quiet or o.status != 0:
+            note = " (timed out)" if o.timed_out else ""
+            lines.append(f"  {o.label:<{width}}  exit {o.status}{note}")
+    if lines:
+        click.echo("\n".join(["", "summary:", *lines]), err=True)
     if any(o.error is not None for o in outcomes):
         return EXIT_OWN_FAILURE
     return 0 if all(o.status == 0 for o in outcomes) else 1

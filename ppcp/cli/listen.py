@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import click
@@ -10,6 +11,8 @@ from ppcp.cli.errors import handle_errors
 from ppcp.cli.options import server_options
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ppcp.control.router import ServerPolicy
 
 
@@ -41,14 +44,30 @@ def command(name: str | None, bind: str, no_discovery: bool, no_mdns: bool, as_j
         no_discovery=no_discovery,
         no_mdns=no_mdns,
     )
-    run_server(ctx, psk, messages_only_policy(as_json), options, lambda _: "messages only")
+    import asyncio
+
+    stdout_closed = asyncio.Event()
+    policy = messages_only_policy(as_json, stdout_closed)
+    run_server(ctx, psk, policy, options, lambda _: "messages only", stop=stdout_closed)
+    if stdout_closed.is_set():
+        raise BrokenPipeError  # `ppcp listen | head -1`: 141, quietly (handle_errors)
 
 
-def messages_only_policy(as_json: bool) -> ServerPolicy:
+def messages_only_policy(as_json: bool, stdout_closed: asyncio.Event | None = None) -> ServerPolicy:
     from ppcp.aio import ServerPolicy
 
     def on_message(peer: str, topic: str, data: bytes) -> None:
-        print_message(peer, topic, data, as_json)
+        try:
+            print_message(peer, topic, data, as_json)
+        except BrokenPipeError:
+            # Nothing reads what we print any more: stop, as a writer killed by
+            # SIGPIPE would, instead of failing every later sender.
+            if stdout_closed is None:
+                raise
+            from ppcp.cli.errors import silence_stdout
+
+            silence_stdout()
+            stdout_closed.set()
 
     return ServerPolicy(
         allow_exec=False,
@@ -76,5 +95,22 @@ def print_message(sender: str, topic: str, data: bytes, as_json: bool) -> None:
             }
         )
     else:
+        if _stdout_is_terminal():
+            # A message must not drive the terminal (colours, title, cursor): the
+            # sender only holds the key, not this screen.
+            text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
         line = f"{when:%H:%M:%S} [{topic}] {sender}: {text}"
     click.echo(line)
+
+
+# C0 and C1 control characters but newline and tab, and DEL.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _stdout_is_terminal() -> bool:
+    import sys
+
+    try:
+        return sys.stdout.isatty()
+    except (ValueError, OSError):
+        return False

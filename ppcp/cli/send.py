@@ -24,12 +24,27 @@ def command(message: str, name: str | None, topic: str) -> None:
     import os
     import sys
 
+    from ppcp.cli.errors import EXIT_USAGE, CLIError
     from ppcp.cli.target import Context
+    from ppcp.control.messages import check_topic
+    from ppcp.core.errors import ChannelError
 
-    # fsencode: an argument that is not valid UTF-8 reaches Python as surrogates; its
-    # bytes are sent as they were given.
-    data = sys.stdin.buffer.read() if message == "-" else os.fsencode(message)
     ctx = Context()
+    # Checked before connecting: what no server could take is a usage error, not a
+    # connection one (and the server does not log a session for nothing).
+    try:
+        check_topic(topic)
+    except ChannelError as exc:
+        raise CLIError(EXIT_USAGE, f"bad --topic {topic!r}: {exc.message}.") from None
+    limit = ctx.session_config().max_message_size
+    # fsencode: an argument that is not valid UTF-8 reaches Python as surrogates; its
+    # bytes are sent as they were given.  Stdin is read only to one byte past the limit.
+    data = sys.stdin.buffer.read(limit + 1) if message == "-" else os.fsencode(message)
+    if len(data) > limit:
+        size = f"more than {limit}" if message == "-" else str(len(data))
+        raise CLIError(
+            EXIT_USAGE, f"the message is too large ({size} bytes; the limit is {limit})."
+        )
     target = ctx.resolve(name)
     with ctx.connect(target) as session:
         channel = session.open_messages(topic)

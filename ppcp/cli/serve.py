@@ -12,6 +12,8 @@ from ppcp.cli.errors import EXIT_CONFIG, handle_errors
 from ppcp.cli.options import Settings, get_settings, server_options
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ppcp.aio import Server
     from ppcp.control.router import ServerPolicy
 
@@ -157,11 +159,13 @@ def run_server(
     policy: ServerPolicy,
     options: ServeOptions,
     describe: Callable[[ServerPolicy], str],
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM, then close every session (Server.aclose)."""
+    """Serve until SIGINT/SIGTERM/SIGHUP (or ``stop`` is set), then close every
+    session (Server.aclose)."""
     import asyncio
 
-    asyncio.run(_serve(ctx, psk, policy, options, describe))
+    asyncio.run(_serve(ctx, psk, policy, options, describe, stop))
 
 
 async def _serve(
@@ -170,6 +174,7 @@ async def _serve(
     policy: ServerPolicy,
     options: ServeOptions,
     describe: Callable[[ServerPolicy], str],
+    stop: asyncio.Event | None = None,
 ) -> None:
     import asyncio
     import logging
@@ -194,7 +199,8 @@ async def _serve(
             f"(discovery: UDP {ctx.udp_port}): {exc.strerror or exc}. "
             "Is another server running there?",
         ) from None
-    stop = asyncio.Event()
+    if stop is None:
+        stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     received: list[str] = []
 
@@ -220,7 +226,7 @@ async def _serve(
         await stop.wait()
         log.info(
             "%s received: closing %d session(s)",
-            received[0] if received else "stop",
+            received[0] if received else "stop request",
             len(server.sessions),
         )
     finally:

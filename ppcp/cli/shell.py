@@ -21,15 +21,29 @@ def command(name: str | None) -> None:
     """Open an interactive shell (a PTY) on the server NAME.
 
     Exits with the remote shell's status, or 255 if ppcp failed. The local
-    terminal is restored however the session ends.
+    terminal is restored however the session ends. When stdin is not a
+    terminal (`ppcp shell NAME < script`), the login shell runs without a
+    PTY and reads stdin to its end, as with ssh.
     """
     import sys
 
+    from ppcp.cli.exec import stdin_is_tty, stream_process
+    from ppcp.cli.options import get_settings
     from ppcp.cli.target import Context
 
     ctx = Context()
     target = ctx.resolve(name)
     session = ctx.connect(target)
+    if not stdin_is_tty():
+        # A terminal would turn the end of the input into a ^D typed at the shell,
+        # which it may never read: with pipes the shell sees a real end of file.
+        if not get_settings().quiet:
+            click.echo("ppcp: no terminal on the server: stdin is not a terminal.", err=True)
+        try:
+            code = stream_process(session.start_shell(), target.label, forward=True)
+        finally:
+            session.close()
+        raise click.exceptions.Exit(code)
     with restored_terminal(sys.stdin.fileno()), signals_raise():
         try:
             status: Any = session.shell()

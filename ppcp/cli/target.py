@@ -109,11 +109,31 @@ class Context:
 
     def connect(self, target: Target) -> ppcp.Session:
         """Reach ``target`` and authenticate: the blocking :class:`ppcp.Session`."""
+        import time
+
         import ppcp
 
         psk = self.psk
+        deadline = time.monotonic() + self.timeout
+        delay = 0.05
         sock = self.open_socket(target)
-        return ppcp.client_connect(sock, psk, config=self.session_config())
+        while True:
+            # The address found (by discovery too), for trying again without a new search.
+            host, port = sock.getpeername()[:2]
+            try:
+                return ppcp.client_connect(sock, psk, config=self.session_config())
+            except ppcp.ServerBusy:
+                # Its handshake slots are full (`xargs -P`, `make -j` running ppcp): they
+                # free as the other clients authenticate, so try again within --timeout,
+                # at jittered intervals so that the refused clients do not come back as one.
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                import random  # here: only a refused client pays for the import
+
+                time.sleep(min(left, delay * (0.5 + random.random())))
+                delay = min(2 * delay, 1.0)
+            sock = connect_tcp(host, port, max(0.05, deadline - time.monotonic()))
 
     def open_socket(self, target: Target) -> socket.socket:
         if target.host is not None:

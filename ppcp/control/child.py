@@ -37,9 +37,17 @@ class Child:
 
     @classmethod
     def spawn(
-        cls, argv: Sequence[str], *, cwd: str | None = None, env: Mapping[str, str] | None = None
+        cls,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        executable: str | None = None,
     ) -> Child:
-        """Start ``argv`` in a new session (its own process group); OSError if it cannot run."""
+        """Start ``argv`` in a new session (its own process group); OSError if it cannot run.
+
+        ``executable``: the program to run when ``argv[0]`` is not it (a login shell's "-sh").
+        """
         opened: list[int] = []
         try:
             # Not inherited (O_CLOEXEC): Popen dups the child's ends onto 0, 1 and 2.
@@ -48,6 +56,7 @@ class Child:
             in_r, in_w, out_r, out_w, err_r, err_w = opened
             proc = subprocess.Popen(
                 list(argv),
+                executable=executable,
                 stdin=in_r,
                 stdout=out_w,
                 stderr=err_w,

@@ -41,7 +41,7 @@ from msgspec import Struct
 
 from ppcp.control import child
 from ppcp.control.aio_channel import AsyncChannel, decode_json, encode_json
-from ppcp.control.channels import STREAM_STDERR, STREAM_STDOUT
+from ppcp.control.channels import MAX_PAYLOAD, STREAM_STDERR, STREAM_STDOUT
 from ppcp.control.child import Child
 from ppcp.core.errors import (
     ChannelError,
@@ -365,7 +365,14 @@ class ExecMixin:
         session = cast("AsyncSession", self)
         spec = ExecSpec.build(command, cwd, env, timeout, stdin)
         require_capability(session, CAPABILITY)
-        channel = await session.open_channel(KIND, spec.encode())
+        payload = spec.encode()
+        if len(payload) > MAX_PAYLOAD:
+            # Said here: the channel layer's refusal is a bare ValueError about payloads.
+            raise ChannelError(
+                f"the command is too long ({len(payload)} bytes encoded; the limit is "
+                f"{MAX_PAYLOAD} bytes for command, env and cwd together)"
+            )
+        channel = await session.open_channel(KIND, payload)
         return AsyncProcess(channel)
 
     async def exec(
@@ -646,24 +653,30 @@ async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
             message = cannot_execute_reason(argv[0], exc)
         channel.reject(CloseCode.CHANNEL_ERROR, message)
         return
+    await run_child(
+        channel, proc, effective_timeout(spec.timeout, policy.max_exec_seconds), spec.stdin
+    )
+
+
+async def run_child(channel: AsyncChannel, proc: Child, timeout: float | None, stdin: bool) -> None:
+    """Accept the channel for the started ``proc`` and run it as an exec command:
+    its pipes on the channel, then its exit status (also a shell without a terminal)."""
     # Set once the exit status is out.  A flag, not _supervise's result: the
     # session may end (and cancel this task) right after the status was sent,
     # and what the command left running must not depend on that timing.
     reported = asyncio.Event()
     try:
         channel.accept(encode_json({"pid": proc.pid}))
-        await _supervise(
-            channel,
-            proc,
-            effective_timeout(spec.timeout, policy.max_exec_seconds),
-            spec.stdin,
-            reported,
-        )
+        await _supervise(channel, proc, timeout, stdin, reported)
     finally:
         try:
             if not reported.is_set():
                 if proc.returncode is None:
-                    log.info("exec for %s: %r killed, its session or channel ended", peer, argv)
+                    log.info(
+                        "exec for %s: pid %d killed, its session or channel ended",
+                        channel.session.peer_name,
+                        proc.pid,
+                    )
                 killpg(proc.pid, _signal.SIGKILL)
             if proc.returncode is None:
                 await proc.wait()

@@ -5,7 +5,9 @@ Wire schema (docs/rfc.md section 15.10.3, "shell"):
 * channel kind ``"shell"``; open payload ``{"term": str, "cols": int, "rows": int,
   "command": str | null}``: the server allocates a pseudo-terminal of that size,
   sets ``TERM`` and runs ``command`` through the user's shell, or, if null, the
-  user's login shell; accept payload ``{"pid": int}``;
+  user's login shell; accept payload ``{"pid": int}``; with ``"pty": false`` the
+  same shell runs on pipes instead, exactly as an exec command (input that is not
+  a terminal: its end is the shell's end of file);
 * data in both directions is stream 0 (keystrokes in, terminal output out);
   the client's EOF makes the server type the terminal's EOF character;
 * requests to the server: ``"resize" {"cols", "rows"}`` (TIOCSWINSZ, which
@@ -35,13 +37,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from msgspec import Struct
 
 from ppcp.control.aio_channel import AsyncChannel, decode_json, encode_json
+from ppcp.control.child import Child
 from ppcp.control.exec import (
+    AsyncProcess,
     close_subprocess_transport,
     decode_exit_status,
     encode_exit_status,
     home_directory,
     killpg,
     require_capability,
+    run_child,
     user_shell,
     valid_signal,
 )
@@ -68,6 +73,8 @@ MAX_DIMENSION = 0xFFFF
 # reports end of file, or until it has been quiet this long (a background job
 # may keep the terminal open forever).
 DRAIN_QUIET = 0.5
+# How long a hung-up shell has to pass SIGHUP on to its jobs and exit before SIGKILL.
+HANGUP_GRACE = 2.0
 
 
 class ShellSpec(Struct, frozen=True):
@@ -75,6 +82,8 @@ class ShellSpec(Struct, frozen=True):
     cols: int = 80
     rows: int = 24
     command: str | None = None
+    # False: no terminal, stdin/stdout/stderr are pipes as for exec (``ssh host < script``).
+    pty: bool = True
 
     def __post_init__(self) -> None:
         raw = self.term.encode("utf-8")
@@ -85,9 +94,15 @@ class ShellSpec(Struct, frozen=True):
             raise ChannelError("shell: invalid command")
 
     def encode(self) -> bytes:
-        return encode_json(
-            {"term": self.term, "cols": self.cols, "rows": self.rows, "command": self.command}
-        )
+        obj: dict[str, Any] = {
+            "term": self.term,
+            "cols": self.cols,
+            "rows": self.rows,
+            "command": self.command,
+        }
+        if not self.pty:
+            obj["pty"] = False
+        return encode_json(obj)
 
     @classmethod
     def decode(cls, payload: bytes) -> ShellSpec:
@@ -96,8 +111,11 @@ class ShellSpec(Struct, frozen=True):
         command = obj.get("command")
         if not isinstance(term, str) or (command is not None and not isinstance(command, str)):
             raise ChannelError("shell: term and command must be strings")
+        pty = obj.get("pty", True)
+        if not isinstance(pty, bool):
+            raise ChannelError("shell: pty must be a boolean")
         cols, rows = _size(obj)
-        return cls(term, cols, rows, command)
+        return cls(term, cols, rows, command, pty)
 
 
 def check_size(cols: int, rows: int) -> None:
@@ -206,6 +224,13 @@ async def open_shell(
     return AsyncShell(await session.open_channel(KIND, spec.encode()))
 
 
+async def start_shell(session: AsyncSession, command: str | None) -> AsyncProcess:
+    """:meth:`ppcp.aio.AsyncSession.start_shell`."""
+    spec = ShellSpec(command=command, pty=False)
+    require_capability(session, CAPABILITY)
+    return AsyncProcess(await session.open_channel(KIND, spec.encode()))
+
+
 class Shell:
     """Blocking twin of :class:`AsyncShell`."""
 
@@ -283,7 +308,11 @@ def _terminal_size(fd: int) -> tuple[int, int]:
         size = os.get_terminal_size(fd)
     except OSError:
         return 80, 24
-    return max(1, size.columns), max(1, size.lines)
+    if not size.columns or not size.lines:
+        # A terminal that does not know its size (0x0, as a new pty): 1x1 made
+        # every prompt wrap; programs assume 80x24 then.
+        return 80, 24
+    return size.columns, size.lines
 
 
 async def _running_loop() -> asyncio.AbstractEventLoop:
@@ -413,6 +442,9 @@ async def serve_shell(channel: AsyncChannel, policy: ServerPolicy) -> None:
     shell = user_shell()
     # No command: a login shell ("-bash" as argv[0]), as sshd starts it.
     argv = ["-" + os.path.basename(shell)] if spec.command is None else [shell, "-c", spec.command]
+    if not spec.pty:
+        await _serve_without_terminal(channel, argv, shell)
+        return
     env = dict(os.environ)
     env["TERM"] = spec.term
     master, slave = os.openpty()
@@ -440,6 +472,7 @@ async def serve_shell(channel: AsyncChannel, policy: ServerPolicy) -> None:
     log.info("shell for %s: %s (%dx%d)", channel.session.peer_name, argv, spec.cols, spec.rows)
     # A flag, not _supervise's result: see serve_exec.
     reported = asyncio.Event()
+    terminal = [master]  # emptied once closed
     try:
         os.set_blocking(master, False)
         channel.accept(encode_json({"pid": proc.pid}))
@@ -447,13 +480,43 @@ async def serve_shell(channel: AsyncChannel, policy: ServerPolicy) -> None:
     finally:
         try:
             if not reported.is_set():
-                killpg(proc.pid, _signal.SIGHUP)
-                killpg(proc.pid, _signal.SIGKILL)
+                await _hang_up(proc, terminal)
             if proc.returncode is None:
                 await proc.wait()
         finally:
-            os.close(master)
+            for fd in terminal:
+                os.close(fd)
             close_subprocess_transport(proc)  # even if cancelled again while reaping
+
+
+async def _hang_up(proc: asyncio.subprocess.Process, terminal: list[int]) -> None:
+    """The connection is gone: hang up as a terminal whose line dropped does.
+
+    SIGHUP to the shell's group, which (bash) passes it on to its jobs, each in a
+    process group of its own, as under sshd: killing the group straight away left
+    those jobs running, reparented to init.  The signal goes before the terminal
+    closes, so that the shell does not read end of file first and exit the way
+    `exit` does (without hanging up its jobs).  Then closing the terminal hangs up
+    what else still uses it, and SIGKILL ends whatever is left in the group.
+    """
+    killpg(proc.pid, _signal.SIGHUP)
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), HANGUP_GRACE)
+    finally:
+        os.close(terminal.pop())
+        killpg(proc.pid, _signal.SIGKILL)
+
+
+async def _serve_without_terminal(channel: AsyncChannel, argv: list[str], shell: str) -> None:
+    """The shell on pipes, run exactly as an exec command is (stderr apart, EOF is EOF)."""
+    try:
+        proc = Child.spawn(argv, cwd=home_directory(), executable=shell)
+    except OSError as exc:
+        channel.reject(CloseCode.CHANNEL_ERROR, f"cannot start {shell}: {exc.strerror or exc}")
+        return
+    log.info("shell for %s: %s (no terminal)", channel.session.peer_name, argv)
+    await run_child(channel, proc, None, True)
 
 
 async def _supervise(

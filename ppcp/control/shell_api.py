@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
+    from ppcp.control.exec import AsyncProcess, Process
     from ppcp.control.shell import AsyncShell, Shell
     from ppcp.transport.aio_driver import AsyncSession
     from ppcp.transport.blocking import Session
@@ -35,6 +36,16 @@ class ShellMixin:
 
         return await open_shell(cast("AsyncSession", self), term, cols, rows, command)
 
+    async def start_shell(self, command: str | None = None) -> AsyncProcess:
+        """The user's login shell (or ``command``) without a terminal, as
+        ``ssh host < script`` runs it: stdin, stdout and stderr are pipes, so the
+        shell reads the script to its real end of file.  Used like
+        :meth:`~ppcp.aio.AsyncSession.start_exec`; the server's shell policy applies.
+        """
+        from ppcp.control.shell import start_shell
+
+        return await start_shell(cast("AsyncSession", self), command)
+
 
 class SyncShellMixin:
     """Blocking client methods mixed into :class:`ppcp.Session`."""
@@ -53,6 +64,14 @@ class SyncShellMixin:
 
         session = cast("Session", self)
         return Shell(run(session.aio.open_shell(term=term, cols=cols, rows=rows, command=command)))
+
+    def start_shell(self, command: str | None = None) -> Process:
+        """A shell without a terminal; see :meth:`ShellMixin.start_shell`."""
+        from ppcp.control.exec import Process
+        from ppcp.transport.blocking import run
+
+        session = cast("Session", self)
+        return Process(run(session.aio.start_shell(command)))
 
     def shell(
         self,

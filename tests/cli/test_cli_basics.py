@@ -219,3 +219,14 @@ def test_a_lost_connection_is_said_once() -> None:
         EXIT_CONNECTION,
         "connection lost: the connection closed.",
     )
+
+
+def test_usage_error_before_exec_or_shell_is_255(env: Env) -> None:
+    """README: exec/shell usage errors exit 255 (2 could be the remote status)."""
+    for command in (("exec", "a", "--", "true"), ("shell",)):
+        res = env.run("--timeout", "0", *command)
+        assert res.returncode == 255, res.stderr
+        assert "'--timeout'" in res.stderr
+    res = env.run("exec", "--timeout", "0", "a", "--", "true")
+    assert res.returncode == 255 and "'--timeout'" in res.stderr, res.stderr
+    assert env.run("--timeout", "0", "send", "x").returncode == 2

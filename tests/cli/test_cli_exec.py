@@ -256,3 +256,189 @@ def test_closed_standard_streams_are_dev_null(shared_env: Env, shared: Server) -
         )
         assert res.returncode == 3, res
         assert getattr(res, kept) == (b"err\n" if kept == "stderr" else b"out\n"), res
+
+
+def _aliases(env: Env, **servers: Server) -> None:
+    cfg = env.home / ".config" / "ppcp" / "config.toml"
+    cfg.write_text("[aliases]\n" + "".join(f'{n} = "{s.address}"\n' for n, s in servers.items()))
+
+
+def test_fan_out_streams_large_stdin_beside_the_output(env: Env, server: StartServer) -> None:
+    """20 MB through `cat` on two servers: stdin written all before reading the
+    output deadlocked once the output window filled (about 5-10 MB)."""
+    _aliases(env, alpha=server(), beta=server())
+    line = b"%07d" + b"x" * 4088 + b"\n"
+    data = b"".join(line % i for i in range(5000))  # 20 MB
+    res = env.run("-q", "exec", "alpha", "beta", "--", "cat", input=data, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for label in ("alpha", "beta"):
+        prefix = f"{label:<5} | "
+        got = [ln[len(prefix) :] for ln in res.stdout.splitlines() if ln.startswith(prefix)]
+        assert "\n".join(got) + "\n" == data.decode()
+
+
+def test_fan_out_stops_on_endless_stdin_with_bounded_memory(env: Env, server: StartServer) -> None:
+    """`yes | ppcp exec a b -- head -1`: all of stdin was read before anything ran."""
+    import os
+    import subprocess
+    import threading
+
+    _aliases(env, alpha=server(), beta=server())
+    yes = subprocess.Popen(["yes"], stdout=subprocess.PIPE)
+    assert yes.stdout is not None
+    client = env.popen(
+        "exec",
+        "alpha",
+        "beta",
+        "--",
+        "head",
+        "-1",
+        stdin=yes.stdout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    yes.stdout.close()
+    guard = threading.Timer(60, client.kill)
+    guard.start()
+    try:
+        # EOF on both pipes: the client has exited (stderr is only the summary).
+        out, err = client.stdout.read(), client.stderr.read()  # type: ignore[union-attr]
+        _, status, usage = os.wait4(client.pid, 0)  # its own peak memory, not the children's
+        client.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        guard.cancel()
+        yes.kill()
+        yes.wait(5)
+    assert client.returncode == 0, err.decode()
+    assert sorted(out.decode().splitlines()) == ["alpha | y", "beta  | y"], err.decode()
+    assert usage.ru_maxrss < 300_000, usage.ru_maxrss  # KiB: stdin is not all held
+
+
+def test_double_dash_inside_the_command_runs_nothing_elsewhere(
+    env: Env, server: StartServer
+) -> None:
+    """`ppcp exec alpha echo -- touch ran` ran `touch ran` on alpha (and looked for a
+    server named `echo`): now every name is reached first, and nothing runs."""
+    srv = server("--name", "alpha", discovery=True)
+    look = ("--timeout", "1", "--unicast", "127.0.0.1", "--discovery-port")
+    args = (*look, str(srv.discovery_port))
+    res = env.run("exec", "alpha", "echo", *args, "--", "touch", "ran")
+    assert res.returncode == 255
+    assert "no PPCP server named 'echo'" in res.stderr and "Nothing was run" in res.stderr
+    assert "ppcp exec NAME -- CMD" in res.stderr and "Traceback" not in res.stderr
+    assert not (env.home / "ran").exists()
+    res = env.run("exec", "alpha", *args, "--", "echo", "--", "ok")
+    assert (res.returncode, res.stdout) == (0, "-- ok\n"), res.stderr
+
+
+def test_fan_out_runs_once_on_a_server_named_twice(env: Env, server: StartServer) -> None:
+    srv = server("--name", "alpha", discovery=True)
+    _aliases(env, one=srv, two=srv)
+    args = ("--unicast", "127.0.0.1", "--discovery-port", str(srv.discovery_port))
+    res = env.run("exec", "one", "two", "alpha", *args, "--", "echo ran")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["one | ran"]
+    res = env.run("exec", "--all", "one", "--timeout", "1", *args, "--", "echo ran")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["one | ran"]
+
+
+def test_command_too_long_is_a_clear_error(shared_env: Env, shared: Server) -> None:
+    """Over the 64 KiB open payload: it was "internal error: ValueError" and exit 1."""
+    env, srv = shared_env, shared
+    for extra in (("--", "echo " + "a" * 70000), ("-e", "X=" + "x" * 70000, "--", "true")):
+        res = env.run("exec", "--host", srv.address, *extra)
+        assert res.returncode == 255, res.stderr
+        assert "the command is too long" in res.stderr and "65536" in res.stderr
+        assert "Traceback" not in res.stderr and "internal error" not in res.stderr
+
+
+def test_fan_out_into_head_stops_quietly_with_141(env: Env, server: StartServer) -> None:
+    """`ppcp exec a b -- yes | head -2`: it was a "Broken pipe" per server, exit 255."""
+    import subprocess
+
+    _aliases(env, alpha=server(), beta=server())
+    client = env.popen(
+        "exec",
+        "alpha",
+        "beta",
+        "--",
+        "yes",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert client.stdout is not None and client.stderr is not None
+    try:
+        assert client.stdout.readline().endswith(b"| y\n")
+        client.stdout.close()
+        err = client.stderr.read()
+        client.wait(30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(5)
+    assert client.returncode == 141, err.decode()
+    assert err == b""
+
+
+def test_fan_out_cuts_output_without_newlines_into_prefixed_lines(
+    env: Env, server: StartServer
+) -> None:
+    """A line was held whole and copied again with each chunk (quadratic time)."""
+    _aliases(env, alpha=server(), beta=server())
+    res = env.run("-q", "exec", "alpha", "beta", "--", "head -c 1000000 /dev/zero | tr '\\0' z")
+    assert res.returncode == 0, res.stderr
+    for label in ("alpha", "beta"):
+        prefix = f"{label:<5} | "
+        pieces = [ln[len(prefix) :] for ln in res.stdout.splitlines() if ln.startswith(prefix)]
+        assert "".join(pieces) == "z" * 1000000
+        assert len(pieces) > 1 and max(len(p) for p in pieces) <= 128 * 1024
+
+
+def test_fan_out_summary_says_timed_out_and_quiet_keeps_only_failures(
+    env: Env, server: StartServer
+) -> None:
+    _aliases(env, alpha=server(), beta=server())
+    res = env.run("exec", "alpha", "beta", "--max-time", "0.5", "--", "sleep 30")
+    assert res.returncode == 1
+    assert res.stderr.count("exit 143 (timed out)") == 2, res.stderr
+    res = env.run("-q", "exec", "alpha", "beta", "--", "true")
+    assert (res.returncode, res.stderr) == (0, "")  # README: -q, no summaries
+    res = env.run("-q", "exec", "alpha", "beta", "--", "exit 3")
+    assert res.returncode == 1 and res.stderr.count("exit 3") == 2, res.stderr
+
+
+def test_a_busy_server_is_tried_again_within_the_timeout(env: Env, server: StartServer) -> None:
+    """8 handshakes in progress from one address fill its slots (`xargs -P 16 ppcp
+    exec`): the next client failed at once, although the server says "try again"."""
+    import socket
+    import subprocess
+
+    srv = server()
+    held = [socket.create_connection((srv.host, srv.port)) for _ in range(8)]
+    try:
+        client = env.popen(
+            "exec",
+            "--host",
+            srv.address,
+            "--timeout",
+            "20",
+            "--",
+            "echo",
+            "in",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        srv.wait_for(r"refusing .*too many handshakes in progress from this address")
+    finally:
+        for sock in held:
+            sock.close()
+    try:
+        out, err = client.communicate(timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(5)
+    assert (client.returncode, out) == (0, b"in\n"), err.decode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import re
@@ -129,3 +130,56 @@ def test_shell_refused_by_policy(env: Env, server: StartServer) -> None:
     res = env.run("shell", "--host", srv.address)
     assert res.returncode == 255
     assert "refused" in res.stderr
+
+
+def test_shell_with_piped_stdin_runs_without_a_terminal(env: Env, server: StartServer) -> None:
+    """`echo cmd | ppcp shell`: the ^D typed at the end of input into a terminal could
+    be lost, and the shell then waited forever; as with ssh, no terminal is used."""
+    srv = server()
+    res = env.run("shell", "--host", srv.address, input="echo piped-$((6*7)); tty\n")
+    assert res.returncode == 1, res.stderr  # tty: "not a tty"
+    assert res.stdout.splitlines() == ["piped-42", "not a tty"]
+    assert "stdin is not a terminal" in res.stderr
+    res = env.run("-q", "shell", "--host", srv.address, input="echo err >&2; exit 4\n")
+    assert (res.returncode, res.stdout, res.stderr) == (4, "", "err\n")
+    res = env.run("shell", "--host", srv.address)  # stdin is /dev/null
+    assert res.returncode == 0, res.stderr
+    assert "no terminal" in srv.wait_for(r"shell for .*no terminal")
+
+
+def test_shell_without_terminal_keeps_the_shell_policy(env: Env, server: StartServer) -> None:
+    for policy in (("--no-shell",), ("--allow", "echo")):
+        srv = server(*policy)
+        res = env.run("shell", "--host", srv.address, input="echo ran\n")
+        assert res.returncode == 255, res
+        assert "refused" in res.stderr and "ran" not in res.stdout
+
+
+def test_background_jobs_end_when_the_connection_drops(
+    env: Env, server: StartServer, terminal: list[Terminal]
+) -> None:
+    """As with sshd: the terminal hangs up and bash passes SIGHUP on to its jobs.
+    The shell's group was SIGKILLed at once, and `sleep 501 &` ran on under init."""
+    srv = server(extra_env={"SHELL": "/bin/bash"})
+    t = open_shell(env, srv, terminal)
+    t.type("sleep 501 & echo job=$!\r")
+    pid = int(t.expect(rb"job=(\d+)").group(1))
+    job = os.pidfd_open(pid)
+    try:
+        os.kill(t.child_pid, signal.SIGKILL)  # the client dies: the connection drops
+        assert select.select([job], [], [], 30)[0], "the background job is still running"
+    finally:
+        os.close(job)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_terminal_of_unknown_size_gets_80x24(
+    env: Env, server: StartServer, terminal: list[Terminal]
+) -> None:
+    """A new pty reports 0x0 (the test's own terminal does): the remote one was 1x1."""
+    t = open_shell(env, server(), terminal)
+    t.type("echo size=$(stty size | tr ' ' x)\r")
+    t.expect(rb"size=24x80")
+    t.type("exit\r")
+    assert t.finish() == (0, True)
