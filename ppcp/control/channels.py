@@ -191,7 +191,7 @@ class ChannelMux:
         if len(self.channels) >= self.config.max_channels:
             raise ChannelError(f"too many open channels (limit {self.config.max_channels})")
         _check_kind(kind)
-        _check_payload(payload)
+        _check_payload(payload, f"the {kind!r} channel's open payload is")
         if self._next_id > MAX_CHANNEL_ID:
             raise ChannelError("channel ids exhausted for this session")
         channel_id = self._next_id
@@ -214,7 +214,7 @@ class ChannelMux:
 
     def accept(self, channel_id: int, payload: bytes = b"") -> None:
         ch = self._local(channel_id, ChannelState.ACCEPTING)
-        _check_payload(payload)
+        _check_payload(payload, "the accept payload is")
         ch.state = ChannelState.OPEN
         cfg = self.config
         body = Writer().u32(channel_id).u32(cfg.window).u32(cfg.max_packet).raw(payload)
@@ -264,7 +264,7 @@ class ChannelMux:
     def send_request(self, channel_id: int, name: str, payload: bytes = b"") -> None:
         self._local(channel_id, ChannelState.OPEN)
         _check_kind(name)
-        _check_payload(payload)
+        _check_payload(payload, f"the {name!r} request's payload is")
         self.conn.send_record(
             F.CHANNEL_REQUEST, Writer().u32(channel_id).text8(name).raw(payload).getvalue()
         )
@@ -462,9 +462,13 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"channel kind / request name must be 1..{MAX_KIND_BYTES} bytes")
 
 
-def _check_payload(payload: bytes) -> None:
+def _check_payload(payload: bytes, what: str) -> None:
+    # A ChannelError, not a ValueError: the payload is often built from user input
+    # (a command line, a shell command), and the session stays usable.
     if len(payload) > MAX_PAYLOAD:
-        raise ValueError(f"channel payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+        raise ChannelError(
+            f"{what} too long: {len(payload)} bytes (the limit is {MAX_PAYLOAD} bytes)"
+        )
 
 
 def _code_reason(channel_id: int, code: int, reason: str) -> bytes:

@@ -367,7 +367,7 @@ class ExecMixin:
         require_capability(session, CAPABILITY)
         payload = spec.encode()
         if len(payload) > MAX_PAYLOAD:
-            # Said here: the channel layer's refusal is a bare ValueError about payloads.
+            # Said here, in the user's terms: the channel layer knows only payloads.
             raise ChannelError(
                 f"the command is too long ({len(payload)} bytes encoded; the limit is "
                 f"{MAX_PAYLOAD} bytes for command, env and cwd together)"

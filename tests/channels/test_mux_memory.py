@@ -356,8 +356,12 @@ def test_close_while_accepting_rejects() -> None:
 def test_request_payload_limit() -> None:
     p = MuxPair()
     cid = p.open()
-    with pytest.raises(ValueError):
+    # Refused locally as a ChannelError (a clear message, the session usable),
+    # also for an open: the payload may come from a user's command line.
+    with pytest.raises(ChannelError, match=f"'big' request's payload is too long.*{MAX_PAYLOAD}"):
         p.client.mux.send_request(cid, "big", b"x" * (MAX_PAYLOAD + 1))
+    with pytest.raises(ChannelError, match="'shell' channel's open payload is too long"):
+        p.client.mux.open_channel("shell", b"x" * (MAX_PAYLOAD + 1))
     p.inject(
         p.client,
         F.CHANNEL_REQUEST,
