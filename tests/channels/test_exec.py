@@ -274,6 +274,36 @@ async def test_program_not_executable(session: Session, tmp_path: Path) -> None:
     assert cannot_execute_errno(info.value.message) == "EACCES"
 
 
+async def test_script_without_interpreter_line_runs_as_execvp_runs_it(
+    session: Session, tmp_path: Path
+) -> None:
+    """No "#!": execve says ENOEXEC, and execvp (so ssh, and the RFC) runs /bin/sh FILE ARGS."""
+    script = tmp_path / "no-shebang"
+    script.write_text('printf "%s|" "$0" "$@"\nexit 3\n')
+    script.chmod(0o755)
+    relative = await session.exec(["./no-shebang", "a b", "c"], cwd=str(tmp_path))
+    assert (relative.exit_code, relative.stdout) == (3, b"./no-shebang|a b|c|"), relative
+    absolute = await session.exec([str(script)])
+    assert absolute.stdout == f"{script}|".encode()
+    # Found on PATH: the shell is given the path that was executed, as glibc does.
+    (tmp_path / "empty").mkdir()
+    path = f"{tmp_path / 'empty'}:{tmp_path}"
+    found = await session.exec(["no-shebang", "x"], env={"PATH": path})
+    assert found.stdout == f"{script}|x|".encode(), found
+
+
+async def test_binary_for_another_machine_is_not_run_by_the_shell(
+    session: Session, tmp_path: Path
+) -> None:
+    program = tmp_path / "foreign"
+    program.write_bytes(b"\x7fXYZ\x00\x01\x02; touch ran\n")
+    program.chmod(0o755)
+    with pytest.raises(ChannelError, match=r"cannot execute .*foreign") as info:
+        await session.exec(["./foreign"], cwd=str(tmp_path))
+    assert cannot_execute_errno(info.value.message) == "ENOEXEC"
+    assert not (tmp_path / "ran").exists()
+
+
 def test_cannot_execute_reason_round_trip() -> None:
     import errno
 
