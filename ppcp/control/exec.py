@@ -210,6 +210,21 @@ class ExecSpec(Struct, frozen=True):
 def _check_text(value: str, what: str) -> None:
     if "\x00" in value:
         raise ChannelError(f"exec: {what} contains a NUL byte")
+    if not value.isascii():
+        check_os_text(value, f"exec: {what}")
+
+
+def check_os_text(value: str, what: str) -> None:
+    """ChannelError unless ``value`` is bytes the OS can take (RFC, exec): UTF-8, where a
+    lone surrogate U+DC80..U+DCFF stands for one byte that is not (surrogateescape).
+    Any other lone surrogate stands for nothing, and would fail the spawn."""
+    try:
+        value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        bad = ord(value[exc.start])
+        raise ChannelError(
+            f"{what} contains U+{bad:04X}, a lone surrogate that stands for no byte"
+        ) from None
 
 
 def decode_exit_status(payload: bytes) -> tuple[int | None, int | None, bool]:

@@ -304,6 +304,44 @@ async def test_binary_for_another_machine_is_not_run_by_the_shell(
     assert not (tmp_path / "ran").exists()
 
 
+async def test_bytes_that_are_not_utf8_travel_as_surrogate_escapes(
+    session: Session, tmp_path: Path
+) -> None:
+    """An argument, cwd or env value in another encoding reaches the command byte for
+    byte: the byte 0xE9 travels as U+DCE9 (RFC, exec)."""
+    (tmp_path / "caf\udce9").mkdir()
+    result = await session.exec(
+        ["sh", "-c", 'printf "%s|" "$1" "$V" "$(basename "$PWD")"', "sh", "caf\udce9"],
+        cwd=str(tmp_path / "caf\udce9"),
+        env={"V": "\udcff\udc80"},
+    )
+    assert result.stdout == b"caf\xe9|\xff\x80|caf\xe9|", result
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"argv": ["echo", "\ud800"]},
+        {"command": "echo \udc41"},  # an escape for a byte that is UTF-8 anyway
+        {"argv": ["true"], "cwd": "\udfff"},
+        {"argv": ["true"], "env": {"X": "\ud800"}},
+        {"argv": ["true"], "env": {"\ud800": "x"}},
+    ],
+)
+async def test_a_lone_surrogate_that_stands_for_no_byte_is_refused(
+    session: Session, fields: dict[str, object]
+) -> None:
+    # Sent raw: the client refuses it too (below).  It failed the spawn with an
+    # internal error (UnicodeEncodeError) and a traceback in the server's log.
+    with pytest.raises(ChannelError, match="lone surrogate that stands for no byte"):
+        await session.open_channel("exec", json.dumps(fields).encode())
+    with pytest.raises(ChannelError, match="lone surrogate"):
+        await session.exec(["echo", "\ud800"])
+    with pytest.raises(ChannelError, match="lone surrogate"):
+        await session.open_channel("shell", json.dumps({"command": "echo \ud800"}).encode())
+    assert (await session.exec(["true"])).exit_code == 0  # the session is fine
+
+
 def test_cannot_execute_reason_round_trip() -> None:
     import errno
 
