@@ -666,11 +666,7 @@ async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
     except OSError as exc:
         proc = _run_as_script(argv, cwd, env) if exc.errno == errno.ENOEXEC else None
         if proc is None:
-            if getattr(exc, "filename", None) == cwd:
-                message = f"cannot use working directory {cwd!r}: {exc.strerror or exc}"
-            else:
-                message = cannot_execute_reason(argv[0], exc)
-            channel.reject(CloseCode.CHANNEL_ERROR, message)
+            channel.reject(CloseCode.CHANNEL_ERROR, _spawn_failure(argv, cwd, env, exc))
             return
     await run_child(
         channel, proc, effective_timeout(spec.timeout, policy.max_exec_seconds), spec.stdin
@@ -704,6 +700,41 @@ def _run_as_script(argv: list[str], cwd: str, env: Mapping[str, str] | None) -> 
         return Child.spawn([SCRIPT_SHELL, path, *argv[1:]], cwd=cwd, env=env)
     except OSError:
         return None  # the original ENOEXEC is the clearer report
+
+
+def _spawn_failure(argv: list[str], cwd: str, env: Mapping[str, str] | None, exc: OSError) -> str:
+    """The reason of the CHANNEL_REJECT for a command that could not be started."""
+    if getattr(exc, "filename", None) == cwd:
+        return f"cannot use working directory {cwd!r}: {exc.strerror or exc}"
+    reason = cannot_execute_reason(argv[0], exc)
+    if exc.errno == errno.ENOENT:
+        # The program exists but its "#!" interpreter does not (often "/bin/sh\r",
+        # a script saved with CRLF line ends): "No such file" alone would send the
+        # user looking for the wrong file.
+        # The name holds no blank, so it cannot look like ": ENAME: " (RFC: the last one).
+        interpreter = _missing_interpreter(argv[0], cwd, env)
+        if interpreter is not None:
+            reason += f" (the interpreter {interpreter!r} on its #! line)"
+    return reason
+
+
+def _missing_interpreter(program: str, cwd: str, env: Mapping[str, str] | None) -> str | None:
+    path = _script_file(program, cwd, env)
+    if path is None:
+        return None
+    try:
+        with open(os.path.join(cwd, path), "rb") as script:
+            head = script.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    # As the kernel reads it: blanks, then the name up to a blank or the line's end.
+    words = head[2:].partition(b"\n")[0].lstrip(b" \t").replace(b"\t", b" ").split(b" ")
+    interpreter = os.fsdecode(words[0])
+    if not interpreter or os.path.exists(os.path.join(cwd, interpreter)):
+        return None
+    return interpreter
 
 
 def _script_file(program: str, cwd: str, env: Mapping[str, str] | None) -> str | None:

@@ -342,6 +342,28 @@ async def test_a_lone_surrogate_that_stands_for_no_byte_is_refused(
     assert (await session.exec(["true"])).exit_code == 0  # the session is fine
 
 
+async def test_a_missing_interpreter_is_named(session: Session, tmp_path: Path) -> None:
+    """A script whose "#!" interpreter does not exist fails with ENOENT, though the
+    script does: the reason names the interpreter (CRLF line ends: '/bin/sh\\r')."""
+    crlf = tmp_path / "crlf"
+    crlf.write_bytes(b"#!/bin/sh\r\necho ran\r\n")
+    crlf.chmod(0o755)
+    with pytest.raises(ChannelError) as info:
+        await session.exec([str(crlf)])
+    assert "(the interpreter '/bin/sh\\r' on its #! line)" in info.value.message
+    assert cannot_execute_errno(info.value.message) == "ENOENT"  # still 127 for the CLI
+    odd = tmp_path / "odd"
+    odd.write_text("#! \t/no/such: EACCES: x -w\necho ran\n")  # read up to a blank
+    odd.chmod(0o755)
+    with pytest.raises(ChannelError) as info:
+        await session.exec(["odd"], env={"PATH": str(tmp_path)})
+    assert "(the interpreter '/no/such:' on its #! line)" in info.value.message
+    assert cannot_execute_errno(info.value.message) == "ENOENT"
+    with pytest.raises(ChannelError) as info:
+        await session.exec([str(tmp_path / "absent")])  # no file: nothing to add
+    assert info.value.message.endswith("ENOENT: No such file or directory")
+
+
 def test_cannot_execute_reason_round_trip() -> None:
     import errno
 
