@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ppcp.core.limits import ServerLimits
     from ppcp.discovery import aio_discover as discover
     from ppcp.discovery import aio_find_server as find_server
-    from ppcp.transport.aio_server import Handler, Server, serve
+    from ppcp.transport.aio_server import Handler, ListenError, Server, serve
 
 Session = AsyncSession
 
@@ -88,6 +88,7 @@ async def server_accept(
 __all__ = [
     "AsyncSession",
     "Handler",
+    "ListenError",
     "Server",
     "ServerLimits",
     "ServerPolicy",
@@ -104,6 +105,7 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "Handler": "ppcp.transport.aio_server",
+        "ListenError": "ppcp.transport.aio_server",
         "Server": "ppcp.transport.aio_server",
         "serve": "ppcp.transport.aio_server",
         "ServerPolicy": "ppcp.control.router",

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from ppcp.aio import Server
     from ppcp.control.router import ServerPolicy
+    from ppcp.transport.aio_server import ListenError
 
 
 @click.command("serve")
@@ -182,6 +183,7 @@ async def _serve(
 
     from ppcp import SessionConfig
     from ppcp.aio import serve
+    from ppcp.transport.aio_server import ListenError
 
     log = logging.getLogger("ppcp.server")
     name = options.name or ctx.config.name
@@ -190,15 +192,10 @@ async def _serve(
     kwargs.update(discovery_kwargs(options, ctx))
     try:
         server: Server = await serve(options.bind, ctx.port, psk, **kwargs)
-    except OSError as exc:
+    except ListenError as exc:
         from ppcp.cli.errors import EXIT_CONNECTION, CLIError
 
-        raise CLIError(
-            EXIT_CONNECTION,
-            f"cannot start the server on {options.bind} port {ctx.port} "
-            f"(discovery: UDP {ctx.udp_port}): {exc.strerror or exc}. "
-            "Is another server running there?",
-        ) from None
+        raise CLIError(EXIT_CONNECTION, listen_failure(exc)) from None
     if stop is None:
         stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -234,6 +231,39 @@ async def _serve(
         for sig in stop_signals:
             loop.remove_signal_handler(sig)
     log.info("server stopped")
+
+
+def listen_failure(exc: ListenError) -> str:
+    """Which port could not be opened, why, and what to do about it."""
+    import errno
+
+    tcp = exc.what == "TCP"
+    if tcp:
+        host = f"[{exc.host}]" if exc.host and ":" in exc.host else exc.host
+        where = f"the server's TCP port {host}:{exc.port}"
+        option = "--port (--port 0 picks a free one)"
+    else:
+        where = f"the discovery UDP port {exc.port}"
+        option = (
+            "--discovery-port (clients then need the same --discovery-port), or "
+            "--no-discovery (clients then need --host)"
+        )
+    reason = (exc.strerror or "").rstrip(".")
+    reason = reason[:1].lower() + reason[1:]
+    if exc.errno == errno.EADDRINUSE:
+        why = f"{reason}: another program (another ppcp serve?) uses it"
+        fix = f"Stop that program, or choose another port with {option}."
+    elif exc.errno in (errno.EACCES, errno.EPERM) and 0 < exc.port < 1024:
+        why = f"{reason}: ports below 1024 need root (or CAP_NET_BIND_SERVICE)"
+        fix = f"Choose a port of 1024 or above with {option}."
+    elif tcp and (exc.errno == errno.EADDRNOTAVAIL or (exc.errno or 0) < 0):
+        # (A negative number is getaddrinfo's: the name itself is unknown.)
+        why = f"{reason}: {exc.host} is not an address of this machine"
+        fix = "Choose one with --bind (0.0.0.0 for all, 127.0.0.1 for this machine only)."
+    else:
+        why = reason
+        fix = f"Choose another port with {option}."
+    return f"cannot listen on {where}: {why}. {fix}"
 
 
 def discovery_kwargs(options: ServeOptions, ctx: Any) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Wire schema (docs/rfc.md section 15.10.2, "exec"):
 
 * channel kind ``"exec"``; open payload, a JSON object: ``{"command": str}`` (run
   by the server user's shell, ``$SHELL -c``) or ``{"argv": [str, ...]}`` (run
-  directly), plus optional ``"cwd"``, ``"env"`` (merged into the server's
+  directly, as execvp does: a text file without ``#!`` runs as ``/bin/sh FILE
+  ARGS...``), plus optional ``"cwd"``, ``"env"`` (merged into the server's
   environment) and ``"timeout"`` (seconds);
 * accept payload ``{"pid": int}``: the channel is accepted once the process runs;
   a program that cannot be started (argv form) is a CHANNEL_REJECT with
@@ -209,6 +210,21 @@ class ExecSpec(Struct, frozen=True):
 def _check_text(value: str, what: str) -> None:
     if "\x00" in value:
         raise ChannelError(f"exec: {what} contains a NUL byte")
+    if not value.isascii():
+        check_os_text(value, f"exec: {what}")
+
+
+def check_os_text(value: str, what: str) -> None:
+    """ChannelError unless ``value`` is bytes the OS can take (RFC, exec): UTF-8, where a
+    lone surrogate U+DC80..U+DCFF stands for one byte that is not (surrogateescape).
+    Any other lone surrogate stands for nothing, and would fail the spawn."""
+    try:
+        value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        bad = ord(value[exc.start])
+        raise ChannelError(
+            f"{what} contains U+{bad:04X}, a lone surrogate that stands for no byte"
+        ) from None
 
 
 def decode_exit_status(payload: bytes) -> tuple[int | None, int | None, bool]:
@@ -644,18 +660,96 @@ async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
     cwd = os.path.join(home, spec.cwd) if spec.cwd else home
     peer = channel.session.peer_name
     log.info("exec for %s: %r", peer, argv)  # repr: no raw control characters in logs
+    proc: Child | None
     try:
         proc = Child.spawn(argv, cwd=cwd, env=env)
     except OSError as exc:
-        if getattr(exc, "filename", None) == cwd:
-            message = f"cannot use working directory {cwd!r}: {exc.strerror or exc}"
-        else:
-            message = cannot_execute_reason(argv[0], exc)
-        channel.reject(CloseCode.CHANNEL_ERROR, message)
-        return
+        proc = _run_as_script(argv, cwd, env) if exc.errno == errno.ENOEXEC else None
+        if proc is None:
+            channel.reject(CloseCode.CHANNEL_ERROR, _spawn_failure(argv, cwd, env, exc))
+            return
     await run_child(
         channel, proc, effective_timeout(spec.timeout, policy.max_exec_seconds), spec.stdin
     )
+
+
+# execvp's interpreter for an executable file without a "#!" line (glibc's _PATH_BSHELL).
+SCRIPT_SHELL = "/bin/sh"
+# bash's test for a binary file: a NUL byte before the first newline of this much.
+_BINARY_SAMPLE = 80
+
+
+def _run_as_script(argv: list[str], cwd: str, env: Mapping[str, str] | None) -> Child | None:
+    """What execvp does when execve fails with ENOEXEC: ``/bin/sh FILE ARGS...``.
+
+    Only on that failure, so the common case pays nothing.  None where execvp's
+    answer would not help: no such file found again, or a binary for another
+    machine, which /bin/sh would only read as garbled commands.
+    """
+    path = _script_file(argv[0], cwd, env)
+    if path is None:
+        return None
+    try:
+        with open(os.path.join(cwd, path), "rb") as script:
+            head = script.read(_BINARY_SAMPLE)
+    except OSError:
+        return None
+    if b"\x00" in head.partition(b"\n")[0]:
+        return None
+    try:
+        return Child.spawn([SCRIPT_SHELL, path, *argv[1:]], cwd=cwd, env=env)
+    except OSError:
+        return None  # the original ENOEXEC is the clearer report
+
+
+def _spawn_failure(argv: list[str], cwd: str, env: Mapping[str, str] | None, exc: OSError) -> str:
+    """The reason of the CHANNEL_REJECT for a command that could not be started."""
+    if getattr(exc, "filename", None) == cwd:
+        return f"cannot use working directory {cwd!r}: {exc.strerror or exc}"
+    reason = cannot_execute_reason(argv[0], exc)
+    if exc.errno == errno.ENOENT:
+        # The program exists but its "#!" interpreter does not (often "/bin/sh\r",
+        # a script saved with CRLF line ends): "No such file" alone would send the
+        # user looking for the wrong file.
+        # The name holds no blank, so it cannot look like ": ENAME: " (RFC: the last one).
+        interpreter = _missing_interpreter(argv[0], cwd, env)
+        if interpreter is not None:
+            reason += f" (the interpreter {interpreter!r} on its #! line)"
+    return reason
+
+
+def _missing_interpreter(program: str, cwd: str, env: Mapping[str, str] | None) -> str | None:
+    path = _script_file(program, cwd, env)
+    if path is None:
+        return None
+    try:
+        with open(os.path.join(cwd, path), "rb") as script:
+            head = script.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    # As the kernel reads it: blanks, then the name up to a blank or the line's end.
+    words = head[2:].partition(b"\n")[0].lstrip(b" \t").replace(b"\t", b" ").split(b" ")
+    interpreter = os.fsdecode(words[0])
+    if not interpreter or os.path.exists(os.path.join(cwd, interpreter)):
+        return None
+    return interpreter
+
+
+def _script_file(program: str, cwd: str, env: Mapping[str, str] | None) -> str | None:
+    """The file execve was given for ``program``: with a slash, itself; otherwise
+    the first executable file on the command's PATH (the one subprocess ran,
+    since no earlier candidate could be executed).  Relative to ``cwd``, where
+    both the command and the shell run."""
+    if "/" in program:
+        return program
+    for directory in os.get_exec_path(env):
+        path = os.path.join(directory, program)
+        full = os.path.join(cwd, path)
+        if os.path.isfile(full) and os.access(full, os.X_OK):
+            return path
+    return None
 
 
 async def run_child(channel: AsyncChannel, proc: Child, timeout: float | None, stdin: bool) -> None:

@@ -40,6 +40,7 @@ from ppcp.control.aio_channel import AsyncChannel, decode_json, encode_json
 from ppcp.control.child import Child
 from ppcp.control.exec import (
     AsyncProcess,
+    check_os_text,
     close_subprocess_transport,
     decode_exit_status,
     encode_exit_status,
@@ -86,12 +87,13 @@ class ShellSpec(Struct, frozen=True):
     pty: bool = True
 
     def __post_init__(self) -> None:
-        raw = self.term.encode("utf-8")
-        if not raw or len(raw) > MAX_TERM_BYTES or has_control_chars(self.term):
+        if not sendable_term(self.term):
             raise ChannelError(f"shell: invalid terminal type {self.term!r}")
         check_size(self.cols, self.rows)
-        if self.command is not None and (not self.command.strip() or "\x00" in self.command):
-            raise ChannelError("shell: invalid command")
+        if self.command is not None:
+            if not self.command.strip() or "\x00" in self.command:
+                raise ChannelError("shell: invalid command")
+            check_os_text(self.command, "shell: command")
 
     def encode(self) -> bytes:
         obj: dict[str, Any] = {
@@ -116,6 +118,15 @@ class ShellSpec(Struct, frozen=True):
             raise ChannelError("shell: pty must be a boolean")
         cols, rows = _size(obj)
         return cls(term, cols, rows, command, pty)
+
+
+def sendable_term(term: str) -> bool:
+    """1 to 64 bytes of UTF-8 without control characters (RFC, shell)."""
+    try:
+        raw = term.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: from a TERM that is not UTF-8
+        return False
+    return 0 < len(raw) <= MAX_TERM_BYTES and not has_control_chars(term)
 
 
 def check_size(cols: int, rows: int) -> None:
@@ -297,7 +308,11 @@ def attach_terminal(
     """:meth:`ppcp.Session.shell`: the local terminal on a remote shell; its exit code."""
     in_fd = sys.stdin.fileno() if stdin is None else stdin
     out_fd = sys.stdout.fileno() if stdout is None else stdout
-    term = term or os.environ.get("TERM") or DEFAULT_TERM
+    if not term:
+        # $TERM only picks the remote terminfo entry: one the wire cannot carry
+        # (not UTF-8, too long) must not cost the user the shell, as it does not with ssh.
+        local = os.environ.get("TERM")
+        term = local if local and sendable_term(local) else DEFAULT_TERM
     cols, rows = _terminal_size(out_fd)
     sh = session.open_shell(term=term, cols=cols, rows=rows, command=command)
     return _attach(sh, in_fd, out_fd, (cols, rows))

@@ -87,6 +87,8 @@ class SyncShellMixin:
         restored, whatever ends it.  Window size changes (SIGWINCH, when
         called from the main thread) are forwarded.  ``stdin``/``stdout``
         are file descriptors (default: those of ``sys.stdin``/``sys.stdout``).
+        ``term`` defaults to ``$TERM``, or ``xterm-256color`` when that is unset
+        or cannot be sent (not UTF-8, control characters, over 64 bytes).
         """
         from ppcp.control.shell import attach_terminal
 

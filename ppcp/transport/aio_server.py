@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
@@ -40,6 +41,27 @@ if TYPE_CHECKING:
 log = logging.getLogger("ppcp.server")
 
 Handler = Callable[[AsyncSession], Awaitable[None]]
+
+
+class ListenError(OSError):
+    """:func:`serve` could not open one of its sockets.
+
+    The OSError it was (same ``errno``; ``strerror`` the system's text alone),
+    plus which socket: ``what`` is ``"TCP"`` (the server's port) or ``"UDP"``
+    (discovery), ``host`` and ``port`` where it was to listen.  Whoever reports
+    it can then say which of the two ports is taken or refused, and how to fix it.
+    """
+
+    def __init__(self, exc: OSError, what: str, host: str | None, port: int) -> None:
+        text = exc.strerror if isinstance(exc, socket.gaierror) or not exc.errno else None
+        super().__init__(exc.errno, text or os.strerror(exc.errno or 0))
+        self.what = what
+        self.host = host
+        self.port = port
+
+    def __str__(self) -> str:
+        where = f"[{self.host}]" if self.host and ":" in self.host else self.host or "*"
+        return f"cannot listen on {self.what} {where}:{self.port}: {self.strerror}"
 
 
 class Server:
@@ -298,6 +320,9 @@ async def serve(
     ``discovery_port`` (0: ephemeral, as tests should use) and, if ``mdns``
     (default: unless bound to loopback or discovery_port is 0), advertises
     itself over mDNS; see :func:`ppcp.discovery.start_server_discovery`.
+
+    Raises :class:`ListenError` (an OSError) naming the TCP or UDP port that
+    could not be opened; nothing is left listening then.
     """
     limits = limits or ServerLimits()
     if max_unauthenticated is not None:
@@ -305,7 +330,10 @@ async def serve(
     server = Server(
         psk, handler, config or SessionConfig(), limits.max_unauthenticated, policy, limits
     )
-    await server.start(host, port, sock)
+    try:
+        await server.start(host, port, sock)
+    except OSError as exc:
+        raise ListenError(exc, "TCP", host, port) from exc
     # --- discovery (owned by ppcp.discovery) ---
     if discovery:
         from ppcp.discovery.responder import start_server_discovery
@@ -321,6 +349,10 @@ async def serve(
                 server_id_path=server_id_path,
                 mdns=mdns,
             )
+        except OSError as exc:
+            await server.aclose()
+            # Responder binds the wildcard address, whatever host the TCP port is on.
+            raise ListenError(exc, "UDP", "0.0.0.0", discovery_port) from exc
         except BaseException:
             await server.aclose()
             raise
@@ -328,4 +360,4 @@ async def serve(
     return server
 
 
-__all__ = ["Handler", "Server", "serve"]
+__all__ = ["Handler", "ListenError", "Server", "serve"]

@@ -274,6 +274,96 @@ async def test_program_not_executable(session: Session, tmp_path: Path) -> None:
     assert cannot_execute_errno(info.value.message) == "EACCES"
 
 
+async def test_script_without_interpreter_line_runs_as_execvp_runs_it(
+    session: Session, tmp_path: Path
+) -> None:
+    """No "#!": execve says ENOEXEC, and execvp (so ssh, and the RFC) runs /bin/sh FILE ARGS."""
+    script = tmp_path / "no-shebang"
+    script.write_text('printf "%s|" "$0" "$@"\nexit 3\n')
+    script.chmod(0o755)
+    relative = await session.exec(["./no-shebang", "a b", "c"], cwd=str(tmp_path))
+    assert (relative.exit_code, relative.stdout) == (3, b"./no-shebang|a b|c|"), relative
+    absolute = await session.exec([str(script)])
+    assert absolute.stdout == f"{script}|".encode()
+    # Found on PATH: the shell is given the path that was executed, as glibc does.
+    (tmp_path / "empty").mkdir()
+    path = f"{tmp_path / 'empty'}:{tmp_path}"
+    found = await session.exec(["no-shebang", "x"], env={"PATH": path})
+    assert found.stdout == f"{script}|x|".encode(), found
+
+
+async def test_binary_for_another_machine_is_not_run_by_the_shell(
+    session: Session, tmp_path: Path
+) -> None:
+    program = tmp_path / "foreign"
+    program.write_bytes(b"\x7fXYZ\x00\x01\x02; touch ran\n")
+    program.chmod(0o755)
+    with pytest.raises(ChannelError, match=r"cannot execute .*foreign") as info:
+        await session.exec(["./foreign"], cwd=str(tmp_path))
+    assert cannot_execute_errno(info.value.message) == "ENOEXEC"
+    assert not (tmp_path / "ran").exists()
+
+
+async def test_bytes_that_are_not_utf8_travel_as_surrogate_escapes(
+    session: Session, tmp_path: Path
+) -> None:
+    """An argument, cwd or env value in another encoding reaches the command byte for
+    byte: the byte 0xE9 travels as U+DCE9 (RFC, exec)."""
+    (tmp_path / "caf\udce9").mkdir()
+    result = await session.exec(
+        ["sh", "-c", 'printf "%s|" "$1" "$V" "$(basename "$PWD")"', "sh", "caf\udce9"],
+        cwd=str(tmp_path / "caf\udce9"),
+        env={"V": "\udcff\udc80"},
+    )
+    assert result.stdout == b"caf\xe9|\xff\x80|caf\xe9|", result
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"argv": ["echo", "\ud800"]},
+        {"command": "echo \udc41"},  # an escape for a byte that is UTF-8 anyway
+        {"argv": ["true"], "cwd": "\udfff"},
+        {"argv": ["true"], "env": {"X": "\ud800"}},
+        {"argv": ["true"], "env": {"\ud800": "x"}},
+    ],
+)
+async def test_a_lone_surrogate_that_stands_for_no_byte_is_refused(
+    session: Session, fields: dict[str, object]
+) -> None:
+    # Sent raw: the client refuses it too (below).  It failed the spawn with an
+    # internal error (UnicodeEncodeError) and a traceback in the server's log.
+    with pytest.raises(ChannelError, match="lone surrogate that stands for no byte"):
+        await session.open_channel("exec", json.dumps(fields).encode())
+    with pytest.raises(ChannelError, match="lone surrogate"):
+        await session.exec(["echo", "\ud800"])
+    with pytest.raises(ChannelError, match="lone surrogate"):
+        await session.open_channel("shell", json.dumps({"command": "echo \ud800"}).encode())
+    assert (await session.exec(["true"])).exit_code == 0  # the session is fine
+
+
+async def test_a_missing_interpreter_is_named(session: Session, tmp_path: Path) -> None:
+    """A script whose "#!" interpreter does not exist fails with ENOENT, though the
+    script does: the reason names the interpreter (CRLF line ends: '/bin/sh\\r')."""
+    crlf = tmp_path / "crlf"
+    crlf.write_bytes(b"#!/bin/sh\r\necho ran\r\n")
+    crlf.chmod(0o755)
+    with pytest.raises(ChannelError) as info:
+        await session.exec([str(crlf)])
+    assert "(the interpreter '/bin/sh\\r' on its #! line)" in info.value.message
+    assert cannot_execute_errno(info.value.message) == "ENOENT"  # still 127 for the CLI
+    odd = tmp_path / "odd"
+    odd.write_text("#! \t/no/such: EACCES: x -w\necho ran\n")  # read up to a blank
+    odd.chmod(0o755)
+    with pytest.raises(ChannelError) as info:
+        await session.exec(["odd"], env={"PATH": str(tmp_path)})
+    assert "(the interpreter '/no/such:' on its #! line)" in info.value.message
+    assert cannot_execute_errno(info.value.message) == "ENOENT"
+    with pytest.raises(ChannelError) as info:
+        await session.exec([str(tmp_path / "absent")])  # no file: nothing to add
+    assert info.value.message.endswith("ENOENT: No such file or directory")
+
+
 def test_cannot_execute_reason_round_trip() -> None:
     import errno
 

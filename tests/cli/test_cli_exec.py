@@ -76,6 +76,16 @@ def test_remote_program_not_executable_is_126(shared_env: Env, shared: Server) -
     assert res.stdout == ""
 
 
+def test_remote_script_without_interpreter_line(shared_env: Env, shared: Server) -> None:
+    """`ppcp exec HOST ./script arg` runs a script without "#!" as `ssh HOST ./script arg`."""
+    env, srv = shared_env, shared
+    script = shared_env.home / "plain-script"
+    script.write_text('echo "ran with $1"\nexit 4\n')
+    script.chmod(0o755)
+    res = env.run("exec", "--host", srv.address, "./plain-script", "arg")
+    assert (res.returncode, res.stdout) == (4, "ran with arg\n"), res.stderr
+
+
 def test_remote_signal_is_128_plus_n(shared_env: Env, shared: Server) -> None:
     env, srv = shared_env, shared
     res = env.run("exec", "--host", srv.address, "--", "kill -TERM $$")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
-from cli_helpers import Env, StartServer
+from cli_helpers import PPCP, Env, StartServer
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
@@ -53,8 +57,66 @@ def test_logs_connections_transfers_and_auth_failures(
     srv.wait_for(r"get by .*copy.txt done")
 
 
-def test_port_in_use(env: Env, server: StartServer) -> None:
+def test_tcp_port_in_use(env: Env, server: StartServer) -> None:
+    """Without discovery only the TCP port can fail, and the message must say so."""
     srv = server()
     res = env.run("serve", "--bind", "127.0.0.1", "--port", str(srv.port), "--no-discovery")
-    assert res.returncode == 5
-    assert "cannot start the server" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 5, res.stderr
+    assert f"TCP port 127.0.0.1:{srv.port}" in res.stderr
+    assert "already in use" in res.stderr and "--port" in res.stderr
+    assert "UDP" not in res.stderr and "discovery" not in res.stderr
+    assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_discovery_port_in_use(env: Env) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        res = env.run("serve", "--bind", "127.0.0.1", "--port", "0", "--discovery-port", str(port))
+    assert res.returncode == 5, res.stderr
+    assert f"discovery UDP port {port}" in res.stderr and "already in use" in res.stderr
+    assert "--discovery-port" in res.stderr and "--no-discovery" in res.stderr
+    assert "TCP" not in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to run a server without CAP_NET_BIND_SERVICE",
+)
+@pytest.mark.parametrize("which", ["TCP", "UDP"])
+def test_privileged_port_refused(env: Env, which: str) -> None:
+    """Root without CAP_NET_BIND_SERVICE: the port below 1024 is refused, and said so."""
+    with socket.socket() as probe:  # a low port nothing uses, if there is one
+        for port in range(1000, 1023):
+            try:
+                probe.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+        else:
+            pytest.skip("no free port below 1024")
+    ports = ["--port", str(port), "--no-discovery"]
+    if which == "UDP":
+        ports = ["--port", "0", "--discovery-port", str(port)]
+    no_cap = ["setpriv", "--bounding-set=-net_bind_service"]
+    res = subprocess.run(
+        [*no_cap, *PPCP, "serve", "--bind", "127.0.0.1", *ports],
+        capture_output=True,
+        text=True,
+        env=env.vars,
+        cwd=env.home,
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+    )
+    assert res.returncode == 5, res.stderr
+    where = f"TCP port 127.0.0.1:{port}" if which == "TCP" else f"discovery UDP port {port}"
+    assert where in res.stderr, res.stderr
+    assert "permission denied" in res.stderr and "1024" in res.stderr
+
+
+def test_bind_address_not_on_this_machine(env: Env) -> None:
+    # 192.0.2.0/24 is TEST-NET-1: never assigned, so nothing is sent or bound.
+    res = env.run("serve", "--bind", "192.0.2.1", "--port", "0", "--no-discovery")
+    assert res.returncode == 5, res.stderr
+    assert "TCP port 192.0.2.1:0" in res.stderr and "--bind" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pty
 import re
@@ -123,6 +124,20 @@ def test_terminal_restored_when_the_client_is_terminated(
     assert restored
     assert rc == 255
     assert b"SIGTERM" in t.screen
+
+
+@pytest.mark.parametrize("local_term", ["caf\udce9", "x" * 70], ids=["not-utf-8", "too-long"])
+def test_a_term_the_wire_cannot_carry_falls_back(
+    env: Env, server: StartServer, terminal: list[Terminal], local_term: str
+) -> None:
+    """$TERM only picks the remote terminfo entry: an odd one (here not UTF-8, which
+    was an internal error, or over 64 bytes, which was refused) must not cost the shell."""
+    odd = dataclasses.replace(env, vars={**env.vars, "TERM": local_term})
+    t = open_shell(odd, server(), terminal)
+    t.type("echo term=$TERM\r")
+    t.expect(rb"term=xterm-256color")
+    t.type("exit 6\r")
+    assert t.finish() == (6, True)
 
 
 def test_shell_refused_by_policy(env: Env, server: StartServer) -> None:

@@ -377,13 +377,34 @@ async def test_serve_starts_and_stops_discovery(psk: str, tmp_path: Path) -> Non
 
 
 async def test_serve_fails_cleanly_when_the_udp_port_is_taken(psk: str) -> None:
+    import errno
+
     taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     taken.bind(("0.0.0.0", 0))
+    port = taken.getsockname()[1]
     try:
-        with pytest.raises(OSError):
-            await ppcp.aio.serve("127.0.0.1", 0, psk, echo, discovery_port=taken.getsockname()[1])
+        with pytest.raises(ppcp.aio.ListenError) as info:
+            await ppcp.aio.serve("127.0.0.1", 0, psk, echo, discovery_port=port)
     finally:
         taken.close()
+    # Still the OSError it was, and it says which of the server's two ports failed.
+    assert isinstance(info.value, OSError) and info.value.errno == errno.EADDRINUSE
+    assert (info.value.what, info.value.port) == ("UDP", port)
+    assert str(info.value) == f"cannot listen on UDP 0.0.0.0:{port}: Address already in use"
+
+
+async def test_serve_names_the_tcp_port_it_cannot_listen_on(psk: str) -> None:
+    import errno
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ppcp.aio.ListenError) as info:
+            await ppcp.aio.serve("127.0.0.1", port, psk, echo, discovery=False)
+    assert info.value.errno == errno.EADDRINUSE
+    assert (info.value.what, info.value.host, info.value.port) == ("TCP", "127.0.0.1", port)
+    assert info.value.strerror == "Address already in use"  # the reason alone, once
 
 
 async def test_ephemeral_servers_write_no_state(psk: str, tmp_path: Path) -> None:
