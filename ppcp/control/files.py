@@ -243,9 +243,9 @@ def local_opener(path: str) -> Callable[[], int]:
 def local_items(top: str) -> tuple[list[SendItem], int]:
     """Everything below the local directory ``top``, parents before children.
 
-    Symlinks to files are followed; symlinks to directories, special files,
-    names the wire cannot carry and unfinished part files are skipped (and
-    reported).
+    Symlinks to files are followed; symlinks to directories, special files and
+    names the wire cannot carry are skipped (and reported).  Part files are left
+    out unreported: they hold another transfer's unfinished data, not the user's.
     """
     st = os.stat(top)
     items: list[SendItem] = [SendDir((), stat.S_IMODE(st.st_mode), st.st_mtime_ns)]
@@ -265,6 +265,8 @@ def local_items(top: str) -> tuple[list[SendItem], int]:
             continue
         subdirs = []
         for name, is_link in entries:
+            if is_part_name(name):
+                continue
             child = (*rel, name)
             full = os.path.join(path, name)
             reason = skip_reason(name, child) or local_kind(full, is_link)
@@ -303,8 +305,6 @@ def skip_reason(name: str, rel: tuple[str, ...]) -> str | None:
         check_name(name)
     except RemotePathError:
         return "unsafe file name (control characters, invalid UTF-8 or too long)"
-    if is_part_name(name):
-        return "unfinished transfer (part file)"
     if len(join(rel).encode("utf-8")) > MAX_PATH_BYTES:
         return f"path longer than {MAX_PATH_BYTES} bytes"
     return None
@@ -498,7 +498,8 @@ def remote_opener(tree: Tree, parts: tuple[str, ...]) -> Callable[[], int]:
 
 
 def remote_items(tree: Tree, base: tuple[str, ...]) -> tuple[list[SendItem], int]:
-    """Everything below ``base``, parents first; anything unsafe is skipped and reported."""
+    """Everything below ``base``, parents first; anything unsafe is skipped and reported
+    (part files are left out unreported, as in :func:`local_items`)."""
     items: list[SendItem] = []
     total = 0
     stack: list[tuple[str, ...]] = [()]
@@ -514,6 +515,10 @@ def remote_items(tree: Tree, base: tuple[str, ...]) -> tuple[list[SendItem], int
             items.append(SendSkip(display(join(rel)), exc.message))
             continue
         for name, lst in listed:
+            if is_part_name(name):
+                # Another transfer's unfinished data: not what the user asked for.
+                log.debug("get: leaving out the part file %s", display(join((*rel, name))))
+                continue
             child = (*rel, name)
             shown = display(join(child))
             reason = skip_reason(name, child)

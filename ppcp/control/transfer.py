@@ -796,8 +796,11 @@ class Receiver(Struct):
                     self.make_dir(d)
             elif name == "skip":
                 obj = decode_json(payload, "skip")
-                shown = display(field_str(obj, "path", "skip"))
-                self.stats.skipped.append(f"{shown}: {display(field_str(obj, 'reason', 'skip'))}")
+                path, reason = field_str(obj, "path", "skip"), field_str(obj, "reason", "skip")
+                # Older senders reported part files, another transfer's unfinished data:
+                # not the user's, so not a reason to call the copy incomplete.
+                if not is_part_name(path.rpartition("/")[2]):
+                    self.stats.skipped.append(f"{display(path)}: {display(reason)}")
             elif name == "finish":
                 return
             else:

@@ -104,6 +104,19 @@ def test_skipped_entries_are_listed_and_fail_the_copy(
     assert (root / "tree" / "a.txt").read_text() == "a"  # the rest was copied
 
 
+def test_get_r_leaves_part_files_out_silently(
+    env: Env, srv: Server, root: Path, tmp_path: Path
+) -> None:
+    """Unfinished part files of another transfer are not the user's data: exit 0."""
+    (root / "tree").mkdir()
+    (root / "tree" / "a.txt").write_text("a")
+    (root / "tree" / ".b.txt.ppcp-part").write_text("half of b")
+    res = env.run("get", "-r", ":tree", str(tmp_path / "copy"), "--host", srv.address)
+    assert res.returncode == 0, res.stderr
+    assert "skipped" not in res.stderr and "ppcp-part" not in res.stderr
+    assert os.listdir(tmp_path / "copy") == ["a.txt"]
+
+
 def test_several_files_into_a_directory(env: Env, srv: Server, root: Path, tmp_path: Path) -> None:
     (root / "inbox").mkdir()
     files = [tmp_path / f"f{i}.txt" for i in range(3)]
