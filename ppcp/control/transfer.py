@@ -61,6 +61,7 @@ from ppcp.core.errors import (
     error_for_code,
 )
 from ppcp.core.states import Role
+from ppcp.handshake.messages import MAX_REASON_BYTES
 from ppcp.transport.frames import Frame, FrameType
 from ppcp.utils.codec import Writer
 
@@ -403,13 +404,28 @@ def hash_prefix(fd: int, length: int) -> hashlib._Hash:
     return h
 
 
+class NoSpace(TransferError):
+    """The disk (or the quota) is full: a receiver then says what became of the file."""
+
+    what = "no space left on device"
+
+
 def io_error(exc: OSError, action: str, shown: str) -> TransferError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return TransferError(
-            f"no space left on device while {action} {shown}; the partial file is kept so "
-            "the transfer can resume"
-        )
+        text = exc.strerror or os.strerror(exc.errno)
+        error = NoSpace(f"{text[:1].lower()}{text[1:]} while {action} {shown}")
+        error.what = f"{text[:1].lower()}{text[1:]}"
+        return error
     return TransferError(f"{action} {shown} failed: {exc.strerror or exc}")
+
+
+def human_size(n: float) -> str:
+    """A byte count for a message (the CLI has its own: it does not import this module)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 class Compressor:
@@ -920,11 +936,36 @@ class Receiver(Struct):
                     os.rename(t.name, part, src_dir_fd=t.dir_fd, dst_dir_fd=t.dir_fd)
             fd = await lock_part(t.dir_fd, part, shown)
             try:
-                digest = await self.receive_into(fd, entry, shown, t.dir_fd, part)
+                try:
+                    digest = await self.receive_into(fd, entry, shown, t.dir_fd, part)
+                except NoSpace as exc:
+                    raise no_space(exc, t, part, fd, entry.size) from None
                 try:
                     os.fchmod(fd, entry.mode & self.mode_mask)
                     os.utime(fd, ns=(time.time_ns(), entry.mtime_ns))
+                except OSError as exc:
+                    raise io_error(exc, "storing", shown) from None
+                try:
                     await in_thread(fd, os.fsync)
+                except OSError as exc:
+                    # Linux marks pages it failed to write back clean: the part would read
+                    # back right from the cache while the disk holds something else, so a
+                    # resume would verify it and store it torn.  Only a new copy is safe.
+                    with contextlib.suppress(OSError):
+                        os.unlink(part, dir_fd=t.dir_fd)
+                    why = exc.strerror or str(exc)
+                    fate = "is unchanged" if exists_at(t, t.name) else "was not created"
+                    raise TransferError(
+                        within_reason(
+                            lambda shown: (
+                                f"storing {shown} failed: {why}; the copy received "
+                                "was discarded (its data may not have reached the disk) and "
+                                f"{shown} {fate}"
+                            ),
+                            t.path,
+                        )
+                    ) from None
+                try:
                     os.rename(part, t.name, src_dir_fd=t.dir_fd, dst_dir_fd=t.dir_fd)
                 except OSError as exc:
                     raise io_error(exc, "storing", shown) from None
@@ -1091,6 +1132,55 @@ def remove_expired_parts(dir_fd: int, keep: str, before: float) -> int:
         finally:
             os.close(fd)
     return removed
+
+
+def no_space(exc: NoSpace, t: Target, part: str, fd: int, size: int) -> TransferError:
+    """What becomes of a file whose disk filled while it was received, said (RFC 16.7)."""
+    try:
+        held = os.fstat(fd).st_size
+    except OSError:
+        held = 0
+    if exists_at(t, t.name):
+        # The old file stays until the new one is complete, so both must fit at once.
+        # Kept, the part would hold the disk full (unseen by a client, which cannot
+        # remove it) for a resume that needs that same room: the disk is given back.
+        with contextlib.suppress(OSError):
+            os.unlink(part, dir_fd=t.dir_fd)
+        return TransferError(
+            within_reason(
+                lambda shown: (
+                    f"{exc.what} while writing {shown}: it was not replaced and is "
+                    f"unchanged; the new copy needs {human_size(size)} free beside the old one. "
+                    "Make room or remove the old file, then copy again"
+                ),
+                t.path,
+            )
+        )
+    return TransferError(
+        within_reason(
+            lambda shown: (
+                f"{exc.what} while writing {shown}: the {human_size(held)} "
+                f"received of {human_size(size)} are kept; make {human_size(size - held)} more "
+                "room and copy again to resume"
+            ),
+            t.path,
+        )
+    )
+
+
+def within_reason(build: Callable[[str], str], path: str) -> str:
+    """``build(quoted path)``, the path shortened if need be so that what is said after
+    it survives the 255-byte limit of a close reason (RFC 5.6)."""
+    quoted = quote(path)
+    text = build(quoted)
+    size = len(text.encode("utf-8"))
+    if size <= MAX_REASON_BYTES:
+        return text
+    raw = display(path).encode("utf-8")
+    half = max(MAX_REASON_BYTES - (size - len(quoted.encode("utf-8"))) - len("''..."), 0) // 2
+    head = raw[:half].decode("utf-8", "ignore")
+    tail = raw[len(raw) - half :].decode("utf-8", "ignore")
+    return build(f"'{head}...{tail}'")
 
 
 def exists_at(t: Target, name: str) -> bool:

@@ -277,8 +277,31 @@ def test_disk_full(env: Env, server: StartServer, tiny_fs: Path, tmp_path: Path)
     res = env.run("put", str(src), ":", "--host", srv.address)
     assert res.returncode == 6
     assert "no space left" in res.stderr and "Traceback" not in res.stderr
+    assert "copy again to resume" in res.stderr
     assert res.stderr.count("\n") <= 2
     assert not (tiny_fs / "big.bin").exists()
+    assert (tiny_fs / ".big.bin.ppcp-part").exists()  # kept for the resume
+
+
+def test_disk_full_while_replacing_a_file(
+    env: Env, server: StartServer, tiny_fs: Path, tmp_path: Path
+) -> None:
+    """Old and new copies do not fit side by side on the 1 MiB disk: no resume could ever
+    succeed, so none is promised; the old file is intact and the disk is given back."""
+    srv = server("--root", str(tiny_fs))
+    old = random_file(tiny_fs / "f.bin", 600 << 10)
+    before = sha256(old)
+    src = random_file(tmp_path / "f.bin", 700 << 10)
+    res = env.run("put", str(src), ":", "--host", srv.address)
+    assert res.returncode == 6, res.stderr
+    assert res.stderr.startswith("ppcp: transfer failed: the server says no space left on device")
+    assert "'f.bin': it was not replaced and is unchanged" in res.stderr
+    assert "needs 700.0 KiB free beside the old one" in res.stderr
+    assert "remove the old file, then copy again" in res.stderr and "resume" not in res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert sha256(old) == before
+    assert os.listdir(tiny_fs) == ["f.bin"]  # no hidden part holding the disk full
+    assert shutil.disk_usage(tiny_fs).free >= 400 << 10
 
 
 def wait_for_part(path: Path, timeout: float = 30.0) -> int:

@@ -137,12 +137,83 @@ async def test_disk_full_keeps_the_part_for_resume(
         with pytest.raises(ppcp.TransferError, match="no space left on device") as info:
             await session.put(lo.local / "f.bin", "f.bin")
         assert info.value.remote
-        assert "f.bin" in info.value.message
+        assert info.value.message.endswith(
+            "no space left on device while writing 'f.bin': the 3.0 MiB received of 6.0 MiB "
+            "are kept; make 3.0 MiB more room and copy again to resume"
+        )
         assert not (lo.root / "f.bin").exists()
         assert part_of(lo.root / "f.bin").stat().st_size == 3 * MiB
         monkeypatch.setattr(transfer, "write_at", real_write_at)  # space freed
         result = await session.put(lo.local / "f.bin", "f.bin", checksum=True)
     assert (result.resumed_from, result.bytes, result.sha256) == (3 * MiB, 3 * MiB, digest)
+
+
+@pytest.mark.parametrize("direction", ["put", "get"])
+async def test_disk_full_while_replacing_leaves_the_old_file(
+    lo: Loopback, monkeypatch: pytest.MonkeyPatch, direction: str
+) -> None:
+    """The old and the new file must fit side by side: no resume is promised, the old
+    file is intact and the part is removed (it would only hold the disk full)."""
+    src_dir, dest_dir = (lo.local, lo.root) if direction == "put" else (lo.root, lo.local)
+    digest = make_file(src_dir / "f.bin", 6 * MiB, b"new")
+    old = make_file(dest_dir / "f.bin", 2 * MiB, b"old")
+    real_write_at = transfer.write_at
+
+    def full_disk(fd: int, data: bytes | memoryview, pos: int) -> None:
+        if pos + len(data) > 3 * MiB:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write_at(fd, data, pos)
+
+    monkeypatch.setattr(transfer, "write_at", full_disk)
+    async with lo.client() as session:
+
+        async def copy(checksum: bool = False) -> ppcp.TransferResult:
+            if direction == "put":
+                return await session.put(lo.local / "f.bin", "f.bin", checksum=checksum)
+            return await session.get("f.bin", lo.local / "f.bin", checksum=checksum)
+
+        with pytest.raises(ppcp.TransferError, match="no space left on device") as info:
+            await copy()
+        message = info.value.message
+        assert info.value.remote == (direction == "put")
+        assert message.endswith(
+            "no space left on device while writing 'f.bin': it was not replaced and is "
+            "unchanged; the new copy needs 6.0 MiB free beside the old one. Make room or "
+            "remove the old file, then copy again"
+        )
+        assert sha256_file(dest_dir / "f.bin") == old
+        assert not part_of(dest_dir / "f.bin").exists()
+        monkeypatch.setattr(transfer, "write_at", real_write_at)  # room was made
+        result = await copy(checksum=True)
+    assert (result.resumed_from, result.sha256) == (0, digest)
+
+
+@pytest.mark.parametrize("path", ["f.bin", "d/" * 120 + "f.bin", "\u00e9" * 200])
+def test_what_to_do_survives_the_reason_limit(path: str) -> None:
+    """A close reason is clipped at 255 bytes: the path gives way, not the advice after it."""
+    from ppcp.handshake.messages import MAX_REASON_BYTES
+
+    text = transfer.within_reason(lambda shown: f"writing {shown}: " + "advice " * 20, path)
+    assert len(text.encode("utf-8")) <= MAX_REASON_BYTES and text.endswith("advice " * 20)
+    assert text.startswith(f"writing '{path[:2]}") and (len(path) < 100 or "..." in text)
+
+
+async def test_a_failed_fsync_discards_the_part(
+    lo: Loopback, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed write-back the part reads back from the cache, not from the disk:
+    it is not trusted for a resume."""
+    make_file(lo.local / "f.bin", MiB)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(transfer.os, "fsync", failing)
+    async with lo.client() as session:
+        with pytest.raises(ppcp.TransferError, match="Input/output error") as info:
+            await session.put(lo.local / "f.bin", "f.bin")
+    assert "was discarded" in info.value.message and "was not created" in info.value.message
+    assert not part_of(lo.root / "f.bin").exists() and not (lo.root / "f.bin").exists()
 
 
 async def test_checksum_mismatch_discards_the_part(
