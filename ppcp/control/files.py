@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ppcp.control.aio_channel import decode_json, encode_json
 from ppcp.control.paths import (
     MAX_PATH_BYTES,
+    SOURCE_ID_DIGITS,
     Tree,
     check_name,
     display,
@@ -28,6 +30,7 @@ from ppcp.control.paths import (
     open_regular,
     parse_wire_path,
     quote,
+    source_id,
 )
 from ppcp.control.transfer import (
     PART_TTL,
@@ -100,11 +103,15 @@ async def put_files(
         wire_name, unusable = check_name(name, "local name"), ""
     except RemotePathError as exc:
         wire_name, unusable = "", exc.message
+    source = None
     if stat.S_ISDIR(st.st_mode):
         if not recursive:
             raise TransferError(f"{quote(src)} is a directory (use recursive=True)")
         kind = "dir"
         items, total = await asyncio.to_thread(local_items, src)
+        # The same each time this directory is sent from this machine, so running an
+        # interrupted copy again continues it; another source gets its own part directory.
+        source = source_id(socket.gethostname(), os.fsencode(os.path.realpath(src)))
     elif stat.S_ISREG(st.st_mode):
         kind = "file"
         items, total = [SendFile((), st.st_size, local_opener(src), quote(src))], st.st_size
@@ -124,6 +131,8 @@ async def put_files(
         "zlib": encoding.zlib,
         "checksum": encoding.checksum,
     }
+    if source is not None:
+        request["source"] = source
     try:
         channel = await session.open_channel("file-put", encode_json(request))
     except RemotePathError as exc:
@@ -183,7 +192,16 @@ async def get_files(
         tracker = Progress(progress, total)
         stats = Stats()
         receiver = Receiver(
-            channel, encoding, tree, base, resume, tracker, stats, single=kind == "file"
+            channel,
+            encoding,
+            tree,
+            base,
+            resume,
+            tracker,
+            stats,
+            single=kind == "file",
+            # What the tree is copied from, as for a put (RFC 16.7): this server's tree.
+            source=source_id(session.server_name, join(requested)),
         )
         await receiver.run()
     except BaseException as exc:
@@ -357,6 +375,15 @@ async def serve_put(channel: AsyncChannel, policy: ServerPolicy) -> None:
         )
         resume = field_bool(request, "resume", what)
         encoding = _encoding(channel, request, what)
+        source = request.get("source")
+        if source is not None and (
+            not isinstance(source, str)
+            or len(source) != SOURCE_ID_DIGITS
+            or source.strip("0123456789abcdef")
+        ):
+            raise ChannelError(
+                f"malformed {what}: 'source' must be {SOURCE_ID_DIGITS} lowercase hex digits"
+            )
     except PPCPError as exc:
         _refuse(channel, exc)
         return
@@ -374,6 +401,7 @@ async def serve_put(channel: AsyncChannel, policy: ServerPolicy) -> None:
         stats,
         single=kind == "file",
         part_ttl=PART_TTL,
+        source=source,
     )
     try:
         await receiver.run()

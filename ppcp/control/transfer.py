@@ -775,6 +775,9 @@ class Receiver(Struct):
     part_ttl: float | None = None
     # The directories (st_dev, st_ino) already swept of expired part files.
     swept: set[tuple[int, int]] = field(default_factory=set)
+    # What a new top directory is copied from, in its part name (None: a sender that
+    # names none, whose part directory has the plain part name).
+    source: str | None = None
 
     async def run(self) -> None:
         try:
@@ -828,12 +831,14 @@ class Receiver(Struct):
         So an interrupted transfer leaves no half tree under the real name, and
         running it again finds the part directory and continues in it, instead
         of finding a directory there and copying into it (``dest/NAME/...``).
+        The part name carries the source's identifier: a copy of another tree to
+        the same name gets its own, rather than finishing with both trees mixed.
         False if the destination exists (the tree is merged into it).
         """
         with self.tree.resolve(self.base) as t:
             if t.st is not None:
                 return False
-            part = part_name(t.name)
+            part = part_name(t.name, self.source)
             self.expire_parts(t.dir_fd, part)
             try:
                 st: os.stat_result | None = os.stat(part, dir_fd=t.dir_fd, follow_symlinks=False)
