@@ -15,7 +15,7 @@ import os
 import socket
 import stat
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ppcp.control.aio_channel import decode_json, encode_json
 from ppcp.control.paths import (
@@ -52,6 +52,8 @@ from ppcp.control.transfer import (
     field_str,
     field_uint,
     send_entries,
+    send_stream,
+    stream_name,
 )
 from ppcp.core.errors import (
     ChannelError,
@@ -81,7 +83,7 @@ NAME_NEEDED = "the source has no usable name: give one in the path"
 
 async def put_files(
     session: AsyncSession,
-    local: LocalPath,
+    local: LocalPath | BinaryIO,
     remote: str,
     recursive: bool,
     progress: ProgressCallback | None,
@@ -91,6 +93,10 @@ async def put_files(
 ) -> TransferResult:
     if not isinstance(remote, str):
         raise TypeError("the remote path must be a str")
+    if not isinstance(local, str | os.PathLike):
+        if recursive:
+            raise ValueError("recursive=True needs a local directory, not a stream")
+        return await put_stream(session, local, remote, progress, compress, checksum)
     src = os.path.abspath(os.fspath(local))
     try:
         st = os.stat(src)
@@ -152,10 +158,60 @@ async def put_files(
     return stats.result(tracker, dest, encoding, single=kind == "file")
 
 
+async def put_stream(
+    session: AsyncSession,
+    source: BinaryIO,
+    remote: str,
+    progress: ProgressCallback | None,
+    compress: bool,
+    checksum: bool,
+) -> TransferResult:
+    """Upload what ``source`` holds until its end (stdin): a ``"type": "stream"`` transfer."""
+    require_files(session)
+    encoding = choose_encoding(session.capabilities, compress, checksum)
+    shown = stream_name(source, "input")
+    request = {
+        "v": PROTOCOL,
+        "path": remote,
+        "type": "stream",
+        "name": "",  # a stream has none: the remote path names the file
+        "resume": False,
+        "zlib": encoding.zlib,
+        "checksum": encoding.checksum,
+    }
+    try:
+        channel = await session.open_channel("file-put", encode_json(request))
+    except RemotePathError as exc:
+        if exc.message.endswith(NAME_NEEDED):
+            raise TransferError(
+                f"{shown} has no name: give the copy one in the remote path"
+            ) from None
+        raise
+    except ChannelError as exc:
+        # A server from before streams refuses the type it does not know, as it must.
+        if type(exc) is ChannelError and exc.remote:
+            raise TransferError(
+                f"the server refused a copy from a stream ({exc.message}); it is probably "
+                "older than this client: save the data to a file and put that"
+            ) from None
+        raise
+    tracker = Progress(progress, 0)
+    stats = Stats()
+    try:
+        answer = decode_json(channel.open_payload, "file-put answer")
+        dest = field_str(answer, "path", "file-put answer")
+        await send_stream(channel, encoding, source, tracker, stats, shown)
+    except BaseException as exc:
+        await abort(channel, exc)
+        raise
+    await channel.close()
+    return stats.result(tracker, dest, encoding, single=True)
+
+
 async def get_files(
     session: AsyncSession,
     remote: str,
-    local: LocalPath,
+    local: LocalPath | BinaryIO,
     recursive: bool,
     progress: ProgressCallback | None,
     resume: bool,
@@ -170,6 +226,9 @@ async def get_files(
     # choose the name can write ./.bashrc when asked for photos/cat.jpg.  Only a
     # request for the root itself has no name of its own.
     requested = parse_wire_path(remote)
+    sink = None if isinstance(local, str | os.PathLike) else local
+    if sink is not None and recursive:
+        raise ValueError("recursive=True needs a local directory, not a stream")
     encoding = choose_encoding(session.capabilities, compress, checksum)
     request = {
         "v": PROTOCOL,
@@ -188,7 +247,11 @@ async def get_files(
         total = field_uint(answer, "size", "file-get answer")
         if kind not in ("file", "dir") or (kind == "dir" and not recursive):
             raise ChannelError(f"unexpected file-get answer type {kind!r}")
-        tree, base, shown = local_destination(local, kind, name)
+        if isinstance(local, str | os.PathLike):
+            tree, base, shown = local_destination(local, kind, name)
+        else:
+            # Nothing is stored under a name: the tree is only the Receiver's to hold.
+            tree, base, shown = Tree(os.curdir), (), stream_name(local, "output")
         tracker = Progress(progress, total)
         stats = Stats()
         receiver = Receiver(
@@ -196,12 +259,13 @@ async def get_files(
             encoding,
             tree,
             base,
-            resume,
+            resume and sink is None,
             tracker,
             stats,
             single=kind == "file",
             # What the tree is copied from, as for a put (RFC 16.7): this server's tree.
             source=source_id(session.server_name, join(requested)),
+            sink=sink,
         )
         await receiver.run()
     except BaseException as exc:
@@ -361,19 +425,20 @@ async def serve_put(channel: AsyncChannel, policy: ServerPolicy) -> None:
     try:
         request = _open_request(channel, what)
         kind = field_str(request, "type", what)
-        if kind not in ("file", "dir"):
-            raise ChannelError(f"malformed {what}: 'type' must be 'file' or 'dir'")
+        if kind not in ("file", "dir", "stream"):
+            raise ChannelError(f"malformed {what}: 'type' must be 'file', 'dir' or 'stream'")
         tree = Tree(policy.root)
         path = field_str(request, "path", what)
         dest = await asyncio.to_thread(
             put_destination,
             tree,
             parse_wire_path(path),
-            kind,
+            "dir" if kind == "dir" else "file",  # a stream lands where a file would
             field_str(request, "name", what),
             path.endswith("/"),
         )
-        resume = field_bool(request, "resume", what)
+        # A stream cannot be read again: it never resumes from a part file.
+        resume = field_bool(request, "resume", what) and kind != "stream"
         encoding = _encoding(channel, request, what)
         source = request.get("source")
         if source is not None and (
@@ -399,9 +464,10 @@ async def serve_put(channel: AsyncChannel, policy: ServerPolicy) -> None:
         resume,
         progress,
         stats,
-        single=kind == "file",
+        single=kind != "dir",
         part_ttl=PART_TTL,
         source=source,
+        stream=kind == "stream",
     )
     try:
         await receiver.run()
