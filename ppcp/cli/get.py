@@ -21,7 +21,8 @@ def command(
 ) -> None:
     """Copy PATH (a directory with -r) from the server NAME to LOCAL (default: .).
 
-    An interrupted copy resumes when the same command is run again. With
+    An interrupted copy resumes when the same command is run again. LOCAL
+    `-` writes the file to standard output (no progress bar or summary). With
     --host, NAME is only a label (`:PATH` works).
     """
     from ppcp.cli.transfer import get

@@ -21,7 +21,8 @@ def command(
 
     PATH is relative to the server's root. With several LOCALs, PATH is a
     directory. An interrupted copy resumes when the same command is run
-    again. With --host, NAME is only a label (`:PATH` works).
+    again. LOCAL `-` sends standard input (alone, to a PATH naming the file;
+    never resumed). With --host, NAME is only a label (`:PATH` works).
     """
     from ppcp.cli.transfer import put
 

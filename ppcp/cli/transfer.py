@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import click
 
 F = TypeVar("F", bound=Callable[..., Any])
+STDIO = "-"  # as LOCAL: standard input for put, standard output for get
 
 
 def transfer_options(f: F) -> F:
@@ -61,16 +62,25 @@ def put(
     import os
     import posixpath
 
+    from ppcp.cli.errors import EXIT_USAGE, CLIError
     from ppcp.cli.options import get_settings
     from ppcp.cli.progress import Bars, wanted
 
+    if STDIO in locals_:
+        # Standard input has no name, and no size until it ends: it is the only source.
+        if len(locals_) > 1:
+            raise CLIError(EXIT_USAGE, "- (standard input) must be the only LOCAL.")
+        if recursive:
+            raise CLIError(EXIT_USAGE, "-r cannot copy standard input ('-').")
     for local in locals_:
-        _check_local_source(local, recursive)
+        if local != STDIO:
+            _check_local_source(local, recursive)
     ctx, target, path = _target(remote)
     quiet = get_settings().quiet
     session = ctx.connect(target)
     results: list[Any] = []
-    bars = Bars(wanted(quiet))
+    # A stream's total is unknown until it ends: a bar could show no progress.
+    bars = Bars(wanted(quiet) and STDIO not in locals_)
     try:
         with session, bars.shown():
             for local in locals_:
@@ -78,7 +88,8 @@ def put(
                 name = os.path.basename(os.path.abspath(local)) or "root"
                 dest = posixpath.join(path, name) if len(locals_) > 1 else path
                 results.append(
-                    session.put(
+                    _put_one(
+                        session,
                         local,
                         dest,
                         recursive=recursive,
@@ -95,6 +106,28 @@ def put(
     _report("sent", results, target.label, quiet)
 
 
+def _put_one(session: Any, local: str, dest: str, **options: Any) -> Any:
+    import posixpath
+    import sys
+
+    from ppcp import TransferError
+    from ppcp.cli.errors import EXIT_USAGE, CLIError
+
+    if local != STDIO:
+        return session.put(local, dest, **options)
+    try:
+        return session.put(raw_stdio(sys.stdin, "rb"), dest, **options)
+    except TransferError as exc:
+        # The library's words for a stream sent to a directory (RFC 16.3.2, rule 1).
+        if exc.message.endswith("has no name: give the copy one in the remote path"):
+            example = posixpath.join(dest.rstrip("/"), "FILE")
+            raise CLIError(
+                EXIT_USAGE,
+                f"standard input has no name: give one in the remote path (NAME:{example}).",
+            ) from None
+        raise
+
+
 def get(
     remote: str,
     local: str,
@@ -105,21 +138,28 @@ def get(
     checksum: bool,
 ) -> None:
     import posixpath
+    import sys
 
     from ppcp import TransferError
     from ppcp.cli.errors import EXIT_USAGE, CLIError
     from ppcp.cli.options import get_settings
     from ppcp.cli.progress import Bars, wanted
 
+    to_stdout = local == STDIO
+    if to_stdout and recursive:
+        raise CLIError(
+            EXIT_USAGE, "-r cannot write to standard output ('-'): give a local directory."
+        )
     ctx, target, path = _target(remote)
     quiet = get_settings().quiet
     session = ctx.connect(target)
-    bars = Bars(wanted(quiet))
+    # stdout holds the file's bytes and nothing else; what is said goes to stderr.
+    bars = Bars(wanted(quiet) and not to_stdout)
     with session, bars.shown():
         try:
             result = session.get(
                 path,
-                local,
+                raw_stdio(sys.stdout, "wb") if to_stdout else local,
                 recursive=recursive,
                 progress=bars.task(_label(posixpath.basename(path.rstrip("/")) or path)),
                 resume=resume,
@@ -133,7 +173,24 @@ def get(
                     EXIT_USAGE, f"{remote} is a directory; use -r to copy directories."
                 ) from None
             raise
+    if to_stdout:
+        # A summary line would be noise after `... - | tool`; a digest asked for is not.
+        if result.sha256 and not quiet:
+            click.echo(f"sha256 {result.sha256}", err=True)
+        return
     _report("received", [result], target.label, quiet)
+
+
+def raw_stdio(stream: Any, mode: str) -> Any:
+    """``stream``'s descriptor, unbuffered.
+
+    The library reads or writes it from a thread that may wait for ever (a pipe
+    nobody writes to, or reads from): a buffered object's lock would be held all
+    that time, and the interpreter aborts at exit when a thread holds one.
+    """
+    import os
+
+    return os.fdopen(stream.fileno(), mode, buffering=0, closefd=False)
 
 
 def _label(name: str) -> str:

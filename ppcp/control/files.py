@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import stat
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ppcp.control.aio_channel import decode_json, encode_json
 from ppcp.control.paths import (
     MAX_PATH_BYTES,
+    SOURCE_ID_DIGITS,
     Tree,
     check_name,
     display,
@@ -28,6 +30,7 @@ from ppcp.control.paths import (
     open_regular,
     parse_wire_path,
     quote,
+    source_id,
 )
 from ppcp.control.transfer import (
     PART_TTL,
@@ -49,6 +52,8 @@ from ppcp.control.transfer import (
     field_str,
     field_uint,
     send_entries,
+    send_stream,
+    stream_name,
 )
 from ppcp.core.errors import (
     ChannelError,
@@ -78,7 +83,7 @@ NAME_NEEDED = "the source has no usable name: give one in the path"
 
 async def put_files(
     session: AsyncSession,
-    local: LocalPath,
+    local: LocalPath | BinaryIO,
     remote: str,
     recursive: bool,
     progress: ProgressCallback | None,
@@ -88,6 +93,10 @@ async def put_files(
 ) -> TransferResult:
     if not isinstance(remote, str):
         raise TypeError("the remote path must be a str")
+    if not isinstance(local, str | os.PathLike):
+        if recursive:
+            raise ValueError("recursive=True needs a local directory, not a stream")
+        return await put_stream(session, local, remote, progress, compress, checksum)
     src = os.path.abspath(os.fspath(local))
     try:
         st = os.stat(src)
@@ -100,11 +109,15 @@ async def put_files(
         wire_name, unusable = check_name(name, "local name"), ""
     except RemotePathError as exc:
         wire_name, unusable = "", exc.message
+    source = None
     if stat.S_ISDIR(st.st_mode):
         if not recursive:
             raise TransferError(f"{quote(src)} is a directory (use recursive=True)")
         kind = "dir"
         items, total = await asyncio.to_thread(local_items, src)
+        # The same each time this directory is sent from this machine, so running an
+        # interrupted copy again continues it; another source gets its own part directory.
+        source = source_id(socket.gethostname(), os.fsencode(os.path.realpath(src)))
     elif stat.S_ISREG(st.st_mode):
         kind = "file"
         items, total = [SendFile((), st.st_size, local_opener(src), quote(src))], st.st_size
@@ -124,6 +137,8 @@ async def put_files(
         "zlib": encoding.zlib,
         "checksum": encoding.checksum,
     }
+    if source is not None:
+        request["source"] = source
     try:
         channel = await session.open_channel("file-put", encode_json(request))
     except RemotePathError as exc:
@@ -143,10 +158,60 @@ async def put_files(
     return stats.result(tracker, dest, encoding, single=kind == "file")
 
 
+async def put_stream(
+    session: AsyncSession,
+    source: BinaryIO,
+    remote: str,
+    progress: ProgressCallback | None,
+    compress: bool,
+    checksum: bool,
+) -> TransferResult:
+    """Upload what ``source`` holds until its end (stdin): a ``"type": "stream"`` transfer."""
+    require_files(session)
+    encoding = choose_encoding(session.capabilities, compress, checksum)
+    shown = stream_name(source, "input")
+    request = {
+        "v": PROTOCOL,
+        "path": remote,
+        "type": "stream",
+        "name": "",  # a stream has none: the remote path names the file
+        "resume": False,
+        "zlib": encoding.zlib,
+        "checksum": encoding.checksum,
+    }
+    try:
+        channel = await session.open_channel("file-put", encode_json(request))
+    except RemotePathError as exc:
+        if exc.message.endswith(NAME_NEEDED):
+            raise TransferError(
+                f"{shown} has no name: give the copy one in the remote path"
+            ) from None
+        raise
+    except ChannelError as exc:
+        # A server from before streams refuses the type it does not know, as it must.
+        if type(exc) is ChannelError and exc.remote:
+            raise TransferError(
+                f"the server refused a copy from a stream ({exc.message}); it is probably "
+                "older than this client: save the data to a file and put that"
+            ) from None
+        raise
+    tracker = Progress(progress, 0)
+    stats = Stats()
+    try:
+        answer = decode_json(channel.open_payload, "file-put answer")
+        dest = field_str(answer, "path", "file-put answer")
+        await send_stream(channel, encoding, source, tracker, stats, shown)
+    except BaseException as exc:
+        await abort(channel, exc)
+        raise
+    await channel.close()
+    return stats.result(tracker, dest, encoding, single=True)
+
+
 async def get_files(
     session: AsyncSession,
     remote: str,
-    local: LocalPath,
+    local: LocalPath | BinaryIO,
     recursive: bool,
     progress: ProgressCallback | None,
     resume: bool,
@@ -161,6 +226,9 @@ async def get_files(
     # choose the name can write ./.bashrc when asked for photos/cat.jpg.  Only a
     # request for the root itself has no name of its own.
     requested = parse_wire_path(remote)
+    sink = None if isinstance(local, str | os.PathLike) else local
+    if sink is not None and recursive:
+        raise ValueError("recursive=True needs a local directory, not a stream")
     encoding = choose_encoding(session.capabilities, compress, checksum)
     request = {
         "v": PROTOCOL,
@@ -179,11 +247,25 @@ async def get_files(
         total = field_uint(answer, "size", "file-get answer")
         if kind not in ("file", "dir") or (kind == "dir" and not recursive):
             raise ChannelError(f"unexpected file-get answer type {kind!r}")
-        tree, base, shown = local_destination(local, kind, name)
+        if isinstance(local, str | os.PathLike):
+            tree, base, shown = local_destination(local, kind, name)
+        else:
+            # Nothing is stored under a name: the tree is only the Receiver's to hold.
+            tree, base, shown = Tree(os.curdir), (), stream_name(local, "output")
         tracker = Progress(progress, total)
         stats = Stats()
         receiver = Receiver(
-            channel, encoding, tree, base, resume, tracker, stats, single=kind == "file"
+            channel,
+            encoding,
+            tree,
+            base,
+            resume and sink is None,
+            tracker,
+            stats,
+            single=kind == "file",
+            # What the tree is copied from, as for a put (RFC 16.7): this server's tree.
+            source=source_id(session.server_name, join(requested)),
+            sink=sink,
         )
         await receiver.run()
     except BaseException as exc:
@@ -243,9 +325,9 @@ def local_opener(path: str) -> Callable[[], int]:
 def local_items(top: str) -> tuple[list[SendItem], int]:
     """Everything below the local directory ``top``, parents before children.
 
-    Symlinks to files are followed; symlinks to directories, special files,
-    names the wire cannot carry and unfinished part files are skipped (and
-    reported).
+    Symlinks to files are followed; symlinks to directories, special files and
+    names the wire cannot carry are skipped (and reported).  Part files are left
+    out unreported: they hold another transfer's unfinished data, not the user's.
     """
     st = os.stat(top)
     items: list[SendItem] = [SendDir((), stat.S_IMODE(st.st_mode), st.st_mtime_ns)]
@@ -265,6 +347,8 @@ def local_items(top: str) -> tuple[list[SendItem], int]:
             continue
         subdirs = []
         for name, is_link in entries:
+            if is_part_name(name):
+                continue
             child = (*rel, name)
             full = os.path.join(path, name)
             reason = skip_reason(name, child) or local_kind(full, is_link)
@@ -303,8 +387,6 @@ def skip_reason(name: str, rel: tuple[str, ...]) -> str | None:
         check_name(name)
     except RemotePathError:
         return "unsafe file name (control characters, invalid UTF-8 or too long)"
-    if is_part_name(name):
-        return "unfinished transfer (part file)"
     if len(join(rel).encode("utf-8")) > MAX_PATH_BYTES:
         return f"path longer than {MAX_PATH_BYTES} bytes"
     return None
@@ -343,20 +425,30 @@ async def serve_put(channel: AsyncChannel, policy: ServerPolicy) -> None:
     try:
         request = _open_request(channel, what)
         kind = field_str(request, "type", what)
-        if kind not in ("file", "dir"):
-            raise ChannelError(f"malformed {what}: 'type' must be 'file' or 'dir'")
+        if kind not in ("file", "dir", "stream"):
+            raise ChannelError(f"malformed {what}: 'type' must be 'file', 'dir' or 'stream'")
         tree = Tree(policy.root)
         path = field_str(request, "path", what)
         dest = await asyncio.to_thread(
             put_destination,
             tree,
             parse_wire_path(path),
-            kind,
+            "dir" if kind == "dir" else "file",  # a stream lands where a file would
             field_str(request, "name", what),
             path.endswith("/"),
         )
-        resume = field_bool(request, "resume", what)
+        # A stream cannot be read again: it never resumes from a part file.
+        resume = field_bool(request, "resume", what) and kind != "stream"
         encoding = _encoding(channel, request, what)
+        source = request.get("source")
+        if source is not None and (
+            not isinstance(source, str)
+            or len(source) != SOURCE_ID_DIGITS
+            or source.strip("0123456789abcdef")
+        ):
+            raise ChannelError(
+                f"malformed {what}: 'source' must be {SOURCE_ID_DIGITS} lowercase hex digits"
+            )
     except PPCPError as exc:
         _refuse(channel, exc)
         return
@@ -372,8 +464,10 @@ async def serve_put(channel: AsyncChannel, policy: ServerPolicy) -> None:
         resume,
         progress,
         stats,
-        single=kind == "file",
+        single=kind != "dir",
         part_ttl=PART_TTL,
+        source=source,
+        stream=kind == "stream",
     )
     try:
         await receiver.run()
@@ -498,7 +592,8 @@ def remote_opener(tree: Tree, parts: tuple[str, ...]) -> Callable[[], int]:
 
 
 def remote_items(tree: Tree, base: tuple[str, ...]) -> tuple[list[SendItem], int]:
-    """Everything below ``base``, parents first; anything unsafe is skipped and reported."""
+    """Everything below ``base``, parents first; anything unsafe is skipped and reported
+    (part files are left out unreported, as in :func:`local_items`)."""
     items: list[SendItem] = []
     total = 0
     stack: list[tuple[str, ...]] = [()]
@@ -514,6 +609,10 @@ def remote_items(tree: Tree, base: tuple[str, ...]) -> tuple[list[SendItem], int
             items.append(SendSkip(display(join(rel)), exc.message))
             continue
         for name, lst in listed:
+            if is_part_name(name):
+                # Another transfer's unfinished data: not what the user asked for.
+                log.debug("get: leaving out the part file %s", display(join((*rel, name))))
+                continue
             child = (*rel, name)
             shown = display(join(child))
             reason = skip_reason(name, child)

@@ -7,7 +7,7 @@ library uses) does not import it, about 10 ms of every such process start.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 if TYPE_CHECKING:
     from ppcp.control.files import LocalPath
@@ -21,7 +21,7 @@ class FilesMixin:
 
     async def put(
         self,
-        local: LocalPath,
+        local: LocalPath | BinaryIO,
         remote: str,
         *,
         recursive: bool = False,
@@ -33,7 +33,11 @@ class FilesMixin:
         """Upload ``local`` (a file, or a directory with ``recursive=True``) to ``remote``.
 
         ``remote`` is relative to the server's root; an existing directory
-        receives the file inside it.  ``progress(done, total, bytes_per_s)``
+        receives the file inside it.  ``local`` may also be a binary stream
+        open for reading (``sys.stdin.buffer``): what it holds until its end
+        is sent, never resumed, to the file ``remote`` names (a stream has no
+        name of its own), as ``"type": "stream"`` (RFC 16.4.4), which servers
+        older than that refuse.  ``progress(done, total, bytes_per_s)``
         is called as data moves.  An interrupted upload resumes from what
         the server verifiably holds when ``resume`` is true.  ``compress``
         asks for zlib when both peers support it.  ``checksum`` has both
@@ -57,7 +61,7 @@ class FilesMixin:
     async def get(
         self,
         remote: str,
-        local: LocalPath,
+        local: LocalPath | BinaryIO,
         *,
         recursive: bool = False,
         progress: ProgressCallback | None = None,
@@ -66,7 +70,13 @@ class FilesMixin:
         checksum: bool = False,
     ) -> TransferResult:
         """Download ``remote`` (relative to the server's root) to ``local``; options as
-        :meth:`put`."""
+        :meth:`put`.
+
+        ``local`` may also be a binary stream open for writing
+        (``sys.stdout.buffer``): the file's bytes are written to it in order,
+        without a part file or a resume; a directory cannot be.  A checksum
+        mismatch is then found only after the bytes were written.
+        """
         from ppcp.control.files import get_files
 
         return await get_files(
@@ -90,7 +100,7 @@ class SyncFilesMixin:
 
     def put(
         self,
-        local: LocalPath,
+        local: LocalPath | BinaryIO,
         remote: str,
         *,
         recursive: bool = False,
@@ -117,7 +127,7 @@ class SyncFilesMixin:
     def get(
         self,
         remote: str,
-        local: LocalPath,
+        local: LocalPath | BinaryIO,
         *,
         recursive: bool = False,
         progress: ProgressCallback | None = None,

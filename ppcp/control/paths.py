@@ -122,13 +122,31 @@ def join(parts: Iterable[str]) -> str:
     return "/".join(parts)
 
 
-def part_name(name: str) -> str:
-    """The hidden name a file is received under until it is verified."""
-    candidate = f".{name}{PART_SUFFIX}"
+def part_name(name: str, source: str | None = None) -> str:
+    """The hidden name a file (or a new directory) is received under until it is complete.
+
+    ``source`` identifies what a directory is copied from (RFC 16.7): an interrupted
+    copy of one tree is then never continued by a copy of another to the same name.
+    """
+    candidate = f".{name}{PART_SUFFIX}" if source is None else f".{name}.{source}{PART_SUFFIX}"
     if len(candidate.encode("utf-8")) <= MAX_NAME_BYTES:
         return candidate
-    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:32]
+    # "/" cannot be in a name: NAME and SOURCE are told apart in what is hashed.
+    key = name if source is None else f"{name}/{source}"
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
     return f".{digest}{PART_SUFFIX}"
+
+
+SOURCE_ID_DIGITS = 16
+
+
+def source_id(*parts: str | bytes) -> str:
+    """A part directory's source identifier: 16 hex digits of SHA-256 over ``parts``."""
+    h = hashlib.sha256(b"ppcp part directory source")
+    for part in parts:
+        raw = part if isinstance(part, bytes) else part.encode("utf-8", "surrogateescape")
+        h.update(len(raw).to_bytes(8, "big") + raw)
+    return h.hexdigest()[:SOURCE_ID_DIGITS]
 
 
 def is_part_name(name: str) -> bool:

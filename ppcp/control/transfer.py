@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import concurrent.futures
 import contextlib
 import errno
@@ -31,10 +32,11 @@ import hashlib
 import os
 import stat
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 from msgspec import Struct, field
 
@@ -61,6 +63,7 @@ from ppcp.core.errors import (
     error_for_code,
 )
 from ppcp.core.states import Role
+from ppcp.handshake.messages import MAX_REASON_BYTES
 from ppcp.transport.frames import Frame, FrameType
 from ppcp.utils.codec import Writer
 
@@ -93,6 +96,15 @@ BLOCK = struct.Struct(">BII")
 METHOD_STORED = 0
 METHOD_ZLIB = 1
 CHANNEL_CODE_MAX = 0x01FF  # channel-scoped close codes are 0x0100..0x01FF
+
+EMPTY_SHA256 = hashlib.sha256().hexdigest()
+# A stream's receiver acknowledges every this many pieces; its sender waits with twice
+# as many unacknowledged.  64 pieces, 128 requests on the base64 path, stay below what a
+# receiver holds unread (MuxConfig.max_pending_requests, 256).
+STREAM_ACK_PIECES = 32
+STREAM_PIECES_UNACKED = 2 * STREAM_ACK_PIECES
+# A stream's data has no mode of its own: that of a new file, less the receiver's umask.
+STREAM_MODE = 0o666
 
 ProgressCallback = Callable[[int, int, float], None]
 T = TypeVar("T")
@@ -216,6 +228,24 @@ class FileEntry(Struct, frozen=True):
                 "mtime_ns": self.mtime_ns,
             }
         )
+
+
+class StreamEntry(Struct, frozen=True):
+    """The one entry of a ``"type": "stream"`` transfer: no size, no time (RFC 16.4.4)."""
+
+    path: tuple[str, ...]
+    mode: int
+
+    @classmethod
+    def decode(cls, payload: bytes) -> StreamEntry:
+        obj = decode_json(payload, "stream entry")
+        return cls(
+            parse_wire_path(field_str(obj, "path", "stream entry")),
+            field_uint(obj, "mode", "stream entry", 0o7777),
+        )
+
+    def encode(self) -> bytes:
+        return encode_json({"path": join(self.path), "mode": self.mode})
 
 
 class DirEntry(Struct, frozen=True):
@@ -403,13 +433,28 @@ def hash_prefix(fd: int, length: int) -> hashlib._Hash:
     return h
 
 
+class NoSpace(TransferError):
+    """The disk (or the quota) is full: a receiver then says what became of the file."""
+
+    what = "no space left on device"
+
+
 def io_error(exc: OSError, action: str, shown: str) -> TransferError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return TransferError(
-            f"no space left on device while {action} {shown}; the partial file is kept so "
-            "the transfer can resume"
-        )
+        text = exc.strerror or os.strerror(exc.errno)
+        error = NoSpace(f"{text[:1].lower()}{text[1:]} while {action} {shown}")
+        error.what = f"{text[:1].lower()}{text[1:]}"
+        return error
     return TransferError(f"{action} {shown} failed: {exc.strerror or exc}")
+
+
+def human_size(n: float) -> str:
+    """A byte count for a message (the CLI has its own: it does not import this module)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 class Compressor:
@@ -479,9 +524,10 @@ class Worker:
     using a descriptor number that was closed and reused.
     """
 
-    def __init__(self, fd: int, threaded: bool = False) -> None:
+    def __init__(self, fd: int | None, threaded: bool = False) -> None:
+        # None: the jobs write to a stream of their own (a get to stdout), no descriptor.
         self.threaded = threaded
-        self.fd = os.dup(fd) if threaded else fd
+        self.fd = os.dup(fd) if threaded and fd is not None else fd
         self._job: concurrent.futures.Future[Any] | None = None
 
     @property
@@ -502,7 +548,7 @@ class Worker:
         self._job = job
         if time.monotonic() - started > SLOW_JOB:
             self.threaded = True
-            self.fd = os.dup(self.fd)
+            self.fd = None if self.fd is None else os.dup(self.fd)
 
     async def result(self) -> Any:
         job, self._job = self._job, None
@@ -524,7 +570,8 @@ class Worker:
         def release(done: concurrent.futures.Future[Any] | None = None) -> None:
             if done is not None and not done.cancelled():
                 done.exception()  # retrieved: the error was reported another way
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
 
         if job is None:
             release()
@@ -533,7 +580,7 @@ class Worker:
             job.add_done_callback(release)
 
 
-async def in_thread(fd: int, fn: Callable[..., T], *args: Any) -> T:
+async def in_thread(fd: int | None, fn: Callable[..., T], *args: Any) -> T:
     """``fn(fd, *args)`` in a worker thread."""
     worker = Worker(fd, threaded=True)
     try:
@@ -627,6 +674,168 @@ async def send_file(
         progress.report()
     finally:
         os.close(fd)
+
+
+async def send_stream(
+    channel: AsyncChannel,
+    encoding: Encoding,
+    source: BinaryIO,
+    progress: Progress,
+    stats: Stats,
+    shown: str,
+) -> None:
+    """Send what ``source`` holds until its end, as the one file of a stream transfer.
+
+    Its size is known only at the end, so each piece is announced with ``more``
+    (RFC 16.4.4); nothing is resumed, as nothing could be read again.
+    """
+    await channel.send_request("stream", StreamEntry((), STREAM_MODE).encode())
+    ready = decode_json(await expect(channel, "ready"), "ready")
+    if field_uint(ready, "offset", "ready") != 0:
+        raise ChannelError("the receiver offered to resume a stream")
+    h = hashlib.sha256() if encoding.checksum else None
+    compressor = Compressor() if encoding.zlib else None
+    reader = StreamReader(source, CHUNK if encoding.binary else B64_CHUNK, shown)
+    pos = acked = 0
+    ends: collections.deque[int] = collections.deque()  # of the pieces not acknowledged
+    try:
+        while data := await reader.read(channel):
+            if h is not None:
+                h.update(data)
+            n = len(data)
+            progress.total += n
+            await channel.send_json("more", {"size": n})
+            if not encoding.binary:
+                await channel.send_request("chunk", chunk_payload(pos, data, compressor))
+            elif compressor is None:
+                await channel.write(data)
+            else:
+                await channel.write(encode_block(memoryview(data), compressor))
+            pos += n
+            ends.append(pos)
+            progress.advance(n)
+            acked = await wait_stream_acks(channel, acked, ends, encoding.binary)
+    finally:
+        reader.close()
+    digest = h.hexdigest() if h is not None else None
+    await channel.send_json("end", {} if digest is None else {"sha256": digest})
+    done = decode_json(await expect(channel, "done"), "done")
+    if digest is not None and field_sha256(done, "sha256", "done") != digest:
+        raise TransferError(f"the receiver stored {shown} with another checksum")
+    stats.files += 1
+    stats.sha256 = digest
+    await channel.send_json("finish", {})
+    await expect(channel, "finished")
+    progress.report()
+
+
+async def wait_stream_acks(
+    channel: AsyncChannel, acked: int, ends: collections.deque[int], binary: bool
+) -> int:
+    """Consume ``ack`` requests; wait while too many pieces of a stream are unacknowledged.
+
+    Requests are not flow-controlled by the channel window, and a pipe written a
+    byte at a time makes a piece of each byte: without this, a slow receiver would
+    find more requests queued than it may hold (RFC 16.4.4).
+    """
+    sent = ends[-1] if ends else acked
+    while True:
+        while ends and ends[0] <= acked:
+            ends.popleft()
+        request = channel.pending_request()
+        if request is None:
+            if len(ends) < STREAM_PIECES_UNACKED and (binary or sent - acked <= B64_WINDOW):
+                return acked
+            request = await channel.next_request()
+            if request is None:
+                raise await peer_gone(channel)
+        name, payload = request
+        if name != "ack":
+            raise ChannelError(f"expected an 'ack' request, got {name!r}")
+        offset = field_uint(decode_json(payload, "ack"), "offset", "ack")
+        if not acked <= offset <= sent:
+            raise ChannelError("ack offset out of range")
+        acked = offset
+
+
+def stream_name(stream: BinaryIO, role: str) -> str:
+    """A stream as a message names it: its file's name, or what its descriptor is."""
+    name = getattr(stream, "name", None)
+    if isinstance(name, str):
+        return quote(name)
+    if name in (0, 1):
+        return ("standard input", "standard output")[name]
+    return f"the {role} stream"
+
+
+class StreamReader:
+    """Reads a stream one piece ahead of the sender, in a thread of its own.
+
+    A daemon thread, not one of the pool's: a read that never returns (a
+    terminal nobody types into, a pipe nobody writes to) must not keep the
+    process from exiting once the transfer has failed, as the interpreter
+    waits for pool threads at exit.  At most two pieces exist at a time: the
+    one being sent and the one being read.
+    """
+
+    def __init__(self, source: BinaryIO, size: int, shown: str) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._source, self._size, self._shown = source, size, shown
+        self._pieces: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
+        self._wanted = threading.Semaphore(1)  # the first piece is read at once
+        self._stopped = False
+        threading.Thread(target=self._run, name="ppcp-stream-reader", daemon=True).start()
+
+    def _run(self) -> None:
+        read = getattr(self._source, "read1", self._source.read)  # one read: a pipe's data
+        while True:
+            self._wanted.acquire()
+            if self._stopped:
+                return
+            item: bytes | BaseException
+            try:
+                item = bytes(read(self._size))
+            except OSError as exc:
+                item = TransferError(f"reading {self._shown} failed: {exc.strerror or exc}")
+            except BaseException as exc:  # handed to the sender, whatever it is
+                item = exc
+            try:
+                self._loop.call_soon_threadsafe(self._pieces.put_nowait, item)
+            except RuntimeError:  # the loop is gone: nobody wants the rest
+                return
+            if not isinstance(item, bytes) or not item:
+                return
+
+    async def read(self, channel: AsyncChannel) -> bytes:
+        """The next piece; ``b""`` at the end of the stream.
+
+        A source can stay silent for ever (a pipe kept open): while it does, the
+        receiver may fail the transfer, which must end it at once, not at the
+        source's next piece.
+        """
+        if self._pieces.empty():
+            piece = asyncio.ensure_future(self._pieces.get())
+            closed = asyncio.ensure_future(channel.wait_closed())
+            try:
+                await asyncio.wait((piece, closed), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
+                if not piece.done():
+                    piece.cancel()
+            if not piece.done() or piece.cancelled():
+                raise await peer_gone(channel)
+            item = piece.result()
+        else:
+            item = self._pieces.get_nowait()
+        if isinstance(item, BaseException):
+            raise item
+        if item:
+            self._wanted.release()  # read the next piece while this one is sent
+        return item
+
+    def close(self) -> None:
+        self._stopped = True
+        self._wanted.release()
 
 
 def check_unchanged(fd: int, before: os.stat_result, shown: str) -> None:
@@ -759,6 +968,13 @@ class Receiver(Struct):
     part_ttl: float | None = None
     # The directories (st_dev, st_ino) already swept of expired part files.
     swept: set[tuple[int, int]] = field(default_factory=set)
+    # What a new top directory is copied from, in its part name (None: a sender that
+    # names none, whose part directory has the plain part name).
+    source: str | None = None
+    # A "stream" transfer (RFC 16.4.4): one file of unknown size, never resumed.
+    stream: bool = False
+    # Where the one file of a get goes instead of a file (stdout): in order, no part file.
+    sink: BinaryIO | None = None
 
     async def run(self) -> None:
         try:
@@ -785,19 +1001,30 @@ class Receiver(Struct):
             if request is None:
                 raise await peer_gone(self.channel)
             name, payload = request
-            if name == "file":
+            if name == "file" and not self.stream:
                 entry = FileEntry.decode(payload)
                 if self.single and (entry.path or self.stats.files):
                     raise ChannelError("a single-file transfer carries one file entry, at ''")
-                await self.receive_file(entry)
+                if self.sink is not None:
+                    await self.receive_to_sink(entry)
+                else:
+                    await self.receive_file(entry)
+            elif name == "stream" and self.stream:
+                streamed = StreamEntry.decode(payload)
+                if streamed.path or self.stats.files:
+                    raise ChannelError("a stream transfer carries one stream entry, at ''")
+                await self.receive_stream(streamed)
             elif name == "dir" and not self.single:
                 d = DirEntry.decode(payload)
                 if d.path or self.final is not None or not self.open_part_dir(d):
                     self.make_dir(d)
             elif name == "skip":
                 obj = decode_json(payload, "skip")
-                shown = display(field_str(obj, "path", "skip"))
-                self.stats.skipped.append(f"{shown}: {display(field_str(obj, 'reason', 'skip'))}")
+                path, reason = field_str(obj, "path", "skip"), field_str(obj, "reason", "skip")
+                # Older senders reported part files, another transfer's unfinished data:
+                # not the user's, so not a reason to call the copy incomplete.
+                if not is_part_name(path.rpartition("/")[2]):
+                    self.stats.skipped.append(f"{display(path)}: {display(reason)}")
             elif name == "finish":
                 return
             else:
@@ -809,12 +1036,14 @@ class Receiver(Struct):
         So an interrupted transfer leaves no half tree under the real name, and
         running it again finds the part directory and continues in it, instead
         of finding a directory there and copying into it (``dest/NAME/...``).
+        The part name carries the source's identifier: a copy of another tree to
+        the same name gets its own, rather than finishing with both trees mixed.
         False if the destination exists (the tree is merged into it).
         """
         with self.tree.resolve(self.base) as t:
             if t.st is not None:
                 return False
-            part = part_name(t.name)
+            part = part_name(t.name, self.source)
             self.expire_parts(t.dir_fd, part)
             try:
                 st: os.stat_result | None = os.stat(part, dir_fd=t.dir_fd, follow_symlinks=False)
@@ -901,13 +1130,7 @@ class Receiver(Struct):
 
     async def receive_file(self, entry: FileEntry) -> None:
         with self.tree.resolve((*self.base, *entry.path)) as t:
-            shown = quote(t.path)
-            if t.is_dir:
-                raise TransferError(f"cannot overwrite directory {shown} with a file")
-            if t.st is not None and not t.is_file:
-                raise RemotePathError(
-                    f"{shown} is a {kind_of(t.st.st_mode)}; refusing to replace it"
-                )
+            shown = file_destination(t)
             part = part_name(t.name)
             self.expire_parts(t.dir_fd, part)
             if self.final is not None and t.is_file and self.resume and not exists_at(t, part):
@@ -917,20 +1140,144 @@ class Receiver(Struct):
                     os.rename(t.name, part, src_dir_fd=t.dir_fd, dst_dir_fd=t.dir_fd)
             fd = await lock_part(t.dir_fd, part, shown)
             try:
-                digest = await self.receive_into(fd, entry, shown, t.dir_fd, part)
                 try:
-                    os.fchmod(fd, entry.mode & self.mode_mask)
-                    os.utime(fd, ns=(time.time_ns(), entry.mtime_ns))
-                    await in_thread(fd, os.fsync)
-                    os.rename(part, t.name, src_dir_fd=t.dir_fd, dst_dir_fd=t.dir_fd)
-                except OSError as exc:
-                    raise io_error(exc, "storing", shown) from None
+                    digest = await self.receive_into(fd, entry, shown, t.dir_fd, part)
+                except NoSpace as exc:
+                    raise no_space(exc, t, part, fd, entry.size) from None
+                await self.store_part(fd, t, part, entry.mode, entry.mtime_ns)
             finally:
                 os.close(fd)
+        await self.file_done(digest)
+
+    async def file_done(self, digest: str | None) -> None:
         self.stats.files += 1
         self.stats.sha256 = digest
         self.progress.report()
         await self.channel.send_json("done", {} if digest is None else {"sha256": digest})
+
+    async def store_part(
+        self, fd: int, t: Target, part: str, mode: int, mtime_ns: int | None
+    ) -> None:
+        """Give the received part its mode (and time), flush it and rename it into place."""
+        shown = quote(t.path)
+        try:
+            os.fchmod(fd, mode & self.mode_mask)
+            if mtime_ns is not None:
+                os.utime(fd, ns=(time.time_ns(), mtime_ns))
+        except OSError as exc:
+            raise io_error(exc, "storing", shown) from None
+        try:
+            await in_thread(fd, os.fsync)
+        except OSError as exc:
+            # Linux marks pages it failed to write back clean: the part would read
+            # back right from the cache while the disk holds something else, so a
+            # resume would verify it and store it torn.  Only a new copy is safe.
+            with contextlib.suppress(OSError):
+                os.unlink(part, dir_fd=t.dir_fd)
+            why = exc.strerror or str(exc)
+            fate = "is unchanged" if exists_at(t, t.name) else "was not created"
+            raise TransferError(
+                within_reason(
+                    lambda shown: (
+                        f"storing {shown} failed: {why}; the copy received "
+                        "was discarded (its data may not have reached the disk) and "
+                        f"{shown} {fate}"
+                    ),
+                    t.path,
+                )
+            ) from None
+        try:
+            os.rename(part, t.name, src_dir_fd=t.dir_fd, dst_dir_fd=t.dir_fd)
+        except OSError as exc:
+            raise io_error(exc, "storing", shown) from None
+
+    async def receive_to_sink(self, entry: FileEntry) -> None:
+        """The one file of a get, written to a stream in order: no part file, no resume."""
+        assert self.sink is not None
+        shown = stream_name(self.sink, "output")
+        await self.channel.send_json("ready", {"offset": 0, "sha256": EMPTY_SHA256})
+        start = field_uint(
+            decode_json(await expect(self.channel, "data"), "data"), "offset", "data"
+        )
+        if start != 0:
+            raise ChannelError(f"data offset {start} is not the offered 0")
+        h = hashlib.sha256() if self.encoding.checksum else None
+        await self.receive_data(None, 0, entry.size, h, shown)
+        flush = getattr(self.sink, "flush", None)
+        if flush is not None:
+            try:
+                await in_thread(None, lambda _: flush())
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                raise io_error(exc, "writing", shown) from None
+        end = await expect(self.channel, "end")
+        digest = check_end(end, h, shown, "what was written there is not a good copy")
+        await self.file_done(digest)
+
+    async def receive_stream(self, entry: StreamEntry) -> None:
+        """The one file of a stream transfer (RFC 16.4.4): its size is known at the end."""
+        with self.tree.resolve((*self.base, *entry.path)) as t:
+            shown = file_destination(t)
+            part = part_name(t.name)
+            self.expire_parts(t.dir_fd, part)
+            fd = await lock_part(t.dir_fd, part, shown)
+            try:
+                try:
+                    digest = await self.receive_stream_into(fd, shown)
+                except NoSpace as exc:
+                    raise no_space(exc, t, part, fd, None) from None
+                except BaseException:
+                    # A stream cannot be read again: nothing could resume from the part.
+                    with contextlib.suppress(OSError):
+                        os.unlink(part, dir_fd=t.dir_fd)
+                    raise
+                await self.store_part(fd, t, part, entry.mode, None)
+            finally:
+                os.close(fd)
+        await self.file_done(digest)
+
+    async def receive_stream_into(self, fd: int, shown: str) -> str | None:
+        channel = self.channel
+        try:
+            os.ftruncate(fd, 0)
+        except OSError as exc:
+            raise io_error(exc, "receiving", shown) from None
+        await channel.send_json("ready", {"offset": 0, "sha256": EMPTY_SHA256})
+        h = hashlib.sha256() if self.encoding.checksum else None
+        binary = self.encoding.binary
+        pos = acked = pieces = 0
+        worker = Worker(fd)
+        try:
+            while True:
+                name, payload = await next_request(channel)
+                if name == "end":
+                    break
+                if name != "more":
+                    raise ChannelError(f"expected a 'more' or 'end' request, got {name!r}")
+                n = field_int(
+                    decode_json(payload, "more"), "size", "more", 1, CHUNK if binary else B64_CHUNK
+                )
+                if n > MAX_SIZE - pos:
+                    raise ChannelError(f"a stream longer than {MAX_SIZE} bytes")
+                if binary:
+                    await self.receive_frames(worker, pos, pos + n, h, shown)
+                else:
+                    data, inflate_to = decode_chunk(await expect(channel, "chunk"), pos, n)
+                    if (len(data) if inflate_to is None else inflate_to) != n:
+                        raise ChannelError("a piece of a stream on the base64 path is one chunk")
+                    await self.store(worker, data, pos, h, shown, inflate_to)
+                pos += n
+                pieces += 1
+                # Before waiting for a source that may stay silent: a failed write must
+                # end the transfer now (what follows keeps arriving in the window meanwhile).
+                await self.stored(worker, shown)
+                if pieces >= STREAM_ACK_PIECES or (not binary and pos - acked >= ACK_EVERY):
+                    acked, pieces = pos, 0
+                    await channel.send_json("ack", {"offset": pos})
+        finally:
+            worker.close()
+        return check_end(payload, h, shown, "the copy was discarded")
 
     async def receive_into(
         self, fd: int, entry: FileEntry, shown: str, dir_fd: int, part: str
@@ -959,26 +1306,23 @@ class Receiver(Struct):
         self.progress.skip(start)
         checksum = self.encoding.checksum
         await self.receive_data(fd, start, entry.size, h if checksum else None, shown)
-        end = decode_json(await expect(channel, "end"), "end")
-        if not checksum:
-            if "sha256" in end:
-                raise ChannelError("'end' carries a checksum the transfer did not ask for")
-            return None
-        digest = h.hexdigest()
-        if field_sha256(end, "sha256", "end") != digest:
+        end = await expect(channel, "end")
+        try:
+            return check_end(end, h if checksum else None, shown, "the partial file was discarded")
+        except Mismatch:
             with contextlib.suppress(OSError):
                 os.unlink(part, dir_fd=dir_fd)
-            raise TransferError(
-                f"checksum mismatch for {shown}: the data was corrupted in transit or the "
-                "source changed; the partial file was discarded"
-            )
-        return digest
+            raise
 
     async def receive_data(
-        self, fd: int, pos: int, size: int, h: hashlib._Hash | None, shown: str
+        self, fd: int | None, pos: int, size: int, h: hashlib._Hash | None, shown: str
     ) -> None:
-        """Receive bytes ``[pos, size)``; a worker hashes and writes the previous piece."""
-        worker = Worker(fd)
+        """Receive bytes ``[pos, size)``; a worker hashes and writes the previous piece.
+
+        Writes to a sink always run in a thread: a pipe whose reader pauses (a pager)
+        would otherwise stop the event loop, and with it the session's heartbeats.
+        """
+        worker = Worker(fd, threaded=fd is None)
         try:
             if self.encoding.binary:
                 await self.receive_frames(worker, pos, size, h, shown)
@@ -998,7 +1342,10 @@ class Receiver(Struct):
         inflate_to: int | None = None,
     ) -> None:
         await self.stored(worker, shown)
-        worker.submit(store_piece, data, pos, h, inflate_to)
+        if self.sink is None:
+            worker.submit(store_piece, data, pos, h, inflate_to)
+        else:
+            worker.submit(functools.partial(sink_piece, self.sink), data, h, inflate_to)
         self.in_worker = data
 
     async def stored(self, worker: Worker, shown: str) -> None:
@@ -1006,6 +1353,8 @@ class Receiver(Struct):
         if worker.busy:
             try:
                 n = await worker.result()
+            except BrokenPipeError:
+                raise  # a sink's reader went away (`| head`): its caller's to tell
             except OSError as exc:
                 raise io_error(exc, "writing", shown) from None
             release(self.in_worker)
@@ -1090,6 +1439,74 @@ def remove_expired_parts(dir_fd: int, keep: str, before: float) -> int:
     return removed
 
 
+def no_space(exc: NoSpace, t: Target, part: str, fd: int, size: int | None) -> TransferError:
+    """What becomes of a file whose disk filled while it was received, said (RFC 16.7).
+
+    ``size`` is None for a stream, which is never resumed.
+    """
+    try:
+        held = os.fstat(fd).st_size
+    except OSError:
+        held = 0
+    replacing = exists_at(t, t.name)
+    if size is None:
+        with contextlib.suppress(OSError):
+            os.unlink(part, dir_fd=t.dir_fd)
+        fate = "it was not replaced and is unchanged" if replacing else "it was not created"
+        also = ", or remove the old file," if replacing else ""
+        return TransferError(
+            within_reason(
+                lambda shown: (
+                    f"{exc.what} while writing {shown} after {human_size(held)}: {fate}; a "
+                    f"copy from a stream cannot resume, so nothing was kept. Make room{also} "
+                    "then copy again"
+                ),
+                t.path,
+            )
+        )
+    if replacing:
+        # The old file stays until the new one is complete, so both must fit at once.
+        # Kept, the part would hold the disk full (unseen by a client, which cannot
+        # remove it) for a resume that needs that same room: the disk is given back.
+        with contextlib.suppress(OSError):
+            os.unlink(part, dir_fd=t.dir_fd)
+        return TransferError(
+            within_reason(
+                lambda shown: (
+                    f"{exc.what} while writing {shown}: it was not replaced and is "
+                    f"unchanged; the new copy needs {human_size(size)} free beside the old one. "
+                    "Make room or remove the old file, then copy again"
+                ),
+                t.path,
+            )
+        )
+    return TransferError(
+        within_reason(
+            lambda shown: (
+                f"{exc.what} while writing {shown}: the {human_size(held)} "
+                f"received of {human_size(size)} are kept; make {human_size(size - held)} more "
+                "room and copy again to resume"
+            ),
+            t.path,
+        )
+    )
+
+
+def within_reason(build: Callable[[str], str], path: str) -> str:
+    """``build(quoted path)``, the path shortened if need be so that what is said after
+    it survives the 255-byte limit of a close reason (RFC 5.6)."""
+    quoted = quote(path)
+    text = build(quoted)
+    size = len(text.encode("utf-8"))
+    if size <= MAX_REASON_BYTES:
+        return text
+    raw = display(path).encode("utf-8")
+    half = max(MAX_REASON_BYTES - (size - len(quoted.encode("utf-8"))) - len("''..."), 0) // 2
+    head = raw[:half].decode("utf-8", "ignore")
+    tail = raw[len(raw) - half :].decode("utf-8", "ignore")
+    return build(f"'{head}...{tail}'")
+
+
 def exists_at(t: Target, name: str) -> bool:
     """Whether ``name`` exists (as anything, symlinks not followed) beside ``t``."""
     try:
@@ -1109,6 +1526,61 @@ def store_piece(
         h.update(data)
     write_at(fd, data, pos)
     return len(data)
+
+
+def sink_piece(
+    sink: BinaryIO,
+    _fd: None,
+    data: bytes | memoryview,
+    h: hashlib._Hash | None,
+    inflate_to: int | None,
+) -> int:
+    """(In a worker) as :func:`store_piece`, writing to a stream: in order, all of it."""
+    if inflate_to is not None:
+        data = inflate(bytes(data), inflate_to)
+    if h is not None:
+        h.update(data)
+    view = memoryview(data)
+    while view:
+        view = view[sink.write(view) :]
+    return len(data)
+
+
+class Mismatch(TransferError):
+    """The receiver's SHA-256 of a file is not the sender's."""
+
+
+def check_end(payload: bytes, h: hashlib._Hash | None, shown: str, fate: str) -> str | None:
+    """The digest an ``end`` request confirms (None without ``checksum``), or why not."""
+    end = decode_json(payload, "end")
+    if h is None:
+        if "sha256" in end:
+            raise ChannelError("'end' carries a checksum the transfer did not ask for")
+        return None
+    digest = h.hexdigest()
+    if field_sha256(end, "sha256", "end") != digest:
+        raise Mismatch(
+            f"checksum mismatch for {shown}: the data was corrupted in transit or the "
+            f"source changed; {fate}"
+        )
+    return digest
+
+
+def file_destination(t: Target) -> str:
+    """``t`` shown, once it is known a file may be stored there (a new or a regular file)."""
+    shown = quote(t.path)
+    if t.is_dir:
+        raise TransferError(f"cannot overwrite directory {shown} with a file")
+    if t.st is not None and not t.is_file:
+        raise RemotePathError(f"{shown} is a {kind_of(t.st.st_mode)}; refusing to replace it")
+    return shown
+
+
+async def next_request(channel: AsyncChannel) -> tuple[str, bytes]:
+    request = await channel.next_request()
+    if request is None:
+        raise await peer_gone(channel)
+    return request
 
 
 def take_blocks(pending: bytearray, room: int) -> list[tuple[bytes, int | None]]:

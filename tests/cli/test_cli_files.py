@@ -104,6 +104,19 @@ def test_skipped_entries_are_listed_and_fail_the_copy(
     assert (root / "tree" / "a.txt").read_text() == "a"  # the rest was copied
 
 
+def test_get_r_leaves_part_files_out_silently(
+    env: Env, srv: Server, root: Path, tmp_path: Path
+) -> None:
+    """Unfinished part files of another transfer are not the user's data: exit 0."""
+    (root / "tree").mkdir()
+    (root / "tree" / "a.txt").write_text("a")
+    (root / "tree" / ".b.txt.ppcp-part").write_text("half of b")
+    res = env.run("get", "-r", ":tree", str(tmp_path / "copy"), "--host", srv.address)
+    assert res.returncode == 0, res.stderr
+    assert "skipped" not in res.stderr and "ppcp-part" not in res.stderr
+    assert os.listdir(tmp_path / "copy") == ["a.txt"]
+
+
 def test_several_files_into_a_directory(env: Env, srv: Server, root: Path, tmp_path: Path) -> None:
     (root / "inbox").mkdir()
     files = [tmp_path / f"f{i}.txt" for i in range(3)]
@@ -264,8 +277,31 @@ def test_disk_full(env: Env, server: StartServer, tiny_fs: Path, tmp_path: Path)
     res = env.run("put", str(src), ":", "--host", srv.address)
     assert res.returncode == 6
     assert "no space left" in res.stderr and "Traceback" not in res.stderr
+    assert "copy again to resume" in res.stderr
     assert res.stderr.count("\n") <= 2
     assert not (tiny_fs / "big.bin").exists()
+    assert (tiny_fs / ".big.bin.ppcp-part").exists()  # kept for the resume
+
+
+def test_disk_full_while_replacing_a_file(
+    env: Env, server: StartServer, tiny_fs: Path, tmp_path: Path
+) -> None:
+    """Old and new copies do not fit side by side on the 1 MiB disk: no resume could ever
+    succeed, so none is promised; the old file is intact and the disk is given back."""
+    srv = server("--root", str(tiny_fs))
+    old = random_file(tiny_fs / "f.bin", 600 << 10)
+    before = sha256(old)
+    src = random_file(tmp_path / "f.bin", 700 << 10)
+    res = env.run("put", str(src), ":", "--host", srv.address)
+    assert res.returncode == 6, res.stderr
+    assert res.stderr.startswith("ppcp: transfer failed: the server says no space left on device")
+    assert "'f.bin': it was not replaced and is unchanged" in res.stderr
+    assert "needs 700.0 KiB free beside the old one" in res.stderr
+    assert "remove the old file, then copy again" in res.stderr and "resume" not in res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert sha256(old) == before
+    assert os.listdir(tiny_fs) == ["f.bin"]  # no hidden part holding the disk full
+    assert shutil.disk_usage(tiny_fs).free >= 400 << 10
 
 
 def wait_for_part(path: Path, timeout: float = 30.0) -> int:
@@ -353,3 +389,121 @@ def test_progress_bar_of_an_empty_file_and_an_odd_name(
     # It ends complete (0/0), not pending (0/?, how a bar starts before any report).
     assert screen.rfind(b"0/0 bytes") > screen.rfind(b"0/?"), screen
     assert b"[red]empty" in screen, screen  # a name, not rich markup
+
+
+def test_get_to_stdout(env: Env, srv: Server, root: Path, tmp_path: Path) -> None:
+    src = random_file(root / "data.bin", (3 << 20) + 7)
+    res = subprocess.run(
+        [*PPCP, "get", ":data.bin", "-", "--host", srv.address],
+        env=env.vars,
+        cwd=env.home,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == src.read_bytes()
+    assert res.stderr == b""  # no bar, no summary: stdout is the data
+    assert os.listdir(env.home) == [".config"]  # nothing was written under the name "-"
+    res = subprocess.run(
+        [*PPCP, "get", "--checksum", ":data.bin", "-", "--host", srv.address],
+        env=env.vars,
+        cwd=env.home,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+    )
+    assert res.stdout == src.read_bytes()
+    assert res.stderr.decode() == f"sha256 {sha256(src)}\n"  # asked for, on stderr
+
+
+def test_get_to_stdout_errors(env: Env, srv: Server, root: Path) -> None:
+    (root / "tree").mkdir()
+    res = env.run("get", "-r", ":tree", "-", "--host", srv.address)
+    assert res.returncode == 2 and "-r cannot write to standard output" in res.stderr
+    res = env.run("get", ":missing", "-", "--host", srv.address)
+    assert res.returncode == 7 and res.stdout == "" and "no such file" in res.stderr
+    res = env.run("get", ":tree", "-", "--host", srv.address)
+    assert res.returncode == 2 and "use -r" in res.stderr and res.stdout == ""
+
+
+def test_get_to_stdout_closed_early(env: Env, srv: Server, root: Path) -> None:
+    """`ppcp get NAME:big - | head -c 100`: 141 and quiet, as a writer killed by SIGPIPE."""
+    random_file(root / "big.bin", 64 << 20)
+    proc = env.popen(
+        "get",
+        ":big.bin",
+        "-",
+        "--host",
+        srv.address,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert len(proc.stdout.read(100)) == 100
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(30) == 141, stderr
+    assert b"Traceback" not in stderr and b"Error" not in stderr, stderr
+
+
+def test_put_from_stdin(env: Env, srv: Server, root: Path) -> None:
+    data = os.urandom((2 << 20) + 3)
+    (root / "inbox").mkdir()
+    res = env.run("put", "-", ":inbox/from-stdin.bin", "--host", srv.address, input=data)
+    assert res.returncode == 0, res.stderr
+    assert (root / "inbox" / "from-stdin.bin").read_bytes() == data
+    assert (
+        res.stderr.startswith("sent 1 file, 2.0 MiB, to ")
+        and "(inbox/from-stdin.bin)" in res.stderr
+    )
+    res = env.run("put", "--checksum", "-", ":small", "--host", srv.address, input=b"small")
+    assert res.returncode == 0 and (root / "small").read_bytes() == b"small"
+    assert f"sha256 {hashlib.sha256(b'small').hexdigest()}" in res.stderr
+
+
+def test_put_from_stdin_errors(env: Env, srv: Server, root: Path, tmp_path: Path) -> None:
+    (root / "inbox").mkdir()
+    other = tmp_path / "other.txt"
+    other.write_text("other")
+    res = env.run("put", "-", ":inbox", "--host", srv.address, input=b"x")
+    assert res.returncode == 2, res.stderr
+    assert "standard input has no name: give one in the remote path (NAME:inbox/FILE)" in res.stderr
+    res = env.run("put", str(other), "-", ":inbox", "--host", srv.address, input=b"x")
+    assert res.returncode == 2 and "must be the only LOCAL" in res.stderr
+    res = env.run("put", "-r", "-", ":x", "--host", srv.address, input=b"x")
+    assert res.returncode == 2 and "-r cannot copy standard input" in res.stderr
+    assert os.listdir(root) == ["inbox"] and os.listdir(root / "inbox") == []
+
+
+def test_put_from_stdin_fails_at_once_when_the_server_does(
+    env: Env, server: StartServer, tiny_fs: Path
+) -> None:
+    """Disk full on the server while stdin is open and silent: the error comes at once
+    and ppcp exits 6 (the thread reading stdin must not hold it, or abort it at exit)."""
+    srv = server("--root", str(tiny_fs))
+    r, w = os.pipe()
+    try:
+        proc = env.popen("put", "-", ":f", "--host", srv.address, stdin=r, stderr=subprocess.PIPE)
+        os.close(r)
+        os.set_blocking(w, False)
+        sent = 0
+        for _ in range(2000):  # bounded: a bit more than the disk holds, then silence
+            if sent >= 1280 << 10 or proc.poll() is not None:
+                break
+            select.select([], [w], [], 0.05)
+            try:
+                sent += os.write(w, os.urandom(min(64 << 10, (1280 << 10) - sent)))
+            except BlockingIOError:
+                continue
+            except BrokenPipeError:
+                break
+        assert proc.stderr is not None
+        stderr = proc.stderr.read().decode()  # ends when ppcp does, w still open
+        assert proc.wait(30) == 6, stderr
+    finally:
+        os.close(w)
+    assert "no space left on device" in stderr and "cannot resume" in stderr
+    assert "Fatal Python error" not in stderr and "Traceback" not in stderr
+    assert os.listdir(tiny_fs) == []

@@ -219,6 +219,10 @@ async def test_malformed_requests_do_not_hurt_the_session(lo: Loopback) -> None:
         encode_json({"v": 1, "path": 5, "type": "file", "name": "x"}),
         encode_json({"v": 1, "path": "x", "type": "symlink", "name": "x"}),
         encode_json({"v": 1, "path": "x", "type": "file", "name": "x", "resume": "yes"}),
+        *(
+            encode_json({"v": 1, "path": "x", "type": "dir", "name": "x", "source": bad})
+            for bad in (5, "", "0" * 15, "0" * 17, "ABCDEF0123456789", "../0123456789ab")
+        ),
     ]
     async with lo.client() as session:
         for payload in payloads:

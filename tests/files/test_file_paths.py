@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,14 @@ def test_part_names() -> None:
     assert long.startswith(".") and long.endswith(".ppcp-part") and len(long.encode()) <= 255
     assert paths.is_part_name(long) and paths.is_part_name(".f.txt.ppcp-part")
     assert not paths.is_part_name("f.ppcp-part")
+    # A new directory's part name carries its source's identifier (RFC 16.7).
+    assert paths.part_name("d", "0123456789abcdef") == ".d.0123456789abcdef.ppcp-part"
+    hashed = paths.part_name("é" * 120, "0123456789abcdef")
+    assert paths.is_part_name(hashed) and len(hashed.encode()) <= 255
+    assert hashed not in (long, paths.part_name("é" * 120), paths.part_name("é" * 120, "1" * 16))
+    assert paths.source_id("host", b"/a") != paths.source_id("host", b"/b")
+    assert paths.source_id("ab", "c") != paths.source_id("a", "bc")
+    assert re.fullmatch("[0-9a-f]{16}", paths.source_id("host", b"/\xff"))
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import time
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from files_helpers import NO_BINARY, Loopback, MiB, make_file, sha256_file, tree
 
 import ppcp
 from ppcp.control import transfer
+from ppcp.control.aio_channel import encode_json
 from ppcp.core.config import SUPPORTED_CAPABILITIES
+from ppcp.core.errors import CloseCode
 from ppcp.transport.aio_driver import AsyncSession
 
 PATHS = {"binary": SUPPORTED_CAPABILITIES, "base64": NO_BINARY}
@@ -38,6 +41,14 @@ def cut_after(session: AsyncSession, limit: int) -> transfer.ProgressCallback:
 
 def part_of(path: Path) -> Path:
     return path.with_name(f".{path.name}.ppcp-part")
+
+
+def part_dir_of(path: Path) -> Path:
+    """The one part directory of a new ``path``: its name carries its source's identifier."""
+    found = list(path.parent.glob(f".{path.name}.*.ppcp-part"))
+    assert len(found) == 1, found
+    assert re.fullmatch(rf"\.{re.escape(path.name)}\.[0-9a-f]{{16}}\.ppcp-part", found[0].name)
+    return found[0]
 
 
 async def test_put_killed_mid_transfer_then_resumed(lo: Loopback, caps: tuple[str, ...]) -> None:
@@ -137,12 +148,83 @@ async def test_disk_full_keeps_the_part_for_resume(
         with pytest.raises(ppcp.TransferError, match="no space left on device") as info:
             await session.put(lo.local / "f.bin", "f.bin")
         assert info.value.remote
-        assert "f.bin" in info.value.message
+        assert info.value.message.endswith(
+            "no space left on device while writing 'f.bin': the 3.0 MiB received of 6.0 MiB "
+            "are kept; make 3.0 MiB more room and copy again to resume"
+        )
         assert not (lo.root / "f.bin").exists()
         assert part_of(lo.root / "f.bin").stat().st_size == 3 * MiB
         monkeypatch.setattr(transfer, "write_at", real_write_at)  # space freed
         result = await session.put(lo.local / "f.bin", "f.bin", checksum=True)
     assert (result.resumed_from, result.bytes, result.sha256) == (3 * MiB, 3 * MiB, digest)
+
+
+@pytest.mark.parametrize("direction", ["put", "get"])
+async def test_disk_full_while_replacing_leaves_the_old_file(
+    lo: Loopback, monkeypatch: pytest.MonkeyPatch, direction: str
+) -> None:
+    """The old and the new file must fit side by side: no resume is promised, the old
+    file is intact and the part is removed (it would only hold the disk full)."""
+    src_dir, dest_dir = (lo.local, lo.root) if direction == "put" else (lo.root, lo.local)
+    digest = make_file(src_dir / "f.bin", 6 * MiB, b"new")
+    old = make_file(dest_dir / "f.bin", 2 * MiB, b"old")
+    real_write_at = transfer.write_at
+
+    def full_disk(fd: int, data: bytes | memoryview, pos: int) -> None:
+        if pos + len(data) > 3 * MiB:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write_at(fd, data, pos)
+
+    monkeypatch.setattr(transfer, "write_at", full_disk)
+    async with lo.client() as session:
+
+        async def copy(checksum: bool = False) -> ppcp.TransferResult:
+            if direction == "put":
+                return await session.put(lo.local / "f.bin", "f.bin", checksum=checksum)
+            return await session.get("f.bin", lo.local / "f.bin", checksum=checksum)
+
+        with pytest.raises(ppcp.TransferError, match="no space left on device") as info:
+            await copy()
+        message = info.value.message
+        assert info.value.remote == (direction == "put")
+        assert message.endswith(
+            "no space left on device while writing 'f.bin': it was not replaced and is "
+            "unchanged; the new copy needs 6.0 MiB free beside the old one. Make room or "
+            "remove the old file, then copy again"
+        )
+        assert sha256_file(dest_dir / "f.bin") == old
+        assert not part_of(dest_dir / "f.bin").exists()
+        monkeypatch.setattr(transfer, "write_at", real_write_at)  # room was made
+        result = await copy(checksum=True)
+    assert (result.resumed_from, result.sha256) == (0, digest)
+
+
+@pytest.mark.parametrize("path", ["f.bin", "d/" * 120 + "f.bin", "\u00e9" * 200])
+def test_what_to_do_survives_the_reason_limit(path: str) -> None:
+    """A close reason is clipped at 255 bytes: the path gives way, not the advice after it."""
+    from ppcp.handshake.messages import MAX_REASON_BYTES
+
+    text = transfer.within_reason(lambda shown: f"writing {shown}: " + "advice " * 20, path)
+    assert len(text.encode("utf-8")) <= MAX_REASON_BYTES and text.endswith("advice " * 20)
+    assert text.startswith(f"writing '{path[:2]}") and (len(path) < 100 or "..." in text)
+
+
+async def test_a_failed_fsync_discards_the_part(
+    lo: Loopback, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed write-back the part reads back from the cache, not from the disk:
+    it is not trusted for a resume."""
+    make_file(lo.local / "f.bin", MiB)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(transfer.os, "fsync", failing)
+    async with lo.client() as session:
+        with pytest.raises(ppcp.TransferError, match="Input/output error") as info:
+            await session.put(lo.local / "f.bin", "f.bin")
+    assert "was discarded" in info.value.message and "was not created" in info.value.message
+    assert not part_of(lo.root / "f.bin").exists() and not (lo.root / "f.bin").exists()
 
 
 async def test_checksum_mismatch_discards_the_part(
@@ -235,7 +317,7 @@ async def test_recursive_put_resumes_where_it_stopped(lo: Loopback, into: bool) 
             await session.put(src, remote, recursive=True, progress=cut_after(session, CUT))
     await lo.server_idle()
     assert not dest.exists()  # nothing under the real name until the tree is complete
-    staged = part_of(dest)
+    staged = part_dir_of(dest)
     assert (staged / "0-first.txt").read_text() == "first"
     kept = part_of(staged / "big.bin").stat().st_size
     async with lo.client() as session:
@@ -260,7 +342,7 @@ async def test_recursive_get_resumes_where_it_stopped(lo: Loopback, into: bool) 
         with pytest.raises(ppcp.PPCPError):
             await session.get("photos", local, recursive=True, progress=cut_after(session, CUT))
     assert not dest.exists()
-    staged = part_of(dest)
+    staged = part_dir_of(dest)
     assert (staged / "0-first.txt").read_text() == "first"
     kept = part_of(staged / "big.bin").stat().st_size
     async with lo.client() as session:
@@ -270,6 +352,63 @@ async def test_recursive_get_resumes_where_it_stopped(lo: Loopback, into: bool) 
     assert os.stat(dest).st_mode & 0o777 == 0o750
     assert sorted(os.listdir(dest.parent)) == [dest.name]
     assert len("first") + kept <= result.resumed_from < SIZE
+
+
+def tree_named(top: Path, name: str) -> dict[str, object]:
+    """A tree of its own: a small file named after it, then a big one of its own content."""
+    top.mkdir(parents=True)
+    (top / f"0-{name}.txt").write_text(name)
+    make_file(top / "big.bin", SIZE, name.encode())
+    return tree_snapshot(top)
+
+
+@pytest.mark.parametrize("direction", ["put", "get"])
+async def test_an_interrupted_copy_of_another_tree_is_not_continued(
+    lo: Loopback, direction: str
+) -> None:
+    """Two different trees copied to the same new name, both interrupted: each resumes
+    only its own part directory, so neither ends with the other's files mixed in."""
+    src_dir = lo.local if direction == "put" else lo.root
+    expected = {name: tree_named(src_dir / name, name) for name in ("one", "two")}
+    dest = lo.root / "backup" if direction == "put" else lo.local / "backup"
+
+    async def copy(session: AsyncSession, name: str, cut: bool) -> ppcp.TransferResult:
+        progress = cut_after(session, CUT) if cut else None
+        if direction == "put":
+            return await session.put(lo.local / name, "backup", recursive=True, progress=progress)
+        return await session.get(name, dest, recursive=True, progress=progress)
+
+    for name in ("one", "two"):
+        async with lo.client() as session:
+            with pytest.raises(ppcp.PPCPError):
+                await copy(session, name, cut=True)
+        await lo.server_idle()
+    assert not dest.exists()
+    async with lo.client() as session:
+        result = await copy(session, "two", cut=False)
+    assert tree_snapshot(dest) == expected["two"]
+    assert len("two") <= result.resumed_from < SIZE  # its own part, continued
+    # The other tree's interrupted copy is untouched, still there to be resumed.
+    theirs = part_dir_of(dest)
+    assert sorted(os.listdir(theirs)) == [".big.bin.ppcp-part", "0-one.txt"]
+
+
+@pytest.mark.parametrize("source", [None, "0123456789abcdef"])
+async def test_the_part_directory_is_named_after_the_source(
+    lo: Loopback, source: str | None
+) -> None:
+    """A client that names no source (an older one) keeps the plain part name."""
+    request = {"v": 1, "path": "new", "type": "dir", "name": "new", "resume": True}
+    if source is not None:
+        request["source"] = source
+    async with lo.client() as session:
+        channel = await session.open_channel("file-put", encode_json(request))
+        await channel.send_json("dir", {"path": "", "mode": 0o755, "mtime_ns": 0})
+        await channel.send_json("dir", {"path": "sub", "mode": 0o755, "mtime_ns": 0})
+        await channel.close(CloseCode.TRANSFER_FAILED, "interrupted")
+    await lo.server_idle()
+    name = ".new.ppcp-part" if source is None else f".new.{source}.ppcp-part"
+    assert os.listdir(lo.root) == [name] and os.listdir(lo.root / name) == ["sub"]
 
 
 async def test_a_tree_that_appeared_meanwhile_is_not_replaced(lo: Loopback) -> None:
@@ -285,7 +424,7 @@ async def test_a_tree_that_appeared_meanwhile_is_not_replaced(lo: Loopback) -> N
         with pytest.raises(ppcp.TransferError, match="appeared during the transfer"):
             await session.put(src, "d", recursive=True, progress=someone_else)
     assert os.listdir(lo.root / "d") == ["theirs"]
-    assert (part_of(lo.root / "d") / "f").read_text() == "f"  # kept, not lost
+    assert (part_dir_of(lo.root / "d") / "f").read_text() == "f"  # kept, not lost
 
 
 async def test_expired_part_files_are_removed_where_a_put_lands(lo: Loopback) -> None:

@@ -335,6 +335,54 @@ async def test_recursive_transfer_skips_special_files(lo: Loopback) -> None:
     assert any("link-to-dir" in s for s in up.skipped)
 
 
+def with_part_files(top: Path) -> None:
+    """A tree holding another transfer's unfinished data: a part file and a part directory."""
+    (top / "sub").mkdir(parents=True)
+    (top / "keep.txt").write_text("keep")
+    (top / "sub" / ".half.bin.ppcp-part").write_bytes(b"half")
+    (top / ".new-tree.ppcp-part").mkdir()
+    (top / ".new-tree.ppcp-part" / "x").write_text("x")
+
+
+@pytest.mark.parametrize("direction", ["put", "get"])
+async def test_part_files_are_left_out_silently(lo: Loopback, direction: str) -> None:
+    """Unfinished part files are another transfer's data, not the user's: not sent, not
+    reported as skipped (which would fail the copy with exit 1)."""
+    async with lo.client() as session:
+        if direction == "get":
+            with_part_files(lo.root / "t")
+            result = await session.get("t", lo.local / "t", recursive=True)
+            copy = lo.local / "t"
+        else:
+            with_part_files(lo.local / "t")
+            result = await session.put(lo.local / "t", "t", recursive=True)
+            copy = lo.root / "t"
+    assert result.skipped == ()
+    assert (result.files, result.directories) == (1, 2)
+    assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*")) == ["keep.txt", "sub"]
+
+
+async def test_part_files_reported_by_an_older_sender_are_not_counted(
+    lo: Loopback, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server from before sends 'skip' for its part files; the copy is still complete."""
+    from ppcp.control import files
+    from ppcp.control.transfer import SendSkip
+
+    with_part_files(lo.root / "t")
+    real = files.remote_items
+
+    def older(tree, base):  # type: ignore[no-untyped-def]
+        items, total = real(tree, base)
+        old = "unfinished transfer (part file)"
+        return [SendSkip("sub/.half.bin.ppcp-part", old), *items], total
+
+    monkeypatch.setattr(files, "remote_items", older)
+    async with lo.client() as session:
+        result = await session.get("t", lo.local / "t", recursive=True)
+    assert result.skipped == () and (lo.local / "t" / "keep.txt").read_text() == "keep"
+
+
 async def test_compression_path(dirs: tuple[Path, Path]) -> None:
     root, local = dirs
     digest = text_file(local / "text.txt", 3 * MiB + 5)
