@@ -218,7 +218,7 @@ def _report(verb: str, results: list[Any], label: str, quiet: bool, failed: bool
 
 def _summary(verb: str, results: list[Any], label: str) -> None:
     """One line per transfer: what moved, how fast, what was resumed."""
-    from ppcp.cli.progress import human_size
+    from ppcp.utils.units import human_size
 
     for r in results:
         moved = int(r.bytes)

@@ -66,6 +66,7 @@ from ppcp.core.states import Role
 from ppcp.handshake.messages import MAX_REASON_BYTES
 from ppcp.transport.frames import Frame, FrameType
 from ppcp.utils.codec import Writer
+from ppcp.utils.units import human_size
 
 if TYPE_CHECKING:
     from ppcp.control.aio_channel import AsyncChannel
@@ -446,15 +447,6 @@ def io_error(exc: OSError, action: str, shown: str) -> TransferError:
         error.what = f"{text[:1].lower()}{text[1:]}"
         return error
     return TransferError(f"{action} {shown} failed: {exc.strerror or exc}")
-
-
-def human_size(n: float) -> str:
-    """A byte count for a message (the CLI has its own: it does not import this module)."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 class Compressor:
