@@ -13,7 +13,7 @@ from msgspec import Struct
 
 from ppcp.cli.config import complete_name
 from ppcp.cli.errors import EXIT_OWN_FAILURE, OwnFailureCommand, handle_errors
-from ppcp.cli.options import global_options
+from ppcp.cli.options import COMMAND_SECONDS, global_options
 
 _REMOTE = "ppcp.exec.remote"
 
@@ -58,7 +58,7 @@ class ExecCommand(OwnFailureCommand):
 @click.option("--no-stdin", "-n", is_flag=True, help="Do not forward stdin even when it is piped.")
 @click.option(
     "--max-time",
-    type=click.FloatRange(min=0, min_open=True),
+    type=COMMAND_SECONDS,
     metavar="SECONDS",
     help="Kill the remote command after this long.",
 )

@@ -70,6 +70,9 @@ class _Number(click.ParamType):  # type: ignore[type-arg]  # generic since click
 
 PORT = _Number("port number", int, 0, 65535)
 SECONDS = _Number("number of seconds", float, 0.05, 3600)
+# A command's time limit: positive and finite (inf and nan are floats too, and the wire
+# refuses them), up to about 31 years.
+COMMAND_SECONDS = _Number("number of seconds", float, 0.001, 1e9)
 
 _GLOBAL_OPTIONS: tuple[Callable[[F], F], ...] = (
     _option(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from cli_helpers import Env, Server, StartServer
 
 
@@ -452,3 +453,12 @@ def test_a_busy_server_is_tried_again_within_the_timeout(env: Env, server: Start
             client.kill()
             client.wait(5)
     assert (client.returncode, out) == (0, b"in\n"), err.decode()
+
+
+@pytest.mark.parametrize("limit", ["inf", "nan", "0", "-1", "soon"])
+def test_max_time_must_be_a_positive_finite_number(env: Env, limit: str) -> None:
+    # Refused before anything is looked up or sent (nothing listens on port 9).
+    res = env.run("exec", "--host", "127.0.0.1:9", "--max-time", limit, "--", "true")
+    assert res.returncode == 255, res.stderr
+    assert "--max-time" in res.stderr and "number of seconds" in res.stderr
+    assert "connection" not in res.stderr and "Traceback" not in res.stderr
