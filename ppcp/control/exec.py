@@ -118,7 +118,9 @@ class ExecSpec(Struct, frozen=True):
             raise ChannelError("exec: exactly one of argv and command is required")
         if self.argv is not None:
             if not self.argv or len(self.argv) > MAX_ARGS:
-                raise ChannelError(f"exec: argv must hold 1..{MAX_ARGS} strings")
+                raise ChannelError(
+                    f"exec: argv must hold 1..{MAX_ARGS} strings, not {len(self.argv)}"
+                )
             if not self.argv[0]:
                 raise ChannelError("exec: empty program name")
             for arg in self.argv:

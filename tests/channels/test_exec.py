@@ -252,6 +252,13 @@ async def test_missing_cwd_is_a_channel_error(session: Session, tmp_path: Path) 
         await session.exec(["true"], cwd=str(tmp_path / "nope"))
 
 
+async def test_too_many_arguments_says_how_many(session: Session) -> None:
+    argv = ["true", *["x"] * exec_module.MAX_ARGS]
+    with pytest.raises(ChannelError, match=f"1..{exec_module.MAX_ARGS} strings, not {len(argv)}"):
+        await session.exec(argv)
+    assert (await session.exec(["true", *["x"] * 4095])).exit_code == 0
+
+
 async def test_command_not_found(session: Session) -> None:
     # A string goes through the shell: like ssh, exit status 127 and the shell's message.
     result = await session.exec("no-such-command-ppcp")
