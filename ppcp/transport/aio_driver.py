@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
@@ -38,6 +39,8 @@ from ppcp.core.events import ConnectionClosed, Event, HandshakeComplete, Message
 from ppcp.core.states import Role
 from ppcp.crypto.psk import derive_psk_key
 from ppcp.transport.connection import Connection
+
+log = logging.getLogger("ppcp.session")
 
 CLOSE_TIMEOUT = 5.0
 WRITE_HIGH_WATER = 64 * 1024  # asyncio's default
@@ -353,8 +356,15 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
         except PPCPError as exc:
             await channel.close(int(exc.code) if exc.code else CloseCode.CHANNEL_ERROR, exc.message)
         except Exception as exc:
+            # Logged here, with the channel it broke: re-raised, it surfaced only
+            # when the task was collected, as "Task exception was never retrieved".
+            log.exception(
+                "internal error in the %r channel %d of %s",
+                channel.kind,
+                channel.channel_id,
+                self.peer_name,
+            )
             await channel.close(CloseCode.CHANNEL_ERROR, f"internal error: {type(exc).__name__}")
-            raise
         else:
             await channel.close()
 

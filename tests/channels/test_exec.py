@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -257,6 +258,27 @@ async def test_too_many_arguments_says_how_many(session: Session) -> None:
     with pytest.raises(ChannelError, match=f"1..{exec_module.MAX_ARGS} strings, not {len(argv)}"):
         await session.exec(argv)
     assert (await session.exec(["true", *["x"] * 4095])).exit_code == 0
+
+
+async def test_a_failing_service_is_logged_with_its_channel(
+    session: Session, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(channel: AsyncChannel, policy: ServerPolicy) -> None:
+        raise RuntimeError("a bug in a service")
+
+    monkeypatch.setattr(exec_module, "serve_exec", broken)
+    with (
+        caplog.at_level(logging.ERROR, logger="ppcp"),
+        pytest.raises(ChannelError, match="internal error: RuntimeError"),
+    ):
+        await session.exec(["true"])
+    [record] = [r for r in caplog.records if r.name == "ppcp.session"]
+    assert "internal error in the 'exec' channel" in record.getMessage()
+    assert record.exc_info is not None and "a bug in a service" in str(record.exc_info[1])
+    # Logged once, where it happened: nothing is left for asyncio to report at collection.
+    assert not [r for r in caplog.records if r.name == "asyncio"]
+    monkeypatch.undo()
+    assert (await session.exec(["true"])).exit_code == 0  # the session is fine
 
 
 async def test_command_not_found(session: Session) -> None:
