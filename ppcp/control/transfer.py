@@ -29,7 +29,9 @@ import errno
 import fcntl
 import functools
 import hashlib
+import logging
 import os
+import shutil
 import stat
 import struct
 import threading
@@ -85,9 +87,15 @@ ZLIB_LEVEL = 1
 COMPRESS_WORTH = 0.95  # a piece is sent compressed only if this much smaller
 COMPRESS_BACKOFF = 16  # pieces sent stored, untried, after one that did not shrink
 PROGRESS_EVERY = 1 << 20
-LOCK_WAIT = 5.0  # seconds a receiver waits for a part file another transfer holds
-# A server receiving into a directory removes part files there untouched this long.
+LOCK_WAIT = 5.0  # seconds a receiver waits for a part file (directory) another holds
+# A server receiving into a directory removes part files there untouched this long,
+# and part directories with nothing in them touched this long.
 PART_TTL = 7 * 24 * 3600.0
+# Bounds on the walk through a part directory that may have expired: a bigger tree is
+# left as it is (the walk must not hold up the transfers; rmtree recurses per level).
+PART_DIR_SCAN_LIMIT = 10_000  # entries
+PART_DIR_DEPTH_LIMIT = 64  # levels, each holding a descriptor while it is walked
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 LOCK_POLL = 0.05
 WORKER_THREADS = 8  # shared by all transfers of a process
 # A file job that blocks the event loop longer than this moves to a thread.
@@ -109,6 +117,7 @@ STREAM_MODE = 0o666
 
 ProgressCallback = Callable[[int, int, float], None]
 T = TypeVar("T")
+log = logging.getLogger("ppcp.server")  # only a server expires part files
 
 
 class TransferResult(Struct, frozen=True):
@@ -956,10 +965,14 @@ class Receiver(Struct):
     in_worker: bytes | memoryview = b""
     # Where a new top directory goes once complete, while ``base`` is its part name.
     final: tuple[str, ...] | None = None
-    # Seconds after which a part file left by another transfer expires (None: never).
+    # Seconds after which a part file (directory) left by another transfer expires
+    # (None: never).
     part_ttl: float | None = None
-    # The directories (st_dev, st_ino) already swept of expired part files.
+    # The directories (st_dev, st_ino) already swept of expired part files and directories.
     swept: set[tuple[int, int]] = field(default_factory=set)
+    # The part directory this transfer works in, open with a shared lock so that no
+    # server expires it meanwhile, however old what it holds (hold_part_dir).
+    held: int | None = None
     # What a new top directory is copied from, in its part name (None: a sender that
     # names none, whose part directory has the plain part name).
     source: str | None = None
@@ -969,6 +982,14 @@ class Receiver(Struct):
     sink: BinaryIO | None = None
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            if self.held is not None:
+                os.close(self.held)
+                self.held = None
+
+    async def _run(self) -> None:
         try:
             await self._receive_entries()
         except BaseException:
@@ -1008,7 +1029,7 @@ class Receiver(Struct):
                 await self.receive_stream(streamed)
             elif name == "dir" and not self.single:
                 d = DirEntry.decode(payload)
-                if d.path or self.final is not None or not self.open_part_dir(d):
+                if d.path or self.final is not None or not await self.open_part_dir(d):
                     self.make_dir(d)
             elif name == "skip":
                 obj = decode_json(payload, "skip")
@@ -1022,7 +1043,7 @@ class Receiver(Struct):
             else:
                 raise ChannelError(f"unexpected request {name!r} in a file transfer")
 
-    def open_part_dir(self, entry: DirEntry) -> bool:
+    async def open_part_dir(self, entry: DirEntry) -> bool:
         """Receive a top directory that does not exist yet under its part name.
 
         So an interrupted transfer leaves no half tree under the real name, and
@@ -1036,37 +1057,39 @@ class Receiver(Struct):
             if t.st is not None:
                 return False
             part = part_name(t.name, self.source)
-            self.expire_parts(t.dir_fd, part)
-            try:
-                st: os.stat_result | None = os.stat(part, dir_fd=t.dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                st = None
-            except OSError as exc:
-                raise io_error(exc, "opening the part directory for", quote(t.path)) from None
-            if st is None:
-                try:
-                    os.mkdir(part, 0o700, dir_fd=t.dir_fd)
-                except OSError as exc:
-                    raise io_error(exc, "creating the part directory for", quote(t.path)) from None
-            elif not stat.S_ISDIR(st.st_mode):
-                raise RemotePathError(
-                    f"{quote(t.path)}: its part directory is a {kind_of(st.st_mode)}"
-                )
+            await self.expire_parts(t, part)
+            self.held = await hold_part_dir(t.dir_fd, part, quote(t.path))
             self.final = t.parts
             self.base = (*t.parts[:-1], part)
         self.dirs.append((self.base, entry.mode, entry.mtime_ns))
         self.stats.directories += 1
         return True
 
-    def expire_parts(self, dir_fd: int, keep: str) -> None:
-        """Remove the expired part files of ``dir_fd`` (once per directory and transfer)."""
+    async def expire_parts(self, t: Target, keep: str) -> None:
+        """Remove the expired part files and directories beside ``t`` (RFC 16.7).
+
+        Once per directory and transfer.  Housekeeping: whatever goes wrong leaves
+        them for next time and never fails the transfer.
+        """
         if self.part_ttl is None:
             return
-        st = os.fstat(dir_fd)
-        if (st.st_dev, st.st_ino) in self.swept:
-            return
-        self.swept.add((st.st_dev, st.st_ino))
-        remove_expired_parts(dir_fd, keep, time.time() - self.part_ttl)
+        where = t.parts[:-1]
+        try:
+            st = os.fstat(t.dir_fd)
+            if (st.st_dev, st.st_ino) in self.swept:
+                return
+            self.swept.add((st.st_dev, st.st_ino))
+            before = time.time() - self.part_ttl
+            dirs = remove_expired_parts(t.dir_fd, keep, before)
+            if dirs:
+                # Walking and removing trees may take a while: not on the event loop.
+                removed = await in_thread(t.dir_fd, remove_expired_part_dirs, dirs, before)
+                for name in removed:
+                    log.info("removed the expired part directory %s", display(join((*where, name))))
+        except Exception:
+            log.warning(
+                "expiring the part files in %s failed", display(join(where) or "."), exc_info=True
+            )
 
     def move_into_place(self, final: tuple[str, ...]) -> None:
         """Rename the completed part directory to its real name (never over something)."""
@@ -1124,7 +1147,7 @@ class Receiver(Struct):
         with self.tree.resolve((*self.base, *entry.path)) as t:
             shown = file_destination(t)
             part = part_name(t.name)
-            self.expire_parts(t.dir_fd, part)
+            await self.expire_parts(t, part)
             if self.final is not None and t.is_file and self.resume and not exists_at(t, part):
                 # Completed by an earlier run of this transfer: offered for resuming
                 # (its prefix is verified like any part file's) rather than sent again.
@@ -1212,7 +1235,7 @@ class Receiver(Struct):
         with self.tree.resolve((*self.base, *entry.path)) as t:
             shown = file_destination(t)
             part = part_name(t.name)
-            self.expire_parts(t.dir_fd, part)
+            await self.expire_parts(t, part)
             fd = await lock_part(t.dir_fd, part, shown)
             try:
                 try:
@@ -1394,26 +1417,36 @@ class Receiver(Struct):
                 await channel.send_json("ack", {"offset": pos})
 
 
-def remove_expired_parts(dir_fd: int, keep: str, before: float) -> int:
-    """Unlink the part files in ``dir_fd`` last modified before ``before``; how many.
+def remove_expired_parts(dir_fd: int, keep: str, before: float) -> list[str]:
+    """Unlink the part files in ``dir_fd`` last modified before ``before``.
 
     Housekeeping for a server: a transfer that was never resumed must not fill
     its disk for ever with files its clients cannot see.  Part files only
     (regular files with the part name, not ``keep``, the one about to be used),
-    never one a transfer holds (its lock is tried first), never a part directory
-    (what is below it may be in use).  Errors only leave a file for next time.
+    never one a transfer holds (its lock is tried first).  Errors only leave a
+    file for next time.  Returns the part directories (not ``keep``) that may
+    have expired too, their own time being that old: what is below them is for
+    :func:`remove_expired_part_dirs` to examine, off the event loop.
     """
-    removed = 0
     try:
         with os.scandir(dir_fd) as it:
             names = [e.name for e in it if is_part_name(e.name) and e.name != keep]
     except OSError:
-        return 0
+        return []
+    dirs = []
     for name in names:
         try:
             # lstat first: opening a device or FIFO someone named so could have effects.
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode) or st.st_mtime >= before:
+            if st.st_mtime >= before:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                # Only where rmtree works from descriptors: elsewhere a symlink swapped
+                # in while it runs could lead it out of the part directory.
+                if shutil.rmtree.avoids_symlink_attacks:
+                    dirs.append(name)
+                continue
+            if not stat.S_ISREG(st.st_mode):
                 continue
             flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
             fd = os.open(name, flags, dir_fd=dir_fd)
@@ -1423,12 +1456,188 @@ def remove_expired_parts(dir_fd: int, keep: str, before: float) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if os.path.samestat(st, os.fstat(fd)):
                 os.unlink(name, dir_fd=dir_fd)
-                removed += 1
         except OSError:  # BlockingIOError: a transfer is using it
             continue
         finally:
             os.close(fd)
-    return removed
+    return dirs
+
+
+def remove_expired_part_dirs(dir_fd: int, names: list[str], before: float) -> list[str]:
+    """Remove those of the part directories ``names`` in ``dir_fd`` that expired; which."""
+    return [name for name in names if remove_expired_part_dir(dir_fd, name, before)]
+
+
+def remove_expired_part_dir(dir_fd: int, name: str, before: float) -> bool:
+    """Remove the part directory ``name`` if nothing in it changed since ``before``.
+
+    A copy of another tree to the same name gets a part directory of its own, so
+    an abandoned one is never resumed and would take space for ever.  It is
+    removed only if it is not in use: no transfer holds it (hold_part_dir), no
+    entry below it was modified since ``before`` (symlinks not followed), no
+    regular file in it is locked (a transfer writing its part file), and it is
+    small enough to examine (PART_DIR_SCAN_LIMIT, PART_DIR_DEPTH_LIMIT).  Every
+    operation is relative to a directory already opened without following a
+    symlink: nothing outside the part directory is ever examined or removed.
+    Errors only leave it (or what remains of it) for next time.
+    """
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        # Kept to the end, the exclusive lock also stops a transfer from starting to
+        # resume into the directory while it is examined and removed.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_mtime >= before or not stale_tree(fd, before):
+            return False
+        if not still_stale(dir_fd, name, fd, before):
+            return False
+        empty_dir(fd)
+        if not still_stale(dir_fd, name, fd, None):
+            return False
+        os.rmdir(name, dir_fd=dir_fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def still_stale(dir_fd: int, name: str, fd: int, before: float | None) -> bool:
+    """Whether ``name`` still is the directory ``fd``, unchanged since ``before`` (if given)."""
+    st = os.fstat(fd)
+    if before is not None and st.st_mtime >= before:
+        return False
+    return os.path.samestat(st, os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
+
+
+def stale_tree(top: int, before: float) -> bool:
+    """Whether nothing below the directory ``top`` changed since ``before`` or is locked.
+
+    A tree too big to examine within the limits counts as in use: it is left
+    rather than walked at any cost.
+    """
+    left = PART_DIR_SCAN_LIMIT
+
+    def stale(fd: int, depth: int) -> bool:
+        nonlocal left
+        with os.scandir(fd) as it:
+            for entry in it:
+                left -= 1
+                if left < 0:
+                    return False
+                st = entry.stat(follow_symlinks=False)
+                if st.st_mtime >= before:
+                    return False
+                if stat.S_ISDIR(st.st_mode):
+                    if depth >= PART_DIR_DEPTH_LIMIT:
+                        return False
+                    sub = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
+                    try:
+                        if not os.path.samestat(st, os.fstat(sub)) or not stale(sub, depth + 1):
+                            return False
+                    finally:
+                        os.close(sub)
+                elif stat.S_ISREG(st.st_mode) and is_locked(fd, entry.name, st):
+                    return False
+        return True
+
+    return stale(top, 1)
+
+
+def is_locked(dir_fd: int, name: str, st: os.stat_result) -> bool:
+    """Whether the regular file ``name`` (lstat ``st``) is locked, or may be.
+
+    A transfer holds the lock of the part file it writes; any file is tried, as
+    what another program holds locked is in use too.  A file that cannot be
+    opened, or changed since ``st``, may be.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError:
+        return True
+    try:
+        if not os.path.samestat(st, os.fstat(fd)):
+            return True
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def empty_dir(fd: int) -> None:
+    """Remove everything in the directory ``fd`` (a symlink is removed, never followed)."""
+    with os.scandir(fd) as it:
+        entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+    for name, is_dir in entries:
+        if is_dir:
+            shutil.rmtree(name, dir_fd=fd)
+        else:
+            os.unlink(name, dir_fd=fd)
+
+
+async def hold_part_dir(dir_fd: int, part: str, shown: str) -> int:
+    """Open the part directory ``part`` of ``dir_fd`` (created if missing), locked shared.
+
+    A server expiring a part directory takes its exclusive lock first and keeps
+    it until the directory is gone: held, it is never expired under a transfer
+    working in it, however old what it holds.  One being expired is waited for
+    (briefly), then made anew.  A file system without such locks is used
+    unlocked: no part directory can be expired there either.
+    """
+    deadline = time.monotonic() + LOCK_WAIT
+    for _ in range(int(LOCK_WAIT / LOCK_POLL) + 2):
+        try:
+            st: os.stat_result | None = os.stat(part, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise io_error(exc, "opening the part directory for", shown) from None
+        if st is None:
+            try:
+                os.mkdir(part, 0o700, dir_fd=dir_fd)
+            except FileExistsError:
+                continue  # another transfer made it meanwhile: looked at again
+            except OSError as exc:
+                raise io_error(exc, "creating the part directory for", shown) from None
+        elif not stat.S_ISDIR(st.st_mode):
+            raise RemotePathError(f"{shown}: its part directory is a {kind_of(st.st_mode)}")
+        try:
+            fd = os.open(part, DIR_FLAGS, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                continue  # removed or replaced since the lstat: looked at again
+            raise io_error(exc, "opening the part directory for", shown) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise TransferError(
+                    f"the part directory of {shown} is being removed as expired; copy again"
+                ) from None
+            await asyncio.sleep(LOCK_POLL)
+            continue
+        except OSError:
+            pass  # no such locks here: nothing takes the exclusive one either
+        try:
+            # Expired while we waited for it, the name is gone (or made anew).
+            same = os.path.samestat(
+                os.fstat(fd), os.stat(part, dir_fd=dir_fd, follow_symlinks=False)
+            )
+        except FileNotFoundError:
+            same = False
+        except OSError as exc:
+            os.close(fd)
+            raise io_error(exc, "opening the part directory for", shown) from None
+        if same:
+            return fd
+        os.close(fd)
+    raise TransferError(f"the part directory of {shown} kept changing while it was opened")
 
 
 def no_space(exc: NoSpace, t: Target, part: str, fd: int, size: int | None) -> TransferError:

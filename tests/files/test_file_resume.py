@@ -447,7 +447,7 @@ async def test_expired_part_files_are_removed_where_a_put_lands(lo: Loopback) ->
     fresh = part(lo.root / ".recent.bin.ppcp-part", time.time())
     busy = part(lo.root / ".busy.bin.ppcp-part", old)
     elsewhere = part(lo.root / "sub" / ".abandoned.bin.ppcp-part", old)  # not touched
-    (lo.root / ".tree.ppcp-part").mkdir()  # part directories are never expired
+    (lo.root / ".tree.ppcp-part").mkdir()  # an abandoned part directory: test_file_expiry.py
     os.utime(lo.root / ".tree.ppcp-part", (old, old))
     (lo.local / ".abandoned.ppcp-part").write_bytes(b"mine")  # the client does not sweep
     os.utime(lo.local / ".abandoned.ppcp-part", (old, old))
@@ -459,5 +459,5 @@ async def test_expired_part_files_are_removed_where_a_put_lands(lo: Loopback) ->
     assert (result.sha256, result.resumed_from) == (digest, MiB)
     assert not expired.exists()
     assert fresh.exists() and busy.exists() and elsewhere.exists()
-    assert (lo.root / ".tree.ppcp-part").is_dir()
+    assert not (lo.root / ".tree.ppcp-part").exists()
     assert (lo.local / ".abandoned.ppcp-part").exists()
