@@ -733,30 +733,21 @@ async def send_stream(
 async def wait_stream_acks(
     channel: AsyncChannel, acked: int, ends: collections.deque[int], binary: bool
 ) -> int:
-    """Consume ``ack`` requests; wait while too many pieces of a stream are unacknowledged.
+    """Wait while too many pieces of a stream are unacknowledged (``ends``: where each
+    unacknowledged piece ends).
 
     Requests are not flow-controlled by the channel window, and a pipe written a
     byte at a time makes a piece of each byte: without this, a slow receiver would
     find more requests queued than it may hold (RFC 16.4.4).
     """
     sent = ends[-1] if ends else acked
-    while True:
+
+    def may_send(acked: int) -> bool:
         while ends and ends[0] <= acked:
             ends.popleft()
-        request = channel.pending_request()
-        if request is None:
-            if len(ends) < STREAM_PIECES_UNACKED and (binary or sent - acked <= B64_WINDOW):
-                return acked
-            request = await channel.next_request()
-            if request is None:
-                raise await peer_gone(channel)
-        name, payload = request
-        if name != "ack":
-            raise ChannelError(f"expected an 'ack' request, got {name!r}")
-        offset = field_uint(decode_json(payload, "ack"), "offset", "ack")
-        if not acked <= offset <= sent:
-            raise ChannelError("ack offset out of range")
-        acked = offset
+        return len(ends) < STREAM_PIECES_UNACKED and (binary or sent - acked <= B64_WINDOW)
+
+    return await wait_acks(channel, acked, sent, may_send)
 
 
 def stream_name(stream: BinaryIO, role: str) -> str:
@@ -924,12 +915,16 @@ def chunk_payload(
     return encode_json(obj)
 
 
-async def wait_acks(channel: AsyncChannel, acked: int, sent: int) -> int:
-    """Consume ``ack`` requests; wait while more than the window is unacknowledged."""
+async def wait_acks(
+    channel: AsyncChannel, acked: int, sent: int, may_send: Callable[[int], bool] | None = None
+) -> int:
+    """Consume ``ack`` requests (offsets up to ``sent``); return the acknowledged
+    offset once ``may_send(it)`` holds, by default once no more than the base64
+    window is unacknowledged."""
     while True:
         request = channel.pending_request()
         if request is None:
-            if sent - acked <= B64_WINDOW:
+            if may_send(acked) if may_send is not None else sent - acked <= B64_WINDOW:
                 return acked
             request = await channel.next_request()
             if request is None:
