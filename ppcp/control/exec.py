@@ -621,11 +621,14 @@ def killpg(pgid: int, signum: int) -> None:
 async def terminate_group(
     proc: Child | asyncio.subprocess.Process, grace: float | None = None
 ) -> None:
-    """SIGTERM the process group; SIGKILL it after ``grace`` (:data:`KILL_GRACE`) seconds."""
+    """SIGTERM the process group; SIGKILL it after ``grace`` (:data:`KILL_GRACE`) seconds,
+    or at once if the wait is cancelled (the group never outlives the call)."""
     killpg(proc.pid, _signal.SIGTERM)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), KILL_GRACE if grace is None else grace)
-    killpg(proc.pid, _signal.SIGKILL)
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), KILL_GRACE if grace is None else grace)
+    finally:
+        killpg(proc.pid, _signal.SIGKILL)
 
 
 def valid_signal(payload: bytes) -> int:
@@ -769,11 +772,13 @@ async def run_child(channel: AsyncChannel, proc: Child, timeout: float | None, s
             if not reported.is_set():
                 if proc.returncode is None:
                     log.info(
-                        "exec for %s: pid %d killed, its session or channel ended",
+                        "exec for %s: pid %d stopped, its session or channel ended",
                         channel.session.peer_name,
                         proc.pid,
                     )
-                killpg(proc.pid, _signal.SIGKILL)
+                # SIGTERM first, as `cancel` does: a command may remove its temporary
+                # files or locks (a trap) before SIGKILL ends the group.
+                await terminate_group(proc)
             if proc.returncode is None:
                 await proc.wait()
         finally:

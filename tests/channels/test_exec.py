@@ -479,6 +479,36 @@ async def test_children_die_with_the_session(serve: StartServer, connect: Connec
     await wait_pid_gone(child)
 
 
+async def test_a_dropped_session_lets_the_command_clean_up_first(
+    serve: StartServer, connect: Connect, tmp_path: Path
+) -> None:
+    """SIGTERM, then SIGKILL after the grace: a trap can remove what the command made."""
+    server = await serve()
+    session = await connect(server)
+    marker = tmp_path / "cleaned"
+    script = f"trap 'touch {marker}; exit 3' TERM; echo ready; while :; do sleep 0.05; done"
+    proc = await session.start_exec(["sh", "-c", script])
+    assert await proc.read() == (0, b"ready\n")
+    assert proc.pid is not None
+    session.abort()
+    await wait_pid_gone(proc.pid)
+    assert marker.exists()
+
+
+async def test_a_command_ignoring_sigterm_is_still_killed(
+    serve: StartServer, connect: Connect
+) -> None:
+    server = await serve()
+    session = await connect(server)
+    proc = await session.start_exec(["sh", "-c", "trap '' TERM; echo ready; sleep 300 & wait"])
+    assert await proc.read() == (0, b"ready\n")
+    assert proc.pid is not None
+    started = time.monotonic()
+    session.abort()
+    await wait_pid_gone(proc.pid)
+    assert time.monotonic() - started >= exec_module.KILL_GRACE * 0.9  # it had its grace
+
+
 async def test_children_die_when_the_session_closes(session: Session) -> None:
     proc = await session.start_exec(["sleep", "300"])
     assert proc.pid is not None
