@@ -112,6 +112,7 @@ def _put_one(session: Any, local: str, dest: str, **options: Any) -> Any:
 
     from ppcp import TransferError
     from ppcp.cli.errors import EXIT_USAGE, CLIError
+    from ppcp.control.files import STREAM_NAME_NEEDED
 
     if local != STDIO:
         return session.put(local, dest, **options)
@@ -119,7 +120,7 @@ def _put_one(session: Any, local: str, dest: str, **options: Any) -> Any:
         return session.put(raw_stdio(sys.stdin, "rb"), dest, **options)
     except TransferError as exc:
         # The library's words for a stream sent to a directory (RFC 16.3.2, rule 1).
-        if exc.message.endswith("has no name: give the copy one in the remote path"):
+        if exc.message.endswith(STREAM_NAME_NEEDED):
             example = posixpath.join(dest.rstrip("/"), "FILE")
             raise CLIError(
                 EXIT_USAGE,

@@ -76,6 +76,8 @@ CAPABILITY = "files"
 MAX_ENTRIES = 1_000_000  # entries in one recursive transfer
 LocalPath = str | os.PathLike[str]
 NAME_NEEDED = "the source has no usable name: give one in the path"
+# The end of the error for a stream put to a directory: the CLI words it in its own terms.
+STREAM_NAME_NEEDED = "has no name: give the copy one in the remote path"
 
 
 # -- client ----------------------------------------------------------------------------------
@@ -184,7 +186,7 @@ async def put_stream(
     except RemotePathError as exc:
         if exc.message.endswith(NAME_NEEDED):
             raise TransferError(
-                f"{shown} has no name: give the copy one in the remote path"
+                f"{shown} {STREAM_NAME_NEEDED}"
             ) from None
         raise
     except ChannelError as exc:
