@@ -185,9 +185,7 @@ async def put_stream(
         channel = await session.open_channel("file-put", encode_json(request))
     except RemotePathError as exc:
         if exc.message.endswith(NAME_NEEDED):
-            raise TransferError(
-                f"{shown} {STREAM_NAME_NEEDED}"
-            ) from None
+            raise TransferError(f"{shown} {STREAM_NAME_NEEDED}") from None
         raise
     except ChannelError as exc:
         # A server from before streams refuses the type it does not know, as it must.
