@@ -6,11 +6,10 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
-from cli_helpers import PPCP, Env, StartServer
+from cli_helpers import Env, StartServer
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
@@ -99,15 +98,7 @@ def test_privileged_port_refused(env: Env, which: str) -> None:
     if which == "UDP":
         ports = ["--port", "0", "--discovery-port", str(port)]
     no_cap = ["setpriv", "--bounding-set=-net_bind_service"]
-    res = subprocess.run(
-        [*no_cap, *PPCP, "serve", "--bind", "127.0.0.1", *ports],
-        capture_output=True,
-        text=True,
-        env=env.vars,
-        cwd=env.home,
-        stdin=subprocess.DEVNULL,
-        timeout=30,
-    )
+    res = env.run_in(no_cap, "serve", "--bind", "127.0.0.1", *ports)
     assert res.returncode == 5, res.stderr
     where = f"TCP port 127.0.0.1:{port}" if which == "TCP" else f"discovery UDP port {port}"
     assert where in res.stderr, res.stderr

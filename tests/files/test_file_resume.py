@@ -7,6 +7,7 @@ import fcntl
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -132,18 +133,25 @@ async def test_a_complete_part_is_just_verified_and_renamed(lo: Loopback) -> Non
     assert sha256_file(lo.root / "f.bin") == digest
 
 
-async def test_disk_full_keeps_the_part_for_resume(
-    lo: Loopback, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    digest = make_file(lo.local / "f.bin", 6 * MiB)
+def fill_disk_at(monkeypatch: pytest.MonkeyPatch, limit: int) -> Callable[..., None]:
+    """Make writes past ``limit`` bytes fail with ENOSPC; return the real writer (to
+    put back once room is made)."""
     real_write_at = transfer.write_at
 
     def full_disk(fd: int, data: bytes | memoryview, pos: int) -> None:
-        if pos + len(data) > 3 * MiB:
+        if pos + len(data) > limit:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_write_at(fd, data, pos)
 
     monkeypatch.setattr(transfer, "write_at", full_disk)
+    return real_write_at
+
+
+async def test_disk_full_keeps_the_part_for_resume(
+    lo: Loopback, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    digest = make_file(lo.local / "f.bin", 6 * MiB)
+    real_write_at = fill_disk_at(monkeypatch, 3 * MiB)
     async with lo.client() as session:
         with pytest.raises(ppcp.TransferError, match="no space left on device") as info:
             await session.put(lo.local / "f.bin", "f.bin")
@@ -168,14 +176,7 @@ async def test_disk_full_while_replacing_leaves_the_old_file(
     src_dir, dest_dir = (lo.local, lo.root) if direction == "put" else (lo.root, lo.local)
     digest = make_file(src_dir / "f.bin", 6 * MiB, b"new")
     old = make_file(dest_dir / "f.bin", 2 * MiB, b"old")
-    real_write_at = transfer.write_at
-
-    def full_disk(fd: int, data: bytes | memoryview, pos: int) -> None:
-        if pos + len(data) > 3 * MiB:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_write_at(fd, data, pos)
-
-    monkeypatch.setattr(transfer, "write_at", full_disk)
+    real_write_at = fill_disk_at(monkeypatch, 3 * MiB)
     async with lo.client() as session:
 
         async def copy(checksum: bool = False) -> ppcp.TransferResult:
