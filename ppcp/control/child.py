@@ -6,6 +6,14 @@ of a millisecond per command here, a sixth of a warm ``exec true``.  A
 :class:`Child` is three non-blocking pipes driven by the loop's
 ``add_reader``/``add_writer``, and its exit is seen through a pidfd (Linux
 5.3 and later) or, where there is none, a ``waitpid`` in a worker thread.
+
+The server keeps its own copy of the write end of stdout and stderr until the
+command has exited.  A command's end is then one event, its exit, instead of
+three: its two pipes hang up while it is still exiting, and each hang-up woke
+the loop, which (on the command's core) delayed the rest of that exit.
+Measured: ~50 us per command, a twentieth of a warm ``exec true``.  The output
+still ends where it ends for the client: once the command has exited and
+whatever it left running has closed the pipes too.
 """
 
 from __future__ import annotations
@@ -22,10 +30,19 @@ STDERR = 2
 class Child:
     """A started command: read its output, write its input, wait for its exit."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], stdin: int, stdout: int, stderr: int) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        stdin: int,
+        stdout: int,
+        stderr: int,
+        held_writers: Sequence[int] = (),
+    ) -> None:
         self._proc = proc
         self._loop = asyncio.get_running_loop()
         self._fds = {0: stdin, STDOUT: stdout, STDERR: stderr}
+        # Our copies of the command's stdout and stderr write ends: closed at its exit.
+        self._held_writers = list(held_writers)
         self._returncode: int | None = None
         # One future per wait() call, not one shared future behind a shield:
         # a cancelled waiter cancels only itself, and an exit wakes the
@@ -68,11 +85,10 @@ class Child:
             for fd in opened:
                 os.close(fd)
             raise
-        for fd in (in_r, out_w, err_w):
-            os.close(fd)
+        os.close(in_r)
         for fd in (in_w, out_r, err_r):
             os.set_blocking(fd, False)
-        return cls(proc, in_w, out_r, err_r)
+        return cls(proc, in_w, out_r, err_r, held_writers=(out_w, err_w))
 
     @property
     def pid(self) -> int:
@@ -104,9 +120,16 @@ class Child:
         if self._returncode is not None:
             return
         self._returncode = returncode
+        self._release_writers()
         for waiter in self._exit_waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _release_writers(self) -> None:
+        """From now on the pipes end when the last of the command's processes closes them."""
+        for fd in self._held_writers:
+            os.close(fd)
+        self._held_writers.clear()
 
     def _close_pidfd(self) -> None:
         if self._pidfd is not None:
@@ -149,7 +172,8 @@ class Child:
                     return stream, os.read(self._fds[stream], size)
                 except BlockingIOError:
                     pass
-            await self._ready([self._fds[s] for s in streams], write=False)
+            # Its exit wakes us too: that is when the pipes can first end.
+            await self._ready([self._fds[s] for s in streams], write=False, or_exit=True)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """All of ``data`` to stdin; BrokenPipeError once the command stopped reading it."""
@@ -164,7 +188,7 @@ class Child:
     def close_stdin(self) -> None:
         self._close_fd(0)
 
-    async def _ready(self, fds: Sequence[int], *, write: bool) -> None:
+    async def _ready(self, fds: Sequence[int], *, write: bool, or_exit: bool = False) -> None:
         ready: asyncio.Future[None] = self._loop.create_future()
 
         def wake() -> None:
@@ -175,11 +199,16 @@ class Child:
         unwatch = self._loop.remove_writer if write else self._loop.remove_reader
         for fd in fds:
             watch(fd, wake)
+        on_exit = or_exit and self._returncode is None
+        if on_exit:
+            self._exit_waiters.append(ready)
         try:
             await ready
         finally:
             for fd in fds:
                 unwatch(fd)
+            if on_exit:
+                self._exit_waiters.remove(ready)
 
     def _close_fd(self, key: int) -> None:
         fd = self._fds.pop(key, None)
@@ -190,6 +219,7 @@ class Child:
         """Close the pipes and stop watching; the caller has reaped or killed the command."""
         for key in list(self._fds):
             self._close_fd(key)
+        self._release_writers()
         self._close_pidfd()
         if self._watcher is not None:
             # A waitpid thread ends with the process, which the caller killed.

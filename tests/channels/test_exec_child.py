@@ -130,3 +130,50 @@ async def test_a_command_already_gone_is_reaped_without_waiting_for_the_loop() -
         assert done.value.value == 0 and proc.returncode == 0
     finally:
         proc.close()
+
+
+async def test_the_output_ends_at_the_exit_not_when_the_command_closes_it(
+    exit_watch: str,
+) -> None:
+    # The server holds the pipes' write ends until the exit, so a command's end
+    # wakes the loop once (its exit), not once per pipe hanging up as it exits.
+    proc = Child.spawn(["sh", "-c", "exec >&- 2>&-; kill -STOP $$"])
+    try:
+        reading = asyncio.ensure_future(proc.read_any((STDOUT, STDERR), 65536))
+        os.waitid(os.P_PID, proc.pid, os.WSTOPPED | os.WNOWAIT)  # both closed by now
+        for _ in range(20):  # loop turns: a hang-up would have been seen in the first
+            await asyncio.sleep(0)
+        assert not reading.done()
+        os.kill(proc.pid, 9)
+        assert await reading == (STDOUT, b"")
+        assert await proc.read(STDERR, 65536) == b""
+        assert await proc.wait() == -9
+    finally:
+        proc.close()
+
+
+async def test_what_a_command_leaves_running_keeps_its_output_open(exit_watch: str) -> None:
+    proc = Child.spawn(["sh", "-c", "echo started; exec 3<&0; (read line <&3; echo late) &"])
+    try:
+        assert await proc.wait() == 0
+        assert await proc.read(STDOUT, 65536) == b"started\n"
+        reading = asyncio.ensure_future(read_all(proc, STDOUT))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not reading.done()  # the background job still holds stdout
+        await proc.write(b"go\n")
+        proc.close_stdin()
+        assert await reading == b"late\n"
+    finally:
+        proc.close()
+
+
+async def test_no_descriptor_outlives_a_command(exit_watch: str) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    for argv in (["true"], ["sleep", "60"]):
+        proc = Child.spawn(argv)
+        if argv == ["sleep", "60"]:
+            os.kill(proc.pid, 9)
+        await proc.wait()
+        proc.close()
+    assert set(os.listdir("/proc/self/fd")) == before
