@@ -44,12 +44,15 @@ def hooks_available() -> bool:
     return hasattr(Child, "spawn") and hasattr(Child, "_exited")
 
 
-async def exec_timeline(
-    run_once: Callable[[], Awaitable[Any]], runs: int
-) -> dict[str, dict[str, float]]:
-    """Median and min of each span (seconds) over ``runs`` instrumented calls of ``run_once``.
+async def exec_timelines(
+    subjects: dict[str, Callable[[], Awaitable[Any]]], runs: int
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per subject, median and min of each span (seconds) over ``runs`` instrumented calls.
 
-    ``run_once`` runs one ``exec true`` through a PPCP server in this process.
+    Each subject runs one ``exec true`` (through a PPCP server in this process,
+    or the floor's bare ``Child``).  The subjects take turns, one call each, so
+    that this host's drift (10-30 % within a minute) hits all of them alike: run
+    one block after the other, the same ``spawn`` differed by half.
     """
     from ppcp.control.child import Child
 
@@ -69,28 +72,35 @@ async def exec_timeline(
             marks.reaped = time.perf_counter()
         exited(self, returncode)
 
-    spans: dict[str, list[float]] = {span: [] for span in SPANS}
+    spans: dict[str, dict[str, list[float]]] = {
+        name: {span: [] for span in SPANS} for name in subjects
+    }
     Child.spawn = classmethod(timed_spawn)  # type: ignore[assignment, method-assign]
     Child._exited = timed_exited  # type: ignore[method-assign]
     try:
         for _ in range(runs):
-            marks.reset()
-            started = time.perf_counter()
-            await run_once()
-            ended = time.perf_counter()
-            if not (started < marks.spawn_start <= marks.spawn_end <= marks.reaped <= ended):
-                continue  # a hook missed (another command's process): not this run's
-            spans["request"].append(marks.spawn_start - started)
-            spans["spawn"].append(marks.spawn_end - marks.spawn_start)
-            spans["command"].append(marks.reaped - marks.spawn_end)
-            spans["report"].append(ended - marks.reaped)
+            for name, run_once in subjects.items():
+                marks.reset()
+                started = time.perf_counter()
+                await run_once()
+                ended = time.perf_counter()
+                if not (started < marks.spawn_start <= marks.spawn_end <= marks.reaped <= ended):
+                    continue  # a hook missed (another command's process): not this run's
+                own = spans[name]
+                own["request"].append(marks.spawn_start - started)
+                own["spawn"].append(marks.spawn_end - marks.spawn_start)
+                own["command"].append(marks.reaped - marks.spawn_end)
+                own["report"].append(ended - marks.reaped)
     finally:
         Child.spawn = spawn  # type: ignore[method-assign]
         Child._exited = exited  # type: ignore[method-assign]
     return {
-        span: {"median": statistics.median(samples), "min": min(samples), "n": len(samples)}
-        for span, samples in spans.items()
-        if samples
+        name: {
+            span: {"median": statistics.median(samples), "min": min(samples), "n": len(samples)}
+            for span, samples in own_spans.items()
+            if samples
+        }
+        for name, own_spans in spans.items()
     }
 
 

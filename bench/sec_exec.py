@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.common import BIN, PYTHON, Deadline, Row, free_udp_port, run_child, summarize
 from bench.context import Context, have_cli, have_session_api
-from bench.exec_timeline import describe, exec_timeline, hooks_available
+from bench.exec_timeline import describe, exec_timelines, hooks_available
 from bench.sshd import SshDaemon
 from bench.worker import exit_status
 
@@ -146,8 +146,11 @@ async def _in_process(
                     # After the timed runs: the hooks cost those nothing.
                     live = session
                     runs = max(10, s.warm_runs // 4)
-                    timelines["ppcp"] = await exec_timeline(lambda: live.exec("true"), runs)
-                    timelines["floor"] = await exec_timeline(_spawn_once, runs)
+                    timelines.update(
+                        await exec_timelines(
+                            {"ppcp": lambda: live.exec("true"), "floor": _spawn_once}, runs
+                        )
+                    )
             finally:
                 if session is not None:
                     await session.close()
