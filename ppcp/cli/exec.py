@@ -52,7 +52,9 @@ class ExecCommand(OwnFailureCommand):
 )
 @click.option("--all", "all_", is_flag=True, help="Run on every server that answers discovery.")
 @click.option(
-    "--cwd", metavar="DIR", help="Remote working directory (relative to the server user's home)."
+    "--cwd",
+    metavar="DIR",
+    help="Remote working directory (relative to the server user's home; '~' is that home).",
 )
 @click.option("--env", "-e", "env", metavar="KEY=VALUE", multiple=True, help="Set a variable.")
 @click.option("--no-stdin", "-n", is_flag=True, help="Do not forward stdin even when it is piped.")

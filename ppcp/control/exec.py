@@ -562,6 +562,26 @@ def home_directory() -> str:
     return home if os.path.isdir(home) else os.getcwd()
 
 
+def working_directory(requested: str | None) -> str:
+    """Where a command runs: the home directory, or ``requested`` relative to it.
+
+    A leading ``~`` or ``~name`` is expanded as a shell expands it: a quoted
+    ``--cwd '~/src'`` reaches the server as typed and means the server's home.
+    """
+    home = home_directory()
+    if not requested:
+        return home
+    if requested == "~" or requested.startswith("~/"):
+        return os.path.join(home, requested[2:])
+    if requested.startswith("~"):
+        expanded = os.path.expanduser(requested)
+        if expanded == requested:
+            name = requested[1:].partition("/")[0]
+            raise ChannelError(f"cannot use working directory {requested!r}: no user {name!r}")
+        return expanded
+    return os.path.join(home, requested)
+
+
 def resolve_argv(spec: ExecSpec, policy: ServerPolicy) -> list[str]:
     """The argv to run for ``spec`` under ``policy`` (raise PolicyDenied if refused)."""
     allow = policy.exec_allowlist
@@ -657,12 +677,11 @@ async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
     try:
         spec = ExecSpec.decode(channel.open_payload)
         argv = resolve_argv(spec, policy)
+        cwd = working_directory(spec.cwd)
     except ChannelError as exc:
         channel.reject(exc.code, exc.message)
         return
     env = {**os.environ, **dict(spec.env)} if spec.env else None  # None: inherit, no copy
-    home = home_directory()
-    cwd = os.path.join(home, spec.cwd) if spec.cwd else home
     peer = channel.session.peer_name
     log.info("exec for %s: %r", peer, argv)  # repr: no raw control characters in logs
     proc: Child | None

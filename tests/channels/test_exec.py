@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import pwd
 import signal
 import socket
 import time
@@ -246,6 +247,26 @@ async def test_cwd_and_env(session: Session, tmp_path: Path) -> None:
 async def test_default_cwd_is_home(session: Session) -> None:
     result = await session.exec(["pwd"])
     assert result.stdout.decode().strip() == os.path.realpath(os.path.expanduser("~"))
+
+
+async def test_a_tilde_in_cwd_is_the_servers_home(
+    session: Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As typed in a quoted --cwd '~/src': the local shell left it alone.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "src").mkdir()
+    assert (await session.exec(["pwd"], cwd="~")).stdout == f"{tmp_path}\n".encode()
+    assert (await session.exec(["pwd"], cwd="~/src")).stdout == f"{tmp_path}/src\n".encode()
+    root_home = pwd.getpwuid(0).pw_dir
+    assert (await session.exec(["pwd"], cwd="~root")).stdout == f"{root_home}\n".encode()
+    # Only a leading tilde is special: elsewhere it is part of a name.
+    (tmp_path / "a~b").mkdir()
+    assert (await session.exec(["pwd"], cwd="a~b")).stdout == f"{tmp_path}/a~b\n".encode()
+
+
+async def test_a_tilde_naming_no_user_is_refused(session: Session) -> None:
+    with pytest.raises(ChannelError, match="no user 'no-such-user-ppcp'"):
+        await session.exec(["true"], cwd="~no-such-user-ppcp/x")
 
 
 async def test_missing_cwd_is_a_channel_error(session: Session, tmp_path: Path) -> None:
