@@ -139,7 +139,6 @@ def get(
     checksum: bool,
 ) -> None:
     import posixpath
-    import sys
 
     from ppcp import TransferError
     from ppcp.cli.errors import EXIT_USAGE, CLIError
@@ -160,7 +159,7 @@ def get(
         try:
             result = session.get(
                 path,
-                raw_stdio(sys.stdout, "wb") if to_stdout else local,
+                stdout_sink() if to_stdout else local,
                 recursive=recursive,
                 progress=bars.task(_label(posixpath.basename(path.rstrip("/")) or path)),
                 resume=resume,
@@ -192,6 +191,36 @@ def raw_stdio(stream: Any, mode: str) -> Any:
     import os
 
     return os.fdopen(stream.fileno(), mode, buffering=0, closefd=False)
+
+
+BINARY_TO_TERMINAL = (
+    "refusing to write a binary file to the terminal (it can garble it); "
+    "redirect it (> FILE) or pipe it (| less)"
+)
+
+
+class _TerminalGuard:
+    """Standard output that is a terminal: a binary file is refused before any
+    of it is written (as curl does), text goes through."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._checked = False
+
+    def write(self, data: bytes | memoryview) -> int:
+        if not self._checked:
+            self._checked = True
+            if b"\0" in bytes(data[:8192]):  # what grep and git call binary
+                raise OSError(BINARY_TO_TERMINAL)
+        written: int = self._raw.write(data)
+        return written
+
+
+def stdout_sink() -> Any:
+    import sys
+
+    raw = raw_stdio(sys.stdout, "wb")
+    return _TerminalGuard(raw) if sys.stdout.isatty() else raw
 
 
 def _label(name: str) -> str:

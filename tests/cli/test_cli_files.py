@@ -427,6 +427,16 @@ def test_get_to_stdout_errors(env: Env, srv: Server, root: Path) -> None:
     assert res.returncode == 2 and "use -r" in res.stderr and res.stdout == ""
 
 
+def test_get_of_a_binary_file_to_a_terminal_is_refused(env: Env, srv: Server, root: Path) -> None:
+    (root / "data.bin").write_bytes(b"ELF\0\x1b[2J\x1b]0;pwned\x07" * 100)
+    status, screen = on_terminal(env, "get", ":data.bin", "-", "--host", srv.address)
+    assert status != 0 and b"refusing to write a binary file to the terminal" in screen
+    assert b"\x1b[2J" not in screen  # none of it reached the terminal
+    (root / "notes.txt").write_text("plain text\n")
+    status, screen = on_terminal(env, "get", ":notes.txt", "-", "--host", srv.address)
+    assert status == 0 and b"plain text" in screen, screen
+
+
 def test_get_to_stdout_closed_early(env: Env, srv: Server, root: Path) -> None:
     """`ppcp get NAME:big - | head -c 100`: 141 and quiet, as a writer killed by SIGPIPE."""
     random_file(root / "big.bin", 64 << 20)
