@@ -569,9 +569,9 @@ def working_directory(requested: str | None) -> str:
     ``--cwd '~/src'`` reaches the server as typed and means the server's home.
     """
     home = home_directory()
-    if not requested:
+    if not requested or requested == "~":
         return home
-    if requested == "~" or requested.startswith("~/"):
+    if requested.startswith("~/"):
         return os.path.join(home, requested[2:])
     if requested.startswith("~"):
         expanded = os.path.expanduser(requested)
