@@ -497,15 +497,27 @@ def _collect_hex(lines: list[str], i: int, hex_line: re.Pattern[str]) -> tuple[b
 
 
 def check_vectors(rfc_path: str | os.PathLike[str] | None = None) -> list[str]:
-    """Recompute Appendix A.2 from its printed inputs; return the list of mismatches."""
+    """Recompute Appendix A.2 (and A.1's passphrase key) from the printed inputs.
+
+    Returns the list of mismatches (empty when every printed value is reproduced).
+    """
     if rfc_path is None:
         rfc_path = Path(__file__).resolve().parents[2] / "docs" / "rfc.md"
-    v = _parse_vector_block(Path(rfc_path).read_text(encoding="utf-8"))
+    rfc_text = Path(rfc_path).read_text(encoding="utf-8")
+    v = _parse_vector_block(rfc_text)
     problems: list[str] = []
 
     def cmp(what: str, got: object, printed: object) -> None:
         if got != printed:
             problems.append(f"{what}: computed {got!r}, printed {printed!r}")
+
+    # Appendix A.1 also prints a passphrase vector (section 9, PBKDF2): check it too.
+    phrase = re.search(r'passphrase vector: `"([^"`]*)"`', rfc_text)
+    phrase_key = re.search(r"passphrase_key \(32 bytes\)\s+([0-9a-f]{64})", rfc_text)
+    if phrase is None or phrase_key is None:
+        problems.append("passphrase vector not found in Appendix A.1")
+    else:
+        cmp("passphrase_key", derive_psk_key(phrase[1]), bytes.fromhex(phrase_key[1]))
 
     psk_key = derive_psk_key(str(v["psk"]))
     cmp("psk_key", psk_key, v["psk_key"])

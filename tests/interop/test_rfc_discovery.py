@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import rfc_discovery as rd
@@ -108,6 +109,19 @@ def forge(
 
 def test_vectors_recompute() -> None:
     assert rd.check_vectors() == []
+
+
+def test_vector_check_is_not_vacuous(tmp_path: Path) -> None:
+    """Changing one printed byte of A.2 (or A.1's passphrase key) is reported."""
+    text = (Path(rd.__file__).resolve().parents[2] / "docs" / "rfc.md").read_text("utf-8")
+    tag = "05828349d0da56f6481de663cb02b692bf716878f5dd0d87e68ab2683d2f1e27"
+    pkey = "6f9d7591f6730ebad682b9eab7bc6c40baf0ab950210d79626573b01f2811b11"
+    assert tag in text and pkey in text
+    for old in (tag, pkey, "TCP port 9000", "23280b64656d6f"):
+        new = old.replace(old[-1], "0" if old[-1] != "0" else "1")
+        changed = tmp_path / "rfc.md"
+        changed.write_text(text.replace(old, new), "utf-8")
+        assert rd.check_vectors(changed) != [], old
 
 
 def test_generated_psk_has_the_rfc_format() -> None:
@@ -352,3 +366,34 @@ async def test_per_source_rate_limit(target: Target) -> None:
     # Burst 20, plus what refills at 10/s while the burst is processed.
     assert 20 <= len(answered) <= 20 + int(10 * elapsed) + 1, (len(answered), elapsed)
     assert len(answered) < len(pings)
+
+
+async def test_forgeries_and_replays_spend_no_rate_allowance(target: Target) -> None:
+    """Section 3.5: tag (3) and replay (4) are checked before the rate limit (5)."""
+    first = rd.build_ping(target.k_d, size=192)
+    assert await target.send(first, wait=2.0) is not None  # 1 token spent
+    forged = [os.urandom(8) + first[8:] for _ in range(30)]
+    forged += [first[:-1] + bytes([first[-1] ^ 1]) for _ in range(30)]
+    wrong_key = rd.discovery_key(rd.derive_psk_key(OTHER_PSK))
+    forged += [rd.build_ping(wrong_key, size=192) for _ in range(30)]
+    replays = [first] * 30
+    fresh = [rd.build_ping(target.k_d, size=192) for _ in range(19)]  # the rest of the burst
+    datagrams, _ = await asyncio.to_thread(_burst, target.udp_port, forged + replays + fresh)
+    nonces = [rd.parse_pong(target.k_d, d, max_size=192).nonce for d in datagrams]
+    assert sorted(nonces) == sorted(p[8:24] for p in fresh)
+
+
+async def test_rate_limited_ping_still_consumes_its_nonce(target: Target) -> None:
+    """Section 3.5 read literally: step 4 records the nonce before step 5 may drop it.
+
+    A PING dropped by the rate limit is therefore never answered later, even after the
+    bucket refills; a client must retransmit with a fresh nonce (section 3.1).
+    """
+    pings = [rd.build_ping(target.k_d, size=192) for _ in range(30)]
+    datagrams, _ = await asyncio.to_thread(_burst, target.udp_port, pings)
+    answered = {d[8:24] for d in datagrams}
+    dropped = [p for p in pings if p[8:24] not in answered]
+    assert dropped
+    await asyncio.sleep(0.5)  # let the per-source bucket refill (10/s): not a silence wait
+    assert await target.send(dropped[-1]) is None
+    await target.ping()
