@@ -62,7 +62,9 @@ def derive_psk_key(psk: bytes | str) -> bytes:
     raw = raw.strip()
     if not raw:
         raise InvalidPSK("the pre-shared key is empty")
-    if raw.startswith(KEY_PREFIX.encode()):
+    # The prefix in any letter case: a key retyped in capitals would otherwise be a
+    # long passphrase, silently a different key (no warning: it is not weak).
+    if raw[: len(KEY_PREFIX)].lower() == KEY_PREFIX.encode():
         body = raw[len(KEY_PREFIX) :]
         # Exactly 64 hex digits: bytes.fromhex alone would also accept inner whitespace.
         key = bytes.fromhex(body.decode("ascii")) if _HEX_KEY.fullmatch(body) else b""

@@ -52,6 +52,9 @@ def test_generated_key_is_used_without_stretching(monkeypatch: pytest.MonkeyPatc
     # Surrounding whitespace (a key read from a file) is ignored.
     assert derive_psk_key(f"  {key}\n") == raw
     assert derive_psk_key(key.encode() + b"\r\n") == raw
+    # Retyped in capitals it is still the key, not a long passphrase (a different key).
+    assert derive_psk_key(key.upper()) == raw
+    assert derive_psk_key("Ppcp-Psk-" + key[len(KEY_PREFIX) :]) == raw
 
 
 @pytest.mark.parametrize(

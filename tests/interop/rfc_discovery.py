@@ -84,8 +84,8 @@ def derive_psk_key(psk: str | bytes) -> bytes:
     raw = raw.strip(ASCII_WHITESPACE)
     if not raw:
         raise PSKError("empty PSK")
-    # RFC-READING: the "ppcp-psk-" prefix is matched case-sensitively.
-    if raw.startswith(GENERATED_PREFIX):
+    # Section 9: the "ppcp-psk-" prefix is matched in any letter case.
+    if raw[: len(GENERATED_PREFIX)].lower() == GENERATED_PREFIX:
         rest = raw[len(GENERATED_PREFIX) :]
         if HEX64_RE.fullmatch(rest) is None:
             raise PSKError("generated key must be 'ppcp-psk-' and 64 hex digits")

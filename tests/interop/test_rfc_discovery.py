@@ -269,13 +269,17 @@ async def test_passphrase_psk_uses_pbkdf2() -> None:
         assert [a.pong.name for a in answers] == ["phrase"]
 
 
-async def test_generated_key_prefix_is_case_sensitive() -> None:
-    """Section 9 reading: 'PPCP-PSK-<hex>' is not a generated key, so it is a passphrase."""
-    upper = "PPCP-PSK-" + PSK_TEXT[9:]
+async def test_generated_key_prefix_in_any_case_is_the_same_key() -> None:
+    """Section 9: 'PPCP-PSK-<HEX>' is the generated key itself, not a passphrase."""
+    upper = ("ppcp-psk-" + PSK_TEXT[9:]).upper()
     async for t in _start(name="upper", psk=upper):
         as_key = rd.discovery_key(bytes.fromhex(PSK_TEXT[9:]))
-        assert await t.send(rd.build_ping(as_key)) is None
-        assert (await t.ping()).name == "upper"  # t.k_d: derived as a passphrase
+        assert t.k_d == as_key
+        ping = rd.build_ping(as_key)
+        got = await t.send(ping, wait=2.0)
+        assert got is not None, "no PONG under the key written in capitals"
+        pong = rd.parse_pong(as_key, got[0], max_size=len(ping), expected_nonce=ping[8:24])
+        assert pong.name == "upper"
 
 
 def _malformed(k_d: bytes) -> dict[str, bytes]:
