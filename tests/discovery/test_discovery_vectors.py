@@ -28,6 +28,15 @@ END = "<!-- discovery-vectors:end -->"
 PSK = "ppcp-psk-" + bytes(range(32)).hex()
 NONCE = bytes(range(0xF0, 0x100))
 IDENTITY = ServerIdentity(bytes(range(0xA0, 0xB0)), "demo-server", 9000, (1,), ("msg", "exec"))
+# A 64-byte name of two-byte characters and every default capability: the 192-byte
+# PING cannot hold them, so the PONG drops capabilities from the end (CAPS_TRUNCATED).
+CROWDED = ServerIdentity(
+    bytes(range(0xB0, 0xC0)),
+    "\u00e9" * 32,
+    9000,
+    (1,),
+    ("msg", "channels", "heartbeat", "exec", "shell", "files", "binary-data", "zlib"),
+)
 
 
 def _hex(data: bytes) -> str:
@@ -39,6 +48,8 @@ def render() -> str:
     key = discovery_key(psk_key)
     ping = Ping(NONCE, MIN_PING_SIZE).encode(key)
     pong = Pong(NONCE, IDENTITY).encode(key, len(ping))
+    cut = Pong(NONCE, CROWDED).encode(key, len(ping))
+    kept = Pong.decode(cut, key).server.capabilities
     return "\n".join(
         [
             "```text",
@@ -56,6 +67,20 @@ def render() -> str:
             f"{list(IDENTITY.capabilities)}, {len(pong)} bytes",
             _hex(pong),
             f"PONG tag {pong[-TAG_LEN:].hex()}",
+            "",
+            f"Truncated PONG: server id {CROWDED.server_id.hex()}, name 'é' x 32 "
+            f"({len(CROWDED.name.encode())} bytes),",
+            f"      TCP port {CROWDED.port}, versions {list(CROWDED.versions)}, capabilities",
+            *textwrap.wrap(
+                str(list(CROWDED.capabilities)),
+                80,
+                initial_indent=" " * 6,
+                subsequent_indent=" " * 6,
+            ),
+            f"      answering the PING above: the first {len(kept)} capabilities kept, "
+            f"flags 0x{int.from_bytes(cut[6:8], 'big'):04x}, {len(cut)} bytes",
+            _hex(cut),
+            f"Truncated PONG tag {cut[-TAG_LEN:].hex()}",
             "```",
         ]
     )
@@ -80,6 +105,11 @@ def test_vectors_decode() -> None:
     ping = Ping(NONCE, MIN_PING_SIZE).encode(key)
     assert Ping.decode(ping, key).nonce == NONCE
     assert Pong.decode(Pong(NONCE, IDENTITY).encode(key, len(ping)), key).server == IDENTITY
+    cut = Pong.decode(Pong(NONCE, CROWDED).encode(key, len(ping)), key)
+    assert cut.capabilities_truncated and cut.flags == 0x0001
+    kept = cut.server.capabilities
+    assert 0 < len(kept) < len(CROWDED.capabilities)
+    assert kept == CROWDED.capabilities[: len(kept)]
 
 
 if __name__ == "__main__":
