@@ -86,6 +86,12 @@ class Server:
     ) -> None:
         self._psk_key = derive_psk_key(psk)
         self._handler = handler or _serve_channels_only
+        if handler is None and "msg" in config.capabilities:
+            # Nothing would read a client's session MESSAGEs: once their backlog
+            # filled, the session would stop reading and its channels stall.  Not
+            # offered, a client's send fails at once and says why.
+            caps = tuple(c for c in config.capabilities if c != "msg")
+            config = msgspec.structs.replace(config, capabilities=caps)
         self.config = config
         self.policy = policy or ServerPolicy()
         self.max_unauthenticated = max_unauthenticated

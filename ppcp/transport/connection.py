@@ -155,6 +155,11 @@ class Connection:
     def send_message(self, data: bytes | bytearray | memoryview) -> None:
         """Queue an application message (fragmented into records if large)."""
         self._check_can_send()
+        if self.result is not None and "msg" not in self.result.capabilities:
+            raise ProtocolError(
+                "the peer takes no session messages (capability 'msg' was not negotiated); "
+                "a server started without a session handler offers channels only"
+            )
         view = memoryview(data)
         if len(view) > self.config.max_message_size:
             raise MessageTooLarge(

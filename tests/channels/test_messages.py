@@ -156,3 +156,35 @@ def test_blocking_messages(blocking_server: object) -> None:
         chan = session.open_messages()
         chan.send(b"fire and confirm")
         chan.close()
+
+
+async def test_a_server_without_a_session_handler_takes_no_session_messages(
+    serve: StartServer, connect: Connect
+) -> None:
+    """Nothing would read them: their backlog would fill and stall the session's channels.
+
+    Not offering `msg` turns that stall into an immediate, explained refusal.
+    """
+    server = await serve()
+    assert "msg" not in server.config.capabilities
+    session = await connect(server)
+    with pytest.raises(ppcp.ProtocolError, match="takes no session messages"):
+        await session.send(b"hello")
+    assert (await session.exec(["echo", "ok"])).stdout == b"ok\n"
+
+
+async def test_a_server_with_a_session_handler_takes_session_messages() -> None:
+    async def echo(session: Session) -> None:
+        async for message in session:
+            await session.send(b"echo: " + message)
+
+    server = await ppcp.aio.serve(
+        "127.0.0.1", 0, PSK_TEXT, echo, config=ppcp.SessionConfig(name="echo"), discovery=False
+    )
+    try:
+        assert "msg" in server.config.capabilities
+        async with await ppcp.aio.connect("127.0.0.1", server.port, PSK_TEXT) as session:
+            await session.send(b"hi")
+            assert await asyncio.wait_for(session.recv(), 10) == b"echo: hi"
+    finally:
+        await server.aclose()
