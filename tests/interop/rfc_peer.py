@@ -770,8 +770,10 @@ class RFCClient:
         code, reason = parse_code_reason(plaintext, "CLOSE")
         self.peer_close = (code, reason)
         if self.state == "OPEN":
-            # Section 10.5 step 3: answer with CLOSE NORMAL and an empty reason.
-            self.send_record(CLOSE, 0, struct.pack(">HB", CODE["NORMAL"], 0))
+            # Section 10.5 step 3: answer with CLOSE NORMAL and an empty reason. A peer that
+            # failed the connection does not wait for it, so a failed write is not an error.
+            with contextlib.suppress(OSError):
+                self.send_record(CLOSE, 0, struct.pack(">HB", CODE["NORMAL"], 0))
         self.state = "CLOSED"
         self._shutdown()
         self.channels.clear()  # section 15.5 rule 5

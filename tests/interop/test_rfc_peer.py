@@ -530,3 +530,367 @@ async def test_file_get_small_file(start_server: StartServer, binary: bool) -> N
     assert data == content
     assert accept["type"] == "file" and accept["size"] == len(content)
     assert accept["name"] == "hello.txt"
+
+
+# ---------------------------------------------------------------------------------------
+# Error paths the RFC specifies, checked against the server
+
+
+def _raw_exchange(port: int, data: bytes, *, half_close: bool = False) -> list[tuple[int, bytes]]:
+    """Send raw bytes before authentication; return the frames the server sends until EOF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        received = bytearray()
+        for _ in range(1000):
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    frames = []
+    while len(received) >= 6:
+        ftype, _flags, length = struct.unpack(">BBI", received[:6])
+        frames.append((ftype, bytes(received[6 : 6 + length])))
+        del received[: 6 + length]
+    return frames
+
+
+def _hello(
+    *,
+    versions: bytes = b"\x01",
+    share: bytes | None = None,
+    name: bytes = b"probe",
+    caps: bytes = b"\x01\x03msg",
+    flags: int = 0,
+) -> bytes:
+    if share is None:
+        key = rfc_peer.ec.generate_private_key(rfc_peer.ec.SECP256R1())
+        share = rfc_peer.public_bytes(key)
+    body = b"PPCP" + bytes([len(versions)]) + versions + os.urandom(32) + share
+    body += bytes([len(name)]) + name + caps
+    return struct.pack(">BBI", rfc_peer.CLIENT_HELLO, flags, len(body)) + body
+
+
+PRE_AUTH_CASES = {
+    "hello-with-flags": (lambda: _hello(flags=1), "PROTOCOL_ERROR"),
+    "version-0": (lambda: _hello(versions=b"\x00\x01"), "PROTOCOL_ERROR"),
+    "17-versions": (lambda: _hello(versions=bytes(range(1, 18))), "PROTOCOL_ERROR"),
+    "duplicate-capability": (lambda: _hello(caps=b"\x02\x03msg\x03msg"), "PROTOCOL_ERROR"),
+    "token-with-newline": (lambda: _hello(caps=b"\x01\x04msg\n"), "PROTOCOL_ERROR"),
+    "empty-name": (lambda: _hello(name=b""), "PROTOCOL_ERROR"),
+    "name-with-escape": (lambda: _hello(name=b"a\x1bb"), "PROTOCOL_ERROR"),
+    "trailing-byte": (lambda: _hello(caps=b"\x00\x00"), "PROTOCOL_ERROR"),
+    "compressed-share": (lambda: _hello(share=b"\x02" + bytes(64)), "BAD_KEY_SHARE"),
+    "share-off-curve": (lambda: _hello(share=b"\x04" + bytes(63) + b"\x01"), "BAD_KEY_SHARE"),
+    # Section 5.2 order: VERSION_MISMATCH is reported before BAD_KEY_SHARE.
+    "mismatch-before-share": (
+        lambda: _hello(versions=b"\x09", share=b"\x02" + bytes(64)),
+        "VERSION_MISMATCH",
+    ),
+    # Section 4.4: checked on the header, before any body byte is sent.
+    "record-size-before-auth": (lambda: struct.pack(">BBI", 0x10, 0, 1025), "FRAME_TOO_LARGE"),
+    "record-before-auth": (lambda: struct.pack(">BBI", 0x10, 0, 16) + bytes(16), "PROTOCOL_ERROR"),
+    "unassigned-type": (lambda: struct.pack(">BBI", 0x30, 0, 0), "PROTOCOL_ERROR"),
+    "bad-magic": (lambda: struct.pack(">BBI", 1, 0, 5) + b"XXXX\x01", "PROTOCOL_ERROR"),
+}
+
+
+@pytest.mark.parametrize("case", list(PRE_AUTH_CASES))
+async def test_server_alerts_on_bad_handshake_input(start_server: StartServer, case: str) -> None:
+    srv = await start_server()
+    make, code = PRE_AUTH_CASES[case]
+    frames = await run(lambda: _raw_exchange(srv.port, make()))
+    assert len(frames) == 1, frames  # one ALERT, then the server closes (section 5.6)
+    ftype, body = frames[0]
+    assert ftype == rfc_peer.ALERT
+    assert rfc_peer.parse_code_reason(body, "ALERT")[0] == CODE[code]
+
+
+async def test_server_alerts_on_eof_inside_frame(start_server: StartServer) -> None:
+    """Section 4.5: EOF with an incomplete frame buffered is a PROTOCOL_ERROR."""
+    srv = await start_server()
+    frames = await run(lambda: _raw_exchange(srv.port, _hello()[:50], half_close=True))
+    assert [(t, rfc_peer.parse_code_reason(b, "ALERT")[0]) for t, b in frames] == [
+        (rfc_peer.ALERT, CODE["PROTOCOL_ERROR"])
+    ]
+
+
+async def test_server_silent_on_alert(start_server: StartServer) -> None:
+    """Section 5.6: the receiver of an ALERT MUST NOT answer it."""
+    srv = await start_server()
+    frames = await run(
+        lambda: _raw_exchange(srv.port, rfc_peer.frame(rfc_peer.ALERT, 0, b"\0\0\0"))
+    )
+    assert frames == []
+
+
+async def test_handshake_timeout(start_server: StartServer) -> None:
+    """Section 17.1: an idle connection gets ALERT HANDSHAKE_TIMEOUT at the deadline."""
+    srv = await start_server(handshake_timeout=0.3)
+    frames = await run(lambda: _raw_exchange(srv.port, b""))
+    assert [(t, rfc_peer.parse_code_reason(b, "ALERT")[0]) for t, b in frames] == [
+        (rfc_peer.ALERT, CODE["HANDSHAKE_TIMEOUT"])
+    ]
+
+
+def _seal(client: RFCClient, ftype: int, flags: int, plaintext: bytes) -> bytes:
+    assert client.send_dir is not None
+    return client.send_dir.seal(ftype, flags, plaintext)
+
+
+def _tampered(client: RFCClient) -> bytes:
+    record = bytearray(_seal(client, rfc_peer.MESSAGE, 0, b"x"))
+    record[-1] ^= 1
+    return bytes(record)
+
+
+def _cat(client: RFCClient) -> rfc_peer.Channel:
+    return client.open_channel("exec", b'{"command":"cat"}')
+
+
+def _cat_then(ftype: int, tail: Callable[[rfc_peer.Channel], bytes]) -> Callable[..., bytes]:
+    def make(client: RFCClient) -> bytes:
+        ch = _cat(client)
+        return _seal(client, ftype, 0, struct.pack(">I", ch.id) + tail(ch))
+
+    return make
+
+
+def _open(cid: int, window: int, max_packet: int) -> Callable[..., bytes]:
+    def make(client: RFCClient) -> bytes:
+        body = struct.pack(">III", cid, window, max_packet) + b"\x04exec{}"
+        return _seal(client, rfc_peer.CHANNEL_OPEN, 0, body)
+
+    return make
+
+
+def _eof_then(ftype: int, tail: bytes) -> Callable[..., bytes]:
+    def make(client: RFCClient) -> bytes:
+        ch = _cat(client)
+        eof = _seal(client, rfc_peer.CHANNEL_EOF, 0, struct.pack(">I", ch.id))
+        return eof + _seal(client, ftype, 0, struct.pack(">I", ch.id) + tail)
+
+    return make
+
+
+POST_AUTH_CASES: dict[str, tuple[Callable[..., bytes], str]] = {
+    "tampered-record": (_tampered, "DECRYPT_ERROR"),
+    "body-shorter-than-tag": (
+        lambda c: struct.pack(">BBI", 0x10, 0, 5) + bytes(5),
+        "PROTOCOL_ERROR",
+    ),
+    "record-too-large": (lambda c: struct.pack(">BBI", 0x10, 0, 1049617), "FRAME_TOO_LARGE"),
+    "alert-after-open": (lambda c: rfc_peer.frame(rfc_peer.ALERT, 0, b"\0\3\0"), "PROTOCOL_ERROR"),
+    "close-with-flags": (lambda c: _seal(c, rfc_peer.CLOSE, 1, b"\0\0\0"), "PROTOCOL_ERROR"),
+    "key-update-not-empty": (lambda c: _seal(c, rfc_peer.KEY_UPDATE, 0, b"x"), "PROTOCOL_ERROR"),
+    "message-reserved-flag": (lambda c: _seal(c, rfc_peer.MESSAGE, 2, b"x"), "PROTOCOL_ERROR"),
+    "close-inside-message": (
+        lambda c: _seal(c, rfc_peer.MESSAGE, 1, b"x") + _seal(c, rfc_peer.CLOSE, 0, b"\0\0\0"),
+        "PROTOCOL_ERROR",
+    ),
+    "heartbeat-7-bytes": (lambda c: _seal(c, rfc_peer.HEARTBEAT, 0, bytes(7)), "PROTOCOL_ERROR"),
+    "open-even-id": (_open(2, 65536, 4096), "PROTOCOL_ERROR"),
+    "open-window-too-big": (_open(1, 2**31, 4096), "PROTOCOL_ERROR"),
+    "open-max-packet-1023": (_open(1, 65536, 1023), "PROTOCOL_ERROR"),
+    "data-unknown-channel": (
+        lambda c: _seal(c, rfc_peer.CHANNEL_DATA, 0, struct.pack(">IB", 7, 0) + b"x"),
+        "PROTOCOL_ERROR",
+    ),
+    "data-stream-2": (_cat_then(rfc_peer.CHANNEL_DATA, lambda ch: b"\x02x"), "PROTOCOL_ERROR"),
+    "window-adjust-0": (
+        _cat_then(rfc_peer.WINDOW_ADJUST, lambda ch: struct.pack(">I", 0)),
+        "FLOW_CONTROL_ERROR",
+    ),
+    "window-adjust-overflow": (
+        _cat_then(rfc_peer.WINDOW_ADJUST, lambda ch: struct.pack(">I", 2**31 - 1)),
+        "FLOW_CONTROL_ERROR",
+    ),
+    "data-after-eof": (_eof_then(rfc_peer.CHANNEL_DATA, b"\x00x"), "PROTOCOL_ERROR"),
+    "second-eof": (_eof_then(rfc_peer.CHANNEL_EOF, b""), "PROTOCOL_ERROR"),
+}
+
+
+@pytest.mark.parametrize("case", list(POST_AUTH_CASES))
+async def test_server_closes_on_bad_records(start_server: StartServer, case: str) -> None:
+    """Sections 4, 10, 11 and 15: the server fails the session with the RFC's code, in an
+    encrypted CLOSE that this client decrypts and reports as the peer's error."""
+    srv = await start_server()
+    make, code = POST_AUTH_CASES[case]
+
+    def body() -> PPCPPeerError:
+        client = srv.connect()
+        client.sock.sendall(make(client))
+        with pytest.raises(PPCPPeerError) as info:
+            client.pump_until(lambda: False, limit=100)
+        return info.value
+
+    err = await run(body)
+    assert err.remote, err
+    assert err.code == CODE[code], err
+
+
+async def test_data_beyond_window_is_flow_control_error(start_server: StartServer) -> None:
+    """Section 15.4. With "stdin": false the server reads no stream-0 data, so it never
+    returns window: one byte more than its window must fail the session."""
+    srv = await start_server()
+
+    def body() -> PPCPPeerError:
+        client = srv.connect()
+        ch = client.open_channel("exec", b'{"argv":["sleep","30"],"stdin":false}')
+        left = ch.send_window + 1
+        for _ in range(100):
+            n = min(left, ch.send_max_packet)
+            client.sock.sendall(
+                _seal(client, rfc_peer.CHANNEL_DATA, 0, struct.pack(">IB", ch.id, 0) + bytes(n))
+            )
+            left -= n
+            if not left:
+                break
+        with pytest.raises(PPCPPeerError) as info:
+            client.pump_until(lambda: False, limit=100)
+        return info.value
+
+    err = await run(body)
+    assert err.remote and err.code == CODE["FLOW_CONTROL_ERROR"]
+
+
+async def test_peer_close_is_answered_normal(start_server: StartServer) -> None:
+    """Section 10.5 step 3: any received CLOSE is answered with CLOSE NORMAL, empty reason."""
+    srv = await start_server()
+
+    def body() -> None:
+        client = srv.connect()
+        client.close(CODE["GOING_AWAY"], "bye")
+        assert client.peer_close == (CODE["NORMAL"], "")
+
+    await run(body)
+
+
+async def test_zero_window_and_minimum_packet(start_server: StartServer) -> None:
+    """Section 15.4: an opener may announce window 0; nothing flows until WINDOW_ADJUST.
+    The server also respects the smallest max_packet (1024)."""
+    srv = await start_server()
+
+    def body() -> tuple[bytes, int]:
+        client = srv.connect(window=0, max_packet=1024)
+        ch = client.open_channel("exec", b'{"command":"head -c 5000 /dev/zero","stdin":false}')
+        assert not client.readable(0.3)  # nothing may arrive while the window is 0
+        ch.recv_window = ch.recv_initial = 5000
+        client.send_record(rfc_peer.WINDOW_ADJUST, 0, struct.pack(">II", ch.id, 5000))
+        client.pump_until(lambda: ch.state == "FREED")
+        closed_orderly(client)
+        return bytes(ch.streams[0]), client.stats.max_data_payload
+
+    out, biggest = await run(body)
+    assert out == bytes(5000)
+    assert biggest <= 1024
+
+
+async def test_client_closes_running_command(start_server: StartServer) -> None:
+    """Section 15.5 rule 3 and 15.10.2: our CHANNEL_CLOSE is answered, no exit-status."""
+    srv = await start_server()
+
+    def body() -> rfc_peer.Channel:
+        client = srv.connect()
+        ch = client.open_channel("exec", b'{"argv":["sleep","60"],"stdin":false}')
+        client.close_channel(ch)
+        assert client.exec("echo next").stdout == b"next\n"
+        closed_orderly(client)
+        return ch
+
+    ch = await run(body)
+    assert ch.close == (CODE["NORMAL"], "")
+    assert ch.requests == []
+
+
+async def test_exec_open_payload_validation(start_server: StartServer) -> None:
+    """Section 15.10.2: unknown fields, both/neither of command and argv, lone surrogates
+    are CHANNEL_ERROR; surrogate-escaped bytes reach the program as bytes."""
+    srv = await start_server()
+    bad = [
+        b'{"command":"true","bogus":1}',
+        b'{"command":"true","argv":["true"]}',
+        b"{}",
+        b'{"argv":[]}',
+        b"not json",
+        b'["true"]',
+        b'{"argv":["printf","%s","\\ud800"]}',
+        b'{"command":"tr\\u0000ue"}',
+    ]
+
+    def body() -> tuple[list[int], bytes]:
+        client = srv.connect()
+        codes = []
+        for payload in bad:
+            with pytest.raises(ChannelFailure) as info:
+                client.open_channel("exec", payload)
+            codes.append(info.value.code)
+        raw = client.exec(argv=["printf", "%s", "\udc80\udcffok"]).stdout
+        closed_orderly(client)
+        return codes, raw
+
+    codes, raw = await run(body)
+    assert codes == [CODE["CHANNEL_ERROR"]] * len(bad)
+    assert raw == b"\x80\xffok"
+
+
+async def test_uppercase_prefix_is_a_passphrase(start_server: StartServer) -> None:
+    """Section 9 reading: the "ppcp-psk-" prefix is matched exactly; "(either case)" is
+    about the hex digits. "PPCP-PSK-<hex>" is therefore a passphrase on both sides."""
+    hexkey = os.urandom(32).hex()
+    srv = await start_server(psk="PPCP-PSK-" + hexkey)
+
+    def body() -> None:
+        client = srv.connect()  # derives "PPCP-PSK-..." as a passphrase
+        closed_orderly(client)
+        with pytest.raises(PPCPPeerError) as info:
+            rfc_peer.connect("127.0.0.1", srv.port, "", psk_key=bytes.fromhex(hexkey))
+        assert info.value.code == CODE["AUTH_FAILED"]
+
+    await run(body)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="findings M1: 15.10.1 says a non-JSON-object open payload is rejected with "
+    "CHANNEL_ERROR; the server accepts an empty payload for 'message'",
+)
+async def test_message_open_empty_payload_rejected(start_server: StartServer) -> None:
+    srv = await start_server()
+
+    def body() -> None:
+        client = srv.connect()
+        try:
+            with pytest.raises(ChannelFailure) as info:
+                client.open_channel("message", b"")
+            assert info.value.code == CODE["CHANNEL_ERROR"]
+        finally:
+            client.close()
+
+    await run(body)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TimeoutError,
+    reason="findings M2: the server negotiates 'msg' but nothing consumes session MESSAGEs; "
+    "after ~4 MiB unread it stops reading and the whole session stalls",
+)
+async def test_session_messages_do_not_stall_channels(start_server: StartServer) -> None:
+    srv = await start_server()
+
+    def body() -> None:
+        client = srv.connect(timeout=3)
+        try:
+            for _ in range(8):
+                client.send_message(bytes(2**20))
+            assert client.exec("echo ok").stdout == b"ok\n"
+            closed_orderly(client)
+        finally:
+            client.sock.close()
+
+    await run(body)
