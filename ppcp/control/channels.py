@@ -359,7 +359,10 @@ class ChannelMux:
             raise ProtocolError("malformed HEARTBEAT")
         if flags & FLAG_REPLY:
             return [HeartbeatReceived(int.from_bytes(plaintext, "big"))]
-        self.conn.send_record(F.HEARTBEAT, plaintext, FLAG_REPLY)
+        # A request that crossed our CLOSE goes unanswered: after CLOSE nothing is
+        # sent (RFC 10.5), and the peer learns from the CLOSE that we are alive.
+        if self.conn.is_open:
+            self.conn.send_record(F.HEARTBEAT, plaintext, FLAG_REPLY)
         return []
 
     def _on_open(self, channel_id: int, r: Reader) -> list[Event]:

@@ -239,3 +239,24 @@ async def test_a_client_stopped_for_a_while_keeps_its_command(serve: StartServer
             client.wait()
     assert client.returncode == 0, err.decode()
     assert out.decode().splitlines() == ["got back", "status 0"], (out, err)
+
+
+def test_a_heartbeat_crossing_our_close_is_not_answered_and_ends_nothing() -> None:
+    """RFC 10.5 / 15.8: once an endpoint sent CLOSE it sends no record, heartbeat answers
+    included. A request that crossed our CLOSE used to be answered anyway, which raised
+    "cannot send records in state closing" and turned an orderly close into a failure."""
+    from channel_helpers import MuxPair
+
+    from ppcp.core.events import ConnectionClosed
+    from ppcp.core.states import State
+
+    pair = MuxPair()
+    pair.client.conn.close()  # queued, not yet delivered
+    pair.server.mux.send_heartbeat(7)  # in flight the other way
+    server_bytes = pair.server.conn.data_to_send()
+    assert pair.client.conn.receive_data(server_bytes) == []  # the request: no answer, no error
+    pair.pump()
+    assert pair.client.error is None and pair.server.error is None
+    closed = [e for e in pair.server.take() if isinstance(e, ConnectionClosed)]
+    assert closed and closed[0].code == 0
+    assert pair.client.conn.state is State.CLOSED
