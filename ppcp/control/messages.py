@@ -284,7 +284,7 @@ async def serve_message(channel: AsyncChannel, policy: ServerPolicy) -> None:
         channel.reject(CloseCode.POLICY_DENIED, "messages are disabled on this server")
         return
     try:
-        obj = decode_json(channel.open_payload or b"{}", "message request")
+        obj = decode_json(channel.open_payload, "message request")
         topic = obj.get("topic", DEFAULT_TOPIC)
         if not isinstance(topic, str):
             raise ChannelError("topic must be a string")

@@ -291,7 +291,9 @@ def vectors_markdown(vectors: list[Vector] | None = None) -> str:
         + f'; the server sends `"{SERVER_MESSAGE.decode()}"`.',
         f"  The client's sender threshold is {CLIENT_REKEY_AFTER_RECORDS} records, so its next "
         f'message `"{REKEYED_MESSAGE.decode()}"`',
-        "  is preceded by a KEY_UPDATE record. Then the client closes (NORMAL, empty reason)",
+        "  is preceded by a KEY_UPDATE record (sealed with sequence number 2 under the old key;",
+        "  the message is then sequence number 0 under the new one, and the CLOSE 1).",
+        "  Then the client closes (NORMAL, empty reason)",
         "  and the server answers with its own CLOSE.",
         "",
         "All values are hexadecimal; `*_frame` and `*_record` values are whole frames,",

@@ -146,7 +146,7 @@ def derive_psk(psk: str | bytes) -> bytes:
     raw = raw.strip(_ASCII_WS)
     if not raw:
         raise ValueError("empty PSK")
-    if raw.startswith(PSK_PREFIX):
+    if raw[: len(PSK_PREFIX)].lower() == PSK_PREFIX:  # the prefix in any letter case
         rest = raw[len(PSK_PREFIX) :]
         # bytes.fromhex() alone would accept embedded spaces: check the syntax first.
         if not _HEX64.fullmatch(rest):
@@ -162,7 +162,7 @@ def is_weak_passphrase(psk: str | bytes) -> bool:
     """Section 9: shorter than 20 bytes or fewer than 10 distinct byte values."""
     raw = psk.encode("utf-8") if isinstance(psk, str) else bytes(psk)
     raw = raw.strip(_ASCII_WS)
-    if raw.startswith(PSK_PREFIX):
+    if raw[: len(PSK_PREFIX)].lower() == PSK_PREFIX:
         return False
     return len(raw) < 20 or len(set(raw)) < 10
 
