@@ -141,6 +141,12 @@ async def main() -> None:
         await _run(psk, Path(tmp))
 
 
+async def _echo_messages(session: ppcp.aio.AsyncSession) -> None:
+    """The server's session handler: answers each session MESSAGE (channels run beside it)."""
+    async for message in session:
+        await session.send(b"echo: " + message)
+
+
 async def _run(psk: str, workdir: Path) -> None:
     server_root = workdir / "server-root"
     server_root.mkdir()
@@ -148,6 +154,7 @@ async def _run(psk: str, workdir: Path) -> None:
         "127.0.0.1",
         0,
         psk,
+        _echo_messages,
         config=SessionConfig(name="demo-server"),
         policy=ServerPolicy(root=server_root),
         discovery_port=0,
@@ -178,7 +185,11 @@ async def _run(psk: str, workdir: Path) -> None:
     phase("3. Encrypted records (the tap sees only ciphertext)")
     marker = b"hello from the client: this text never appears on the wire"
     await session.send(marker)
-    console.print("  sent one MESSAGE record; rekey_after_records=6 forces KEY_UPDATE records soon")
+    reply = await asyncio.wait_for(session.recv(), 10)
+    console.print(
+        f"  sent one MESSAGE record, the server answered {len(reply)} bytes "
+        f"({reply[:20].decode()!r}...); rekey_after_records=6 forces KEY_UPDATE records soon"
+    )
 
     phase("4. Remote exec over a channel")
     result = await session.exec(["uname", "-sr"])
