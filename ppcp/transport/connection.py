@@ -157,8 +157,8 @@ class Connection:
         self._check_can_send()
         if self.result is not None and "msg" not in self.result.capabilities:
             raise ProtocolError(
-                "the peer takes no session messages (capability 'msg' was not negotiated); "
-                "a server started without a session handler offers channels only"
+                "the peer takes no session messages (capability 'msg' was not negotiated; "
+                "a PPCP server started without a session handler offers channels only)"
             )
         view = memoryview(data)
         if len(view) > self.config.max_message_size:
