@@ -65,6 +65,12 @@ _CAPABILITY_FOR: dict[int, str] = {
     **{t: "channels" for t in MUX_TYPES if t != FrameType.HEARTBEAT},
 }
 
+# What a local send is told, in the user's terms, when the peer did not agree to a feature.
+_NOT_OFFERED: dict[str, str] = {
+    "msg": "the peer takes no session messages (capability 'msg' was not negotiated; "
+    "a PPCP server started without a session handler offers channels only)",
+}
+
 
 def alert_frame(code: int, reason: str) -> bytes:
     """A clear-text ALERT frame: the only thing a server may send a connection it
@@ -155,11 +161,6 @@ class Connection:
     def send_message(self, data: bytes | bytearray | memoryview) -> None:
         """Queue an application message (fragmented into records if large)."""
         self._check_can_send()
-        if self.result is not None and "msg" not in self.result.capabilities:
-            raise ProtocolError(
-                "the peer takes no session messages (capability 'msg' was not negotiated; "
-                "a PPCP server started without a session handler offers channels only)"
-            )
         view = memoryview(data)
         if len(view) > self.config.max_message_size:
             raise MessageTooLarge(
@@ -180,7 +181,7 @@ class Connection:
     ) -> None:
         """Encrypt and queue one record; rotate the key first if it is due."""
         self._check_can_send()
-        self._check_negotiated(frame_type)
+        self._check_negotiated(frame_type, sending=True)
         cipher = self._send
         assert cipher is not None
         if len(plaintext) > MAX_RECORD_PLAINTEXT:
@@ -395,7 +396,7 @@ class Connection:
         self.state = target
         return events
 
-    def _check_negotiated(self, ftype: int) -> None:
+    def _check_negotiated(self, ftype: int, *, sending: bool = False) -> None:
         """Records of a feature are only valid if its capability was negotiated."""
         needed = _CAPABILITY_FOR.get(ftype)
         if (
@@ -403,6 +404,8 @@ class Connection:
             and self.result is not None
             and needed not in self.result.capabilities
         ):
+            if sending and needed in _NOT_OFFERED:
+                raise ProtocolError(_NOT_OFFERED[needed])
             raise ProtocolError(
                 f"record 0x{ftype:02x} needs capability {needed!r}, which was not negotiated"
             )
