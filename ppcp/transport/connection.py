@@ -25,13 +25,14 @@ from ppcp.core.errors import (
 )
 from ppcp.core.events import ConnectionClosed, Event, HandshakeComplete, MessageReceived
 from ppcp.core.states import HANDSHAKE_STATES, INITIAL_STATE, Role, State, next_state
-from ppcp.crypto.aead import MAX_RECORDS_PER_KEY, TAG_LEN, RecordCipher
+from ppcp.crypto.aead import MAX_RECORDS_PER_KEY, SMALL_RECORD, TAG_LEN, RecordCipher
 from ppcp.handshake.machine import HandshakeConfig, HandshakeMachine, HandshakeResult
 from ppcp.handshake.messages import MAX_REASON_BYTES, Alert
 from ppcp.key_exchange.ecdh import RandomSource
 from ppcp.transport.frames import (
     FLAG_MORE,
     FRAME_POOL,
+    HEADER,
     LARGE_FRAME,
     MAX_HANDSHAKE_BODY,
     MAX_RECORD_BODY,
@@ -42,7 +43,6 @@ from ppcp.transport.frames import (
     FrameBuffer,
     FrameType,
     encode_frame,
-    encode_header,
 )
 from ppcp.utils.buffers import DISCARD, ThreadScratch
 from ppcp.utils.codec import Reader, Writer, clip_text
@@ -54,9 +54,9 @@ DEFAULT_MAX_MESSAGE = 16 << 20
 DEFAULT_REKEY_RECORDS = 1 << 24
 DEFAULT_REKEY_BYTES = 1 << 32
 
-# Called with a record and its plaintext, a view valid only during the call
-# unless the flag says the handler owns the buffer behind it.
-RecordHandler = Callable[[Frame, memoryview, bool], list[Event]]
+# Called with a record and its plaintext: bytes, or a view valid only during
+# the call unless the flag says the handler owns the buffer behind it.
+RecordHandler = Callable[[Frame, bytes | memoryview, bool], list[Event]]
 _PLAINTEXT = ThreadScratch()
 
 _CAPABILITY_FOR: dict[int, str] = {
@@ -116,6 +116,9 @@ class Connection:
         self._error: PPCPError | None = None
         self._close_sent = False
         self._discarding = False  # get_buffer lent DISCARD
+        # Record types of features the handshake did not agree on (set then):
+        # checked per record, so a set lookup rather than the capability check.
+        self._unnegotiated: frozenset[int] = frozenset()
         # The channel layer registers here; the connection only moves records.
         self.record_handler: RecordHandler | None = None
 
@@ -180,8 +183,10 @@ class Connection:
         self, frame_type: int, plaintext: bytes | bytearray | memoryview, flags: int = 0
     ) -> None:
         """Encrypt and queue one record; rotate the key first if it is due."""
-        self._check_can_send()
-        self._check_negotiated(frame_type, sending=True)
+        if self.state is not State.OPEN or self._error is not None:
+            self._check_can_send()
+        if frame_type in self._unnegotiated:
+            self._check_negotiated(frame_type, sending=True)
         cipher = self._send
         assert cipher is not None
         if len(plaintext) > MAX_RECORD_PLAINTEXT:
@@ -201,7 +206,7 @@ class Connection:
         flags: int,
         plaintext: bytes | bytearray | memoryview,
     ) -> None:
-        header = encode_header(frame_type, flags, len(plaintext) + TAG_LEN)
+        header = HEADER.pack(frame_type, flags, len(plaintext) + TAG_LEN)
         if len(plaintext) < LARGE_FRAME:
             self._out.append(cipher.seal_frame(header, plaintext))
             return
@@ -352,6 +357,9 @@ class Connection:
         self.result = result
         self._send = RecordCipher(result.send_keys, self.config.max_records_per_key)
         self._recv = RecordCipher(result.recv_keys, self.config.max_records_per_key)
+        self._unnegotiated = frozenset(
+            t for t, needed in _CAPABILITY_FOR.items() if needed not in result.capabilities
+        )
         self._frames.max_body = MAX_RECORD_BODY
         self.state = target
         return [
@@ -373,9 +381,14 @@ class Connection:
             # channel layer copies from.  Either way, no fresh megabyte.
             size = len(frame.body) - TAG_LEN
             owned = ftype == FrameType.CHANNEL_DATA and size >= LARGE_FRAME
-            out = PLAINTEXT_POOL.take() if owned else _PLAINTEXT.get(size)
-            view = recv.open_into(frame.header, frame.body, out)
-            self._check_negotiated(ftype)
+            view: bytes | memoryview
+            if size <= SMALL_RECORD:
+                view = recv.open(frame.header, frame.body)
+            else:
+                out = PLAINTEXT_POOL.take() if owned else _PLAINTEXT.get(size)
+                view = recv.open_into(frame.header, frame.body, out)
+            if ftype in self._unnegotiated:
+                self._check_negotiated(ftype)
             if self.record_handler is None:
                 raise ProtocolError("channel record received but no channel layer is active")
             events = self.record_handler(frame, view, owned)
