@@ -281,71 +281,91 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
         return True
 
     def _dispatch(self, event: Event) -> None:
-        if isinstance(event, MessageReceived):
-            self._inbox.append(event.data)
-            self._inbox_bytes += len(event.data)
-            self._inbox_ready.set()
-            if self._inbox_bytes > self.config.receive_buffer and self._transport is not None:
-                self._transport.pause_reading()
-                self._reading_paused = True
-        elif isinstance(event, HandshakeComplete):
-            if not self._established.done():
-                self._established.set_result(event)
-                self._start_heartbeats(event)
-        elif isinstance(event, ConnectionClosed):
-            self._terminate(event.error)
-        else:
-            self._dispatch_channel_event(event)
+        # One table lookup per event: a chain of isinstance tests was a tenth
+        # of the driver's share of a warm exec (five records, five events).
+        handler = _EVENT_HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
 
-    def _dispatch_channel_event(self, event: Event) -> None:
-        if isinstance(event, mux_events.HeartbeatReceived):
-            if self.heartbeat is not None:
-                self.heartbeat.answered(event.heartbeat_id, self._loop.time())
+    def _on_message(self, event: MessageReceived) -> None:
+        self._inbox.append(event.data)
+        self._inbox_bytes += len(event.data)
+        self._inbox_ready.set()
+        if self._inbox_bytes > self.config.receive_buffer and self._transport is not None:
+            self._transport.pause_reading()
+            self._reading_paused = True
+
+    def _on_established(self, event: HandshakeComplete) -> None:
+        if not self._established.done():
+            self._established.set_result(event)
+            self._start_heartbeats(event)
+
+    def _on_connection_closed(self, event: ConnectionClosed) -> None:
+        self._terminate(event.error)
+
+    def _on_heartbeat(self, event: mux_events.HeartbeatReceived) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.answered(event.heartbeat_id, self._loop.time())
+
+    def _on_channel_open(self, event: mux_events.ChannelOpenRequested) -> None:
+        handler = self.channel_handler
+        if handler is None:
+            self.mux.reject(
+                event.channel_id,
+                CloseCode.POLICY_DENIED,
+                f"this endpoint accepts no {event.kind!r} channels",
+            )
             return
-        if isinstance(event, mux_events.ChannelOpenRequested):
-            channel = AsyncChannel(self, event.channel_id, event.kind)
-            channel.open_payload = event.payload
-            self.channels[event.channel_id] = channel
-            handler = self.channel_handler
-            if handler is None:
-                self.mux.reject(
-                    event.channel_id,
-                    CloseCode.POLICY_DENIED,
-                    f"this endpoint accepts no {event.kind!r} channels",
-                )
-                del self.channels[event.channel_id]
-                return
-            self.spawn(self._run_channel_handler(handler, channel))
-            return
-        channel_id = getattr(event, "channel_id", None)
-        ch = self.channels.get(channel_id) if channel_id is not None else None
+        channel = AsyncChannel(self, event.channel_id, event.kind)
+        channel.open_payload = event.payload
+        self.channels[event.channel_id] = channel
+        self.spawn(self._run_channel_handler(handler, channel))
+
+    def _on_channel_accepted(self, event: mux_events.ChannelAccepted) -> None:
+        ch = self.channels.get(event.channel_id)
+        if ch is not None:
+            ch._on_accepted(event.payload)
+
+    def _on_channel_data(self, event: mux_events.ChannelData) -> None:
+        ch = self.channels.get(event.channel_id)
+        if ch is not None:
+            ch._on_data(event.stream, event.data)
+
+    def _on_channel_eof(self, event: mux_events.ChannelEOF) -> None:
+        ch = self.channels.get(event.channel_id)
+        if ch is not None:
+            ch._on_eof()
+
+    def _on_channel_request(self, event: mux_events.ChannelRequest) -> None:
+        ch = self.channels.get(event.channel_id)
         if ch is None:
             return
-        if isinstance(event, mux_events.ChannelAccepted):
-            ch._on_accepted(event.payload)
-        elif isinstance(event, mux_events.ChannelData):
-            ch._on_data(event.stream, event.data)
-        elif isinstance(event, mux_events.ChannelEOF):
-            ch._on_eof()
-        elif isinstance(event, mux_events.ChannelRequest):
-            # Requests are not flow-controlled: bound those the service has not
-            # read yet, or a peer could queue them without limit.
-            limit = self.mux.config.max_pending_requests
-            if len(ch._requests) >= limit:
-                self._terminate(
-                    FlowControlError(
-                        f"channel {ch.channel_id}: the peer sent more than {limit} requests "
-                        "the service has not read"
-                    )
+        # Requests are not flow-controlled: bound those the service has not
+        # read yet, or a peer could queue them without limit.
+        limit = self.mux.config.max_pending_requests
+        if len(ch._requests) >= limit:
+            self._terminate(
+                FlowControlError(
+                    f"channel {ch.channel_id}: the peer sent more than {limit} requests "
+                    "the service has not read"
                 )
-                return
-            ch._on_request(event.name, event.payload)
-        elif isinstance(event, mux_events.ChannelRefused | mux_events.ChannelClosed):
-            del self.channels[ch.channel_id]
-            ch._on_closed(
-                event.code, event.reason, refused=isinstance(event, mux_events.ChannelRefused)
             )
-        elif isinstance(event, mux_events.WindowOpened):
+            return
+        ch._on_request(event.name, event.payload)
+
+    def _on_channel_refused(self, event: mux_events.ChannelRefused) -> None:
+        ch = self.channels.pop(event.channel_id, None)
+        if ch is not None:
+            ch._on_closed(event.code, event.reason, refused=True)
+
+    def _on_channel_closed(self, event: mux_events.ChannelClosed) -> None:
+        ch = self.channels.pop(event.channel_id, None)
+        if ch is not None:
+            ch._on_closed(event.code, event.reason)
+
+    def _on_window_opened(self, event: mux_events.WindowOpened) -> None:
+        ch = self.channels.get(event.channel_id)
+        if ch is not None:
             ch._wake()
 
     async def _run_channel_handler(
@@ -556,6 +576,23 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
                 yield await self.recv()
             except SessionClosed:
                 return
+
+
+# Event type -> AsyncSession method that acts on it (exact types: events are final).
+_EVENT_HANDLERS: dict[type[Event], Callable[[AsyncSession, Any], None]] = {
+    MessageReceived: AsyncSession._on_message,
+    HandshakeComplete: AsyncSession._on_established,
+    ConnectionClosed: AsyncSession._on_connection_closed,
+    mux_events.HeartbeatReceived: AsyncSession._on_heartbeat,
+    mux_events.ChannelOpenRequested: AsyncSession._on_channel_open,
+    mux_events.ChannelAccepted: AsyncSession._on_channel_accepted,
+    mux_events.ChannelData: AsyncSession._on_channel_data,
+    mux_events.ChannelEOF: AsyncSession._on_channel_eof,
+    mux_events.ChannelRequest: AsyncSession._on_channel_request,
+    mux_events.ChannelRefused: AsyncSession._on_channel_refused,
+    mux_events.ChannelClosed: AsyncSession._on_channel_closed,
+    mux_events.WindowOpened: AsyncSession._on_window_opened,
+}
 
 
 def session_protocol(session: AsyncSession) -> asyncio.BufferedProtocol:

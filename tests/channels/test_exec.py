@@ -139,13 +139,14 @@ async def test_a_finished_command_ends_with_its_status_and_close_only(session: S
     from ppcp.control import channels as mux_events
 
     seen: list[str] = []
-    original = session._dispatch_channel_event
+    original = session._dispatch
 
     def record(event: mux_events.Event) -> None:
-        seen.append(type(event).__name__)
+        if hasattr(event, "channel_id"):
+            seen.append(type(event).__name__)
         original(event)
 
-    session._dispatch_channel_event = record  # type: ignore[method-assign]
+    session._dispatch = record  # type: ignore[method-assign]
     result = await session.exec(["sh", "-c", "echo out; echo err >&2; exit 3"])
     assert (result.stdout, result.stderr, result.exit_code) == (b"out\n", b"err\n", 3)
     assert "ChannelEOF" not in seen
