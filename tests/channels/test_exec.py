@@ -265,6 +265,22 @@ async def test_a_tilde_in_cwd_is_the_servers_home(
     assert (await session.exec(["pwd"], cwd="a~b")).stdout == f"{tmp_path}/a~b\n".encode()
 
 
+async def test_without_a_home_directory_commands_run_in_the_servers_own(
+    session: Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A system account's home may not exist: the default (unchecked, to save a
+    # stat per command) falls back when the spawn cannot enter it.
+    monkeypatch.setenv("HOME", str(tmp_path / "gone"))
+    here = os.getcwd().encode()
+    assert (await session.exec(["pwd"])).stdout == here + b"\n"
+    assert (await session.exec(["pwd"], cwd="~")).stdout == here + b"\n"
+    # Not where a directory was asked for: that is the client's mistake to hear about.
+    with pytest.raises(ChannelError, match="working directory"):
+        await session.exec(["pwd"], cwd="~/no-such-dir-ppcp")
+    with pytest.raises(ChannelError, match="cannot execute 'no-such-program-ppcp': ENOENT"):
+        await session.exec(["no-such-program-ppcp"])
+
+
 async def test_a_tilde_naming_no_user_is_refused(session: Session) -> None:
     with pytest.raises(ChannelError, match="no user 'no-such-user-ppcp'"):
         await session.exec(["true"], cwd="~no-such-user-ppcp/x")
