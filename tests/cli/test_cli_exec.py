@@ -288,41 +288,61 @@ def test_fan_out_streams_large_stdin_beside_the_output(env: Env, server: StartSe
         assert "\n".join(got) + "\n" == data.decode()
 
 
+# A process's ru_maxrss starts at the peak of the process it was forked from (the
+# kernel records the old address space's high-water mark at exec), and pytest may
+# hold hundreds of MiB by the time this runs: a small launcher starts the client,
+# so that wait4 reports the client's own peak.  It writes it to the fd it is given.
+_PEAK_RSS_LAUNCHER = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+os.write(int(sys.argv[1]), str(usage.ru_maxrss).encode())
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+
+
 def test_fan_out_stops_on_endless_stdin_with_bounded_memory(env: Env, server: StartServer) -> None:
     """`yes | ppcp exec a b -- head -1`: all of stdin was read before anything ran."""
     import os
+    import signal
     import subprocess
+    import sys
     import threading
+
+    from cli_helpers import PPCP
 
     _aliases(env, alpha=server(), beta=server())
     yes = subprocess.Popen(["yes"], stdout=subprocess.PIPE)
     assert yes.stdout is not None
-    client = env.popen(
-        "exec",
-        "alpha",
-        "beta",
-        "--",
-        "head",
-        "-1",
+    peak_r, peak_w = os.pipe()
+    argv = [*PPCP, "exec", "alpha", "beta", "--", "head", "-1"]
+    client = subprocess.Popen(
+        [sys.executable, "-c", _PEAK_RSS_LAUNCHER, str(peak_w), *argv],
+        env=env.vars,
+        cwd=env.home,
         stdin=yes.stdout,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        pass_fds=(peak_w,),
+        start_new_session=True,
     )
+    os.close(peak_w)
     yes.stdout.close()
-    guard = threading.Timer(60, client.kill)
+    guard = threading.Timer(60, os.killpg, (client.pid, signal.SIGKILL))
     guard.start()
     try:
         # EOF on both pipes: the client has exited (stderr is only the summary).
         out, err = client.stdout.read(), client.stderr.read()  # type: ignore[union-attr]
-        _, status, usage = os.wait4(client.pid, 0)  # its own peak memory, not the children's
-        client.returncode = os.waitstatus_to_exitcode(status)
+        client.wait()
+        with os.fdopen(peak_r, "rb") as peak:
+            peak_kib = int(peak.read() or b"0")
     finally:
         guard.cancel()
         yes.kill()
         yes.wait(5)
     assert client.returncode == 0, err.decode()
     assert sorted(out.decode().splitlines()) == ["alpha | y", "beta  | y"], err.decode()
-    assert usage.ru_maxrss < 300_000, usage.ru_maxrss  # KiB: stdin is not all held
+    assert 0 < peak_kib < 300_000, peak_kib  # KiB: stdin is not all held
 
 
 def test_double_dash_inside_the_command_runs_nothing_elsewhere(
