@@ -67,6 +67,8 @@ def load_config(settings: Settings) -> FileConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise CLIError(EXIT_CONFIG, f"config file {path} is not valid TOML: {exc}.") from None
+    except RecursionError:
+        raise CLIError(EXIT_CONFIG, f"config file {path} is nested too deeply.") from None
     return _validate(path, data)
 
 

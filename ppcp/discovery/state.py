@@ -146,7 +146,7 @@ def _read_cache(path: Path) -> dict[str, CacheEntry]:
         with path.open("rb") as f:
             raw = f.read(CACHE_MAX_BYTES + 1)
         doc = json.loads(raw) if len(raw) <= CACHE_MAX_BYTES else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested too deeply
         return {}
     servers = doc.get("servers") if isinstance(doc, dict) else None
     if not isinstance(servers, dict):

@@ -133,6 +133,9 @@ def test_bad_config_is_a_config_error(env: Env) -> None:
     cfg.write_text("this is not toml\n")
     res = env.run("send", "x", "somewhere")
     assert res.returncode == 8 and "not valid TOML" in res.stderr
+    cfg.write_text("port = " + "[" * 5000 + "]" * 5000 + "\n")  # tomllib: RecursionError
+    res = env.run("send", "x", "somewhere")
+    assert res.returncode == 8 and "nested too deeply" in res.stderr, res.stderr
 
 
 def test_global_options_before_and_after_the_command(env: Env, server: StartServer) -> None:

@@ -248,6 +248,7 @@ def test_address_cache_round_trip_and_bounds(tmp_path: Path) -> None:
         json.dumps({"servers": {"aa" * 16: {"addresses": [["10.0.0.1", 0]]}}}),
         json.dumps({"servers": {"aa" * 16: {"addresses": "10.0.0.1"}}}),
         "x" * 70000,
+        "[" * 20000 + "]" * 20000,  # too deep for json.loads: RecursionError, not ValueError
     ],
 )
 def test_address_cache_ignores_bad_files(tmp_path: Path, content: str) -> None:
