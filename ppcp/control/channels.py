@@ -28,7 +28,7 @@ from ppcp.handshake.messages import MAX_REASON_BYTES
 from ppcp.transport.connection import Connection
 from ppcp.transport.frames import FLAG_REPLY, MAX_RECORD_PLAINTEXT, Frame, FrameType
 from ppcp.utils.buffers import ThreadScratch
-from ppcp.utils.codec import clip_text, decode_text
+from ppcp.utils.codec import clip_text, expect_length, text8_at
 
 MAX_CHANNEL_ID = 0xFFFFFFFF
 MAX_WINDOW = (1 << 31) - 1
@@ -368,10 +368,10 @@ class ChannelMux:
         return []
 
     def _on_open(self, channel_id: int, body: bytes | memoryview) -> list[Event]:
-        if len(body) < _OPEN.size - 1:
+        if len(body) < _ACCEPT.size:  # the kind's length byte: checked by text8_at
             raise ProtocolError("truncated CHANNEL_OPEN")
-        _, window, max_packet = _ACCEPT.unpack_from(body)
-        kind, end = _text8(body, _ACCEPT.size, "CHANNEL_OPEN", "channel kind")
+        _, window, max_packet = _ACCEPT.unpack_from(body)  # OPEN's fixed part, less that byte
+        kind, end = text8_at(body, _ACCEPT.size, "CHANNEL_OPEN", "channel kind")
         payload = bytes(body[end:])
         if end - _ACCEPT.size - 1 > MAX_KIND_BYTES:
             raise ProtocolError("channel kind too long")
@@ -427,15 +427,15 @@ class ChannelMux:
             if len(body) < _CODE_REASON.size - 1:
                 raise ProtocolError(f"truncated {name}")
             code = int.from_bytes(body[4:6], "big")
-            reason, end = _text8(body, 6, name, "channel close reason")
-            _exact(body, end, name)
+            reason, end = text8_at(body, 6, name, "channel close reason")
+            expect_length(body, end, name)
             if ftype == F.CHANNEL_REJECT:
                 return [ChannelRefused(cid, code, reason)]
             if ch.state is not ChannelState.CLOSING and self.conn.is_open:
                 self.conn.send_record(F.CHANNEL_CLOSE, _code_reason(cid, CloseCode.NORMAL, ""))
             return [ChannelClosed(cid, code, reason)]
         if ftype == F.WINDOW_ADJUST:
-            _exact(body, _WINDOW_ADJUST.size, "WINDOW_ADJUST")
+            expect_length(body, _WINDOW_ADJUST.size, "WINDOW_ADJUST")
             increment: int = _WINDOW_ADJUST.unpack_from(body)[1]
             if increment == 0 or ch.send_window + increment > MAX_WINDOW:
                 raise FlowControlError(f"invalid window increment on channel {cid}")
@@ -457,13 +457,13 @@ class ChannelMux:
             ch.recv_window -= len(data)
             return [] if discarding else [ChannelData(cid, stream, data)]
         if ftype == F.CHANNEL_EOF:
-            _exact(body, _ID.size, "CHANNEL_EOF")
+            expect_length(body, _ID.size, "CHANNEL_EOF")
             if ch.remote_eof:
                 raise ProtocolError(f"second EOF on channel {cid}")
             ch.remote_eof = True
             return [] if discarding else [ChannelEOF(cid)]
         # CHANNEL_REQUEST
-        name, end = _text8(body, _ID.size, "CHANNEL_REQUEST", "channel request name")
+        name, end = text8_at(body, _ID.size, "CHANNEL_REQUEST", "channel request name")
         payload = bytes(body[end:])
         if len(payload) > MAX_PAYLOAD:
             raise ProtocolError("CHANNEL_REQUEST payload too large")
@@ -490,19 +490,3 @@ def _check_payload(payload: bytes, what: str) -> None:
 def _code_reason(channel_id: int, code: int, reason: str) -> bytes:
     raw = clip_text(reason, MAX_REASON_BYTES).encode("utf-8") if reason else b""
     return _CODE_REASON.pack(channel_id, code, len(raw)) + raw
-
-
-def _text8(body: bytes | memoryview, offset: int, name: str, field: str) -> tuple[str, int]:
-    """The u8-length-prefixed text at ``offset`` of a ``name`` record, and where it ends."""
-    end = offset + 1 + body[offset] if offset < len(body) else -1
-    if end < 0 or end > len(body):
-        raise ProtocolError(f"truncated {name}")
-    return decode_text(bytes(body[offset + 1 : end]), field), end
-
-
-def _exact(body: bytes | memoryview, size: int, name: str) -> None:
-    """A record that must be exactly ``size`` bytes long."""
-    if len(body) < size:
-        raise ProtocolError(f"truncated {name}")
-    if len(body) > size:
-        raise ProtocolError(f"{name}: {len(body) - size} trailing bytes")

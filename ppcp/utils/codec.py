@@ -73,7 +73,8 @@ class Reader:
         return self._take(n)
 
     def text8(self, field: str) -> str:
-        return decode_text(self.vec8(), field)
+        text, self._pos = text8_at(self._data, self._pos, self._what, field)
+        return text
 
     def text16(self, field: str) -> str:
         return decode_text(self.vec16(), field)
@@ -91,8 +92,30 @@ class Reader:
         return len(self._data) - self._pos
 
     def end(self) -> None:
-        if self._pos != len(self._data):
-            raise ProtocolError(f"{self._what}: {len(self._data) - self._pos} trailing bytes")
+        expect_length(self._data, self._pos, self._what)
+
+
+# The two checks below are also used without a Reader, on the hot channel
+# records (ppcp/control/channels.py), which parse their fixed parts with one
+# struct call each.
+
+
+def text8_at(
+    data: bytes | bytearray | memoryview, offset: int, what: str, field: str
+) -> tuple[str, int]:
+    """The u8-length-prefixed text at ``offset`` of a ``what``, and where it ends."""
+    end = offset + 1 + data[offset] if offset < len(data) else -1
+    if end < 0 or end > len(data):
+        raise ProtocolError(f"truncated {what}")
+    return decode_text(bytes(data[offset + 1 : end]), field), end
+
+
+def expect_length(data: bytes | bytearray | memoryview, size: int, what: str) -> None:
+    """A ``what`` that must be exactly ``size`` bytes long."""
+    if len(data) < size:
+        raise ProtocolError(f"truncated {what}")
+    if len(data) > size:
+        raise ProtocolError(f"{what}: {len(data) - size} trailing bytes")
 
 
 class Writer:
