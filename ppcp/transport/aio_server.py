@@ -1,4 +1,4 @@
-"""The asyncio server: admission limits, one task per connection, the services.
+"""The asyncio server: admission limits, the handshakes, the services.
 
 Apart from :mod:`ppcp.aio` so that a client (``ppcp exec``, scripts that
 connect) never imports what only a server needs: the service router, the
@@ -65,7 +65,7 @@ class ListenError(OSError):
 
 
 class Server:
-    """A listening PPCP server: one asyncio task per connection.
+    """A listening PPCP server.
 
     At most ``max_unauthenticated`` handshakes run at once; a connection past
     that is told SERVER_BUSY and dropped, so a flood of idle connections cannot
@@ -85,7 +85,7 @@ class Server:
         limits: ServerLimits | None = None,
     ) -> None:
         self._psk_key = derive_psk_key(psk)
-        self._handler = handler or _serve_channels_only
+        self._handler = handler
         if handler is None and "msg" in config.capabilities:
             # Nothing would read a client's session MESSAGEs: once their backlog
             # filled, the session would stop reading and its channels stall.  Not
@@ -109,7 +109,8 @@ class Server:
         self.per_source = SourceCounter(self.limits.max_unauthenticated_per_source)
         self.refused = 0
         self._refusals_logged_at = -1.0
-        self.sessions: set[AsyncSession] = set()
+        self.sessions: set[AsyncSession] = set()  # authenticated
+        self._handshakes: set[AsyncSession] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
         # Discovery (ppcp.discovery): the PING responder and mDNS records,
@@ -161,9 +162,11 @@ class Server:
         # segment as its proof.  The mux only delivers them once authenticated.
         session.channel_handler = functools.partial(route, policy=self.policy)
         self.handshaking += 1
-        task = asyncio.get_running_loop().create_task(self._serve_one(session, source))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._handshakes.add(session)
+        session.watch_handshake(
+            self.config.handshake_timeout,
+            functools.partial(self._handshake_done, session, source),
+        )
         return session_protocol(session)
 
     def _refuse(
@@ -179,12 +182,13 @@ class Server:
         transport.write(alert_frame(error.code, error.message))
         transport.close()
 
-    async def _serve_one(self, session: AsyncSession, source: str = "local") -> None:
-        try:
-            await session.wait_established(self.config.handshake_timeout)
-        except PPCPError as exc:
-            log.warning("handshake with %s failed: %s", _peer(session), exc)
-            if isinstance(exc, AuthenticationError) and not exc.remote:
+    def _handshake_done(self, session: AsyncSession, source: str, error: PPCPError | None) -> None:
+        self.handshaking -= 1
+        self.per_source.release(source)
+        self._handshakes.discard(session)
+        if error is not None:
+            log.warning("handshake with %s failed: %s", _peer(session), error)
+            if isinstance(error, AuthenticationError) and not error.remote:
                 now = asyncio.get_running_loop().time()
                 delay = self.auth_limiter.failure(source, now)
                 if delay:
@@ -194,14 +198,20 @@ class Server:
                         delay,
                     )
             return
-        finally:
-            self.handshaking -= 1
-            self.per_source.release(source)
         self.auth_limiter.success(source)
         log.info("session with %s (%s) established", session.peer_name, _peer(session))
         self.sessions.add(session)
+        if self._handler is None:
+            # Only the services: the session lives until either side ends it.
+            session.on_closed(functools.partial(self.sessions.discard, session))
+            return
+        task = asyncio.get_running_loop().create_task(self._run_handler(self._handler, session))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_handler(self, handler: Handler, session: AsyncSession) -> None:
         try:
-            await self._handler(session)
+            await handler(session)
         except PPCPError as exc:
             log.info("session with %s ended: %s", session.peer_name, exc)
         except Exception:
@@ -226,7 +236,10 @@ class Server:
             self.discovery = None
         self.close()
         await asyncio.gather(
-            *(s.close(CloseCode.GOING_AWAY, reason) for s in list(self.sessions)),
+            *(
+                s.close(CloseCode.GOING_AWAY, reason)
+                for s in [*self._handshakes, *self.sessions]
+            ),
             return_exceptions=True,
         )
         for task in list(self._tasks):
@@ -285,10 +298,6 @@ class _AdmissionProtocol(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         if self._inner is not None:
             self._inner.resume_writing()
-
-
-async def _serve_channels_only(session: AsyncSession) -> None:
-    await session.wait_closed()
 
 
 def _peer(session: AsyncSession) -> str:

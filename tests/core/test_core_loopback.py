@@ -30,10 +30,16 @@ from ppcp.core.errors import (
     HandshakeTimeout,
     ProtocolError,
     ServerBusy,
+    SessionClosed,
 )
+from ppcp.core.states import Role
+from ppcp.crypto.psk import derive_psk_key
+from ppcp.handshake.machine import HandshakeConfig
 from ppcp.handshake.messages import Alert
 from ppcp.transport.aio_driver import AsyncSession, set_nodelay
+from ppcp.transport.connection import Connection, ConnectionConfig
 from ppcp.transport.frames import FrameType
+from tests.server_settle import settle
 
 HOST = "127.0.0.1"
 WAIT = 10.0  # upper bound for any single wait; the happy paths take milliseconds
@@ -96,12 +102,8 @@ class EchoServer:
         return await asyncio.wait_for(self.sessions.get(), WAIT)
 
     async def settle(self) -> None:
-        """Wait until every connection task the server started so far has finished."""
         assert self.server is not None
-        tasks = set(self.server._tasks)
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=WAIT)
-            assert not pending
+        await settle(self.server, WAIT)
 
 
 @contextlib.asynccontextmanager
@@ -248,6 +250,26 @@ async def test_aio_unauthenticated_cap() -> None:
         assert echo.server.handshaking == 0
         async with await ppcp.aio.connect(HOST, echo.port, PSK_TEXT, config=cfg("c")) as client:
             await check_echo(client, [b"served"])
+
+
+async def test_aio_server_close_ends_handshakes_in_progress() -> None:
+    # Closing the server ends a half-done handshake at once with GOING_AWAY:
+    # it must not wait out the handshake timeout, nor become a session later.
+    server = await serve(None, cfg("srv", handshake_timeout=60))
+    reader, writer = await asyncio.open_connection(HOST, server.port)
+    client = Connection(
+        Role.CLIENT, derive_psk_key(PSK_TEXT), ConnectionConfig(HandshakeConfig("c"))
+    )
+    client.initiate()
+    writer.write(bytes(client.data_to_send()))  # the client's hello, then silence
+    hello = await asyncio.wait_for(reader.readexactly(5), WAIT)  # the server's answer began
+    await server.aclose()
+    rest = await read_to_eof(reader)
+    with pytest.raises(SessionClosed, match="server shutting down") as info:
+        client.receive_data(hello + rest)
+    assert info.value.remote
+    assert server.handshaking == 0 and not server._handshakes and not server.sessions
+    writer.close()
 
 
 @pytest.mark.parametrize(

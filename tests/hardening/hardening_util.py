@@ -28,6 +28,7 @@ from ppcp.transport.aio_driver import AsyncSession
 from ppcp.transport.connection import Connection, ConnectionConfig
 from ppcp.transport.frames import Frame, FrameBuffer, FrameType
 from ppcp.utils.vectors import StreamRNG
+from tests.server_settle import settle as settle_server
 
 # Deterministic random source: the same counter-mode stream as the RFC vectors.
 fixed_rng = StreamRNG
@@ -218,11 +219,7 @@ async def running_server(
 
 
 async def settle(server: ppcp.aio.Server) -> None:
-    """Wait (bounded) until every connection task the server started so far has finished."""
-    tasks = set(server._tasks)
-    if tasks:
-        _, pending = await asyncio.wait(tasks, timeout=WAIT)
-        assert not pending, f"{len(pending)} server tasks still running"
+    await settle_server(server, WAIT)
 
 
 async def read_all(reader: asyncio.StreamReader, timeout: float = WAIT) -> bytes:
