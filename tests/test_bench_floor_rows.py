@@ -18,9 +18,11 @@ STAGES = [
 ]
 
 
-def _run(rows: list[Row], file_mib: int) -> dict[str, Row]:
+def _run(rows: list[Row], file_mib: int, process_start: float | None = None) -> dict[str, Row]:
     report = Report(rows=list(rows))
     report.raw["extras"] = {"floor": {"json": {"size_mib": 1024, "stages": STAGES}}}
+    if process_start is not None:
+        report.raw["cold"] = {"python_dependency_floor": {"n": 9, "median": process_start}}
     ctx: Any = SimpleNamespace(settings=Settings(file_size=file_mib * MiB), report=report)
     _extras_rows(ctx)
     return {row.key: row for row in report.rows}
@@ -44,3 +46,11 @@ def test_no_floor_ratio_without_an_scp_figure() -> None:
     rows = _run([], 1024)
     assert "floor-put-vs-scp" not in rows and "floor-get-vs-scp" not in rows
     assert rows[f"floor-{TRANSFER_FLOOR_STAGE}"].ppcp == {"n": 1, "median": 0.6}
+
+
+def test_the_cli_floor_adds_the_process_start_measured_by_the_cold_section() -> None:
+    rows = _run([_scp_row("put", 3.0), _scp_row("get", 2.0)], 1024, process_start=0.09)
+    assert rows["floor-put-cli-vs-scp"].ratio == pytest.approx((0.6 + 0.09) / 3.0)
+    assert rows["floor-get-cli-vs-scp"].ratio == pytest.approx((0.6 + 0.09) / 2.0)
+    without_cold = _run([_scp_row("put", 3.0)], 1024)
+    assert "floor-put-cli-vs-scp" not in without_cold and "floor-put-vs-scp" in without_cold
