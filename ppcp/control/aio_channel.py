@@ -181,13 +181,31 @@ class AsyncChannel:
         front of another channel's data or a heartbeat.
         """
         view = memoryview(data)
-        while view:
+        await self._write(view, 0, len(view), stream, in_place=False)
+
+    async def write_in_place(
+        self, buffer: bytearray, start: int, end: int, stream: int = STREAM_STDOUT
+    ) -> None:
+        """:meth:`write` of ``buffer[start:end]`` with no copy; the bytes in front
+        of ``start`` and those sent are overwritten (see
+        :meth:`~ppcp.control.channels.ChannelMux.send_data_in_place`)."""
+        await self._write(memoryview(buffer), start, end, stream, in_place=True)
+
+    async def _write(
+        self, view: memoryview, start: int, end: int, stream: int, *, in_place: bool
+    ) -> None:
+        mux, channel_id = self._mux, self.channel_id
+        while start < end:
             self._raise_if_dead()
-            sent = self._mux.send_data(self.channel_id, view[:WRITE_SLICE], stream)
-            view = view[sent:]
+            stop = min(end, start + WRITE_SLICE)
+            if in_place:
+                sent = mux.send_data_in_place(channel_id, view, start, stop, stream)
+            else:
+                sent = mux.send_data(channel_id, view[start:stop], stream)
+            start += sent
             if sent:
                 await self.session.drain()
-            elif view:
+            elif start < end:
                 # No window right now.  Nothing was awaited since send_data looked,
                 # so a WINDOW_ADJUST cannot slip in between and be missed.
                 await self._wait_change()

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 from msgspec import Struct, field
 
 from ppcp.control.aio_channel import decode_json, encode_json, release
-from ppcp.control.channels import STREAM_STDOUT, ChannelMux
+from ppcp.control.channels import DATA_HEADER, STREAM_STDOUT, ChannelMux
 from ppcp.control.paths import (
     Target,
     Tree,
@@ -860,19 +860,23 @@ async def send_data(
 ) -> None:
     """Send bytes ``[pos, size)``; a worker reads (and hashes) the next piece meanwhile."""
     chunk = CHUNK if encoding.binary else B64_CHUNK
-    buffers = (bytearray(chunk), bytearray(chunk))
+    # Each piece is read after room for the record's data header, where it is
+    # sent from (write_in_place): no copy of the data on its way to the cipher.
+    buffers = (bytearray(DATA_HEADER + chunk), bytearray(DATA_HEADER + chunk))
     compressor = Compressor() if encoding.zlib else None
 
-    def prepare(wfd: int, buf: bytearray, at: int, n: int) -> tuple[int, bytes | memoryview]:
-        view = memoryview(buf)
+    def prepare(wfd: int, buf: bytearray, at: int, n: int) -> tuple[int, bytes | None]:
+        """Read the piece at ``at`` into ``buf``: its length and, unless it is
+        sent from ``buf`` as read, the payload to send instead."""
+        view = memoryview(buf)[DATA_HEADER:]
         view = view[: read_at(wfd, view[:n], at)]
         if h is not None:
             h.update(view)
         if not view:
-            return 0, b""
+            return 0, None
         if not encoding.binary:
             return len(view), chunk_payload(at, view, compressor)
-        return len(view), view if compressor is None else encode_block(view, compressor)
+        return len(view), None if compressor is None else encode_block(view, compressor)
 
     worker = Worker(fd)
     try:
@@ -887,10 +891,13 @@ async def send_data(
                 raise io_error(exc, "reading", shown) from None
             if n == 0:
                 raise TransferError(f"{shown} shrank while it was being sent")
-            turn ^= 1  # the other buffer is free: ``payload`` may be a view of this one
+            read = buffers[turn]
+            turn ^= 1  # the other buffer is free: this piece may still be in ``read``
             if pos + n < size:
                 worker.submit(prepare, buffers[turn], pos + n, min(chunk, size - pos - n))
-            if encoding.binary:
+            if payload is None:
+                await channel.write_in_place(read, DATA_HEADER, DATA_HEADER + n)
+            elif encoding.binary:
                 await channel.write(payload)
             else:
                 await channel.send_request("chunk", payload)
