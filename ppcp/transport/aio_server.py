@@ -236,10 +236,7 @@ class Server:
             self.discovery = None
         self.close()
         await asyncio.gather(
-            *(
-                s.close(CloseCode.GOING_AWAY, reason)
-                for s in [*self._handshakes, *self.sessions]
-            ),
+            *(s.close(CloseCode.GOING_AWAY, reason) for s in [*self._handshakes, *self.sessions]),
             return_exceptions=True,
         )
         for task in list(self._tasks):
