@@ -95,7 +95,6 @@ class Server:
         self.config = config
         self.policy = policy or ServerPolicy()
         self.max_unauthenticated = max_unauthenticated
-        self.handshaking = 0
         # Admission limits (hardening): per-source handshake slots and the
         # failed-authentication limiter, both keyed by source_key(peername).
         self.limits = limits or ServerLimits(max_unauthenticated=max_unauthenticated)
@@ -110,12 +109,17 @@ class Server:
         self.refused = 0
         self._refusals_logged_at = -1.0
         self.sessions: set[AsyncSession] = set()  # authenticated
-        self._handshakes: set[AsyncSession] = set()
+        self._handshakes: set[AsyncSession] = set()  # admitted, not authenticated yet
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
         # Discovery (ppcp.discovery): the PING responder and mDNS records,
         # started by serve() and stopped by aclose().
         self.discovery: DiscoveryService | None = None
+
+    @property
+    def handshaking(self) -> int:
+        """Connections admitted whose handshake has not ended yet."""
+        return len(self._handshakes)
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -161,7 +165,6 @@ class Server:
         # Set before any byte arrives: a client may open channels in the same
         # segment as its proof.  The mux only delivers them once authenticated.
         session.channel_handler = functools.partial(route, policy=self.policy)
-        self.handshaking += 1
         self._handshakes.add(session)
         session.watch_handshake(
             self.config.handshake_timeout,
@@ -183,9 +186,8 @@ class Server:
         transport.close()
 
     def _handshake_done(self, session: AsyncSession, source: str, error: PPCPError | None) -> None:
-        self.handshaking -= 1
-        self.per_source.release(source)
         self._handshakes.discard(session)
+        self.per_source.release(source)
         if error is not None:
             log.warning("handshake with %s failed: %s", _peer(session), error)
             if isinstance(error, AuthenticationError) and not error.remote:

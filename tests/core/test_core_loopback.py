@@ -268,7 +268,7 @@ async def test_aio_server_close_ends_handshakes_in_progress() -> None:
     with pytest.raises(SessionClosed, match="server shutting down") as info:
         client.receive_data(hello + rest)
     assert info.value.remote
-    assert server.handshaking == 0 and not server._handshakes and not server.sessions
+    assert server.handshaking == 0 and not server.sessions
     writer.close()
 
 
