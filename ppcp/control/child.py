@@ -33,14 +33,12 @@ class Child:
     def __init__(
         self,
         proc: subprocess.Popen[bytes],
-        stdin: int,
-        stdout: int,
-        stderr: int,
+        fds: dict[int, int],
         held_writers: Sequence[int] = (),
     ) -> None:
         self._proc = proc
         self._loop = asyncio.get_running_loop()
-        self._fds = {0: stdin, STDOUT: stdout, STDERR: stderr}
+        self._fds = fds  # 0 (stdin), STDOUT, STDERR -> our end of each pipe
         # Our copies of the command's stdout and stderr write ends: closed at its exit.
         self._held_writers = list(held_writers)
         self._returncode: int | None = None
@@ -88,7 +86,46 @@ class Child:
         os.close(in_r)
         for fd in (in_w, out_r, err_r):
             os.set_blocking(fd, False)
-        return cls(proc, in_w, out_r, err_r, held_writers=(out_w, err_w))
+        return cls(proc, {0: in_w, STDOUT: out_r, STDERR: err_r}, held_writers=(out_w, err_w))
+
+    @classmethod
+    def spawn_on_terminal(
+        cls,
+        argv: Sequence[str],
+        terminal: int,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        executable: str | None = None,
+    ) -> Child:
+        """Start ``argv`` in a new session whose controlling terminal is ``terminal``
+        (a pty's slave end, its stdin, stdout and stderr); the caller keeps the
+        master.  OSError if it cannot run.
+
+        Popen, not the event loop's subprocess support: Popen makes the child a
+        session leader before ``preexec_fn`` runs, and only a session leader can
+        take a controlling terminal.  uvloop runs ``preexec_fn`` first, where
+        TIOCSCTTY fails.
+        """
+        # Here, not at module level: a client imports this module too.
+        import fcntl
+        import termios
+
+        def take_controlling_terminal() -> None:  # in the child, between fork and exec
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        proc = subprocess.Popen(
+            list(argv),
+            executable=executable,
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            preexec_fn=take_controlling_terminal,
+        )
+        return cls(proc, {})
 
     @property
     def pid(self) -> int:

@@ -682,12 +682,6 @@ def valid_signal(payload: bytes) -> int:
     return signum
 
 
-def close_subprocess_transport(proc: asyncio.subprocess.Process) -> None:
-    transport = getattr(proc, "_transport", None)
-    if transport is not None:
-        transport.close()
-
-
 async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
     if not policy.allow_exec:
         channel.reject(CloseCode.POLICY_DENIED, "exec is disabled on this server")

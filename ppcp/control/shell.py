@@ -41,7 +41,6 @@ from ppcp.control.child import Child
 from ppcp.control.exec import (
     AsyncProcess,
     check_os_text,
-    close_subprocess_transport,
     decode_exit_status,
     encode_exit_status,
     home_directory,
@@ -436,10 +435,6 @@ async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
 # -- server -------------------------------------------------------------------------
 
 
-def _become_terminal_owner() -> None:  # runs in the child between fork and exec
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
 async def serve_shell(channel: AsyncChannel, policy: ServerPolicy) -> None:
     if not policy.allow_shell or not policy.allow_exec or policy.exec_allowlist is not None:
         channel.reject(
@@ -465,17 +460,7 @@ async def serve_shell(channel: AsyncChannel, policy: ServerPolicy) -> None:
     master, slave = os.openpty()
     try:
         set_winsize(slave, spec.cols, spec.rows)
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            executable=shell,
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            cwd=home_directory(),
-            env=env,
-            start_new_session=True,
-            preexec_fn=_become_terminal_owner,
-        )
+        proc = Child.spawn_on_terminal(argv, slave, cwd=home_directory(), env=env, executable=shell)
     except BaseException as exc:
         os.close(master)
         if not isinstance(exc, OSError):
@@ -501,10 +486,10 @@ async def serve_shell(channel: AsyncChannel, policy: ServerPolicy) -> None:
         finally:
             for fd in terminal:
                 os.close(fd)
-            close_subprocess_transport(proc)  # even if cancelled again while reaping
+            proc.close()  # even if cancelled again while reaping
 
 
-async def _hang_up(proc: asyncio.subprocess.Process, terminal: list[int]) -> None:
+async def _hang_up(proc: Child, terminal: list[int]) -> None:
     """The connection is gone: hang up as a terminal whose line dropped does.
 
     SIGHUP to the shell's group, which (bash) passes it on to its jobs, each in a
@@ -535,7 +520,7 @@ async def _serve_without_terminal(channel: AsyncChannel, argv: list[str], shell:
 
 
 async def _supervise(
-    channel: AsyncChannel, proc: asyncio.subprocess.Process, master: int, reported: asyncio.Event
+    channel: AsyncChannel, proc: Child, master: int, reported: asyncio.Event
 ) -> None:
     exited = asyncio.Event()
     output: asyncio.Future[Any] = asyncio.ensure_future(_pump_output(channel, master, exited))
@@ -631,7 +616,7 @@ async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
         loop.remove_writer(fd)
 
 
-async def _control(channel: AsyncChannel, proc: asyncio.subprocess.Process, master: int) -> None:
+async def _control(channel: AsyncChannel, proc: Child, master: int) -> None:
     while True:
         request = await channel.next_request()
         if request is None:
