@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -166,7 +167,43 @@ def run_server(
     session (Server.aclose)."""
     import asyncio
 
-    asyncio.run(_serve(ctx, psk, policy, options, describe, stop))
+    loop_factory, loop_name = event_loop_choice()
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(ctx, psk, policy, options, describe, stop, loop_name))
+
+
+EVENT_LOOP_ENV = "PPCP_EVENT_LOOP"
+
+
+def event_loop_choice() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
+    """The server's event loop: uvloop when installed (``pip install 'ppcp[uvloop]'``),
+    else asyncio's; ``PPCP_EVENT_LOOP=asyncio`` or ``=uvloop`` chooses.
+
+    uvloop is for the server only: a short session costs it ~10 % less CPU
+    (100 concurrent connect + exec, both ends: 0.49 + 0.64 -> 0.39 + 0.57 ms),
+    while importing it would add to every client command's start.
+    """
+    from ppcp.cli.errors import CLIError
+
+    wanted = os.environ.get(EVENT_LOOP_ENV, "auto").strip().lower() or "auto"
+    if wanted not in ("auto", "asyncio", "uvloop"):
+        raise CLIError(
+            EXIT_CONFIG,
+            f"{EVENT_LOOP_ENV}={os.environ[EVENT_LOOP_ENV]!r}: expected auto, asyncio or uvloop.",
+        )
+    if wanted == "asyncio":
+        return None, "asyncio"
+    try:
+        import uvloop
+    except ImportError:
+        if wanted == "uvloop":
+            raise CLIError(
+                EXIT_CONFIG,
+                f"{EVENT_LOOP_ENV}=uvloop, but uvloop is not installed "
+                "(pip install 'ppcp[uvloop]').",
+            ) from None
+        return None, "asyncio"
+    return uvloop.new_event_loop, f"uvloop {getattr(uvloop, '__version__', '')}".strip()
 
 
 async def _serve(
@@ -176,6 +213,7 @@ async def _serve(
     options: ServeOptions,
     describe: Callable[[ServerPolicy], str],
     stop: asyncio.Event | None = None,
+    loop_name: str = "asyncio",
 ) -> None:
     import asyncio
     import logging
@@ -219,7 +257,7 @@ async def _serve(
             log.info("discovery on UDP port %d", server.discovery.port)
         else:
             log.info("discovery disabled: clients need --host")
-        log.info("server name %r; %s", config.name, describe(policy))
+        log.info("server name %r; %s; event loop %s", config.name, describe(policy), loop_name)
         await stop.wait()
         log.info(
             "%s received: closing %d session(s)",

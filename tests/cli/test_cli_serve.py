@@ -111,3 +111,42 @@ def test_bind_address_not_on_this_machine(env: Env) -> None:
     assert res.returncode == 5, res.stderr
     assert "TCP port 192.0.2.1:0" in res.stderr and "--bind" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("choice", "shown"), [(None, "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio")]
+)
+def test_serve_event_loop(env: Env, server: StartServer, choice: str | None, shown: str) -> None:
+    # uvloop is in the dev extra, so the default ("auto") picks it here.
+    extra_env = {"PPCP_EVENT_LOOP": choice} if choice else None
+    srv = server(extra_env=extra_env)
+    assert f"event loop {shown}" in srv.wait_for("server name")
+    # The whole path on that loop: handshake, a command with output, a transfer.
+    res = env.run("exec", "--host", srv.address, "--", "echo", "on-" + shown)
+    assert res.returncode == 0 and res.stdout.strip() == f"on-{shown}", res.stderr
+    local = env.home / "local"
+    local.mkdir()
+    src = local / "loop.bin"
+    src.write_bytes(os.urandom(3 << 20))
+    assert env.run("put", str(src), ":loop.bin", "--host", srv.address).returncode == 0
+    back = local / "back.bin"
+    assert env.run("get", ":loop.bin", str(back), "--host", srv.address).returncode == 0
+    assert back.read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("epoll", "expected auto, asyncio or uvloop"), ("uvloop", "uvloop is not installed")],
+)
+def test_serve_event_loop_errors(env: Env, value: str, message: str) -> None:
+    extra = {"PPCP_EVENT_LOOP": value}
+    if value == "uvloop":
+        # A uvloop that cannot be imported: a module of that name raising ImportError.
+        fake = env.home / "no-uvloop"
+        fake.mkdir()
+        (fake / "uvloop.py").write_text("raise ImportError('not here')\n")
+        extra["PYTHONPATH"] = str(fake)
+    res = env.run("serve", "--bind", "127.0.0.1", "--port", "0", "--no-discovery", extra_env=extra)
+    assert res.returncode == 8, res.stderr
+    assert message in res.stderr and "PPCP_EVENT_LOOP" in res.stderr
+    assert "Traceback" not in res.stderr
