@@ -121,6 +121,7 @@ class Context:
         max_unauthenticated: int | None = None,
         profile: Path | None = None,
         profiler: str = "pyinstrument",
+        extra_env: dict[str, str] | None = None,
     ) -> tuple[subprocess.Popen[bytes], int]:
         """A PPCP or asyncssh server in a child process; (process, port)."""
         port = free_port()
@@ -135,7 +136,8 @@ class Context:
         if profile is not None:
             cmd += ["--profile", str(profile), "--profiler", profiler]
         log = open(self.work / f"server-{kind}-{port}.log", "wb")  # noqa: SIM115
-        proc = self.procs.start(cmd, stdout=log, stderr=log, env=self.env())
+        env = {**self.env(), **(extra_env or {})}
+        proc = self.procs.start(cmd, stdout=log, stderr=log, env=env)
         log.close()
         wait_port(port, 30, proc)
         return proc, port

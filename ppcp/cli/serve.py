@@ -179,9 +179,9 @@ def event_loop_choice() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None,
     """The server's event loop: uvloop when installed (``pip install 'ppcp[uvloop]'``),
     else asyncio's; ``PPCP_EVENT_LOOP=asyncio`` or ``=uvloop`` chooses.
 
-    uvloop is for the server only: a short session costs it ~10 % less CPU
-    (100 concurrent connect + exec, both ends: 0.49 + 0.64 -> 0.39 + 0.57 ms),
-    while importing it would add to every client command's start.
+    uvloop is for the server only: a short session costs it 4-12 % less CPU
+    (100 concurrent connect + exec, ``make bench``'s concurrent section), while
+    importing it would add to every client command's start.
     """
     from ppcp.cli.errors import CLIError
 
