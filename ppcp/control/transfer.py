@@ -529,33 +529,38 @@ class Worker:
         # None: the jobs write to a stream of their own (a get to stdout), no descriptor.
         self.threaded = threaded
         self.fd = os.dup(fd) if threaded and fd is not None else fd
-        self._job: concurrent.futures.Future[Any] | None = None
+        self._job: concurrent.futures.Future[Any] | None = None  # in a thread
+        # The outcome of a job that ran inline: a plain pair, not a Future (whose
+        # lock and condition cost more than a write to the page cache per piece).
+        self._done: tuple[Any, Exception | None] | None = None
 
     @property
     def busy(self) -> bool:
-        return self._job is not None
+        return self._job is not None or self._done is not None
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        assert self._job is None, "one job at a time"
+        assert not self.busy, "one job at a time"
         if self.threaded:
             self._job = _executor(os.getpid()).submit(fn, self.fd, *args)
             return
-        job: concurrent.futures.Future[Any] = concurrent.futures.Future()
         started = time.monotonic()
         try:
-            job.set_result(fn(self.fd, *args))
+            self._done = (fn(self.fd, *args), None)
         except Exception as exc:
-            job.set_exception(exc)
-        self._job = job
+            self._done = (None, exc)
         if time.monotonic() - started > SLOW_JOB:
             self.threaded = True
             self.fd = None if self.fd is None else os.dup(self.fd)
 
     async def result(self) -> Any:
+        done, self._done = self._done, None
+        if done is not None:
+            value, error = done
+            if error is not None:
+                raise error
+            return value
         job, self._job = self._job, None
         assert job is not None
-        if not self.threaded:
-            return job.result()
         try:
             return await asyncio.wrap_future(job)
         except BaseException:
@@ -563,7 +568,7 @@ class Worker:
             raise
 
     def close(self) -> None:
-        job, self._job = self._job, None
+        job, self._job, self._done = self._job, None, None
         if not self.threaded:
             return
         fd = self.fd
