@@ -1,5 +1,7 @@
 """A PPCP server for the netns tests: serve(), echo each message, run until stdin closes.
 
+With ``--uvloop`` it runs on uvloop, as ``ppcp serve`` does where uvloop is installed.
+
 Prints ``ready tcp=<port> udp=<port> id=<server id>`` once listening.
 """
 
@@ -63,4 +65,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    if "--uvloop" in sys.argv:  # as `ppcp serve` runs where uvloop is installed
+        sys.argv.remove("--uvloop")
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(main())

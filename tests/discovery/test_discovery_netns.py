@@ -111,14 +111,16 @@ def test_ipv6_link_local_only(topology: Topology) -> None:
     assert result["address"].startswith("fe80:") and result["port"] == 7000
 
 
-def test_mdns_between_namespaces(topology: Topology) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_mdns_between_namespaces(topology: Topology, loop: str) -> None:
     t = topology
     br = t.bridge("br0")
     client, server = t.node("c"), t.node("s")
     t.link(client, "eth0", br, "10.231.1.2/24")
     t.link(server, "eth0", br, "10.231.1.10/24")
     psk = ppcp.generate_psk()
-    srv = t.spawn(server, server_argv(psk, "kitchen.pi", "--port", "7000", "--mdns"))
+    on_uvloop = ["--uvloop"] if loop == "uvloop" else []
+    srv = t.spawn(server, server_argv(psk, "kitchen.pi", "--port", "7000", "--mdns", *on_uvloop))
     mdns_only = ("--mdns", "--no-broadcast", "--no-multicast6", "--timeout", "5", "--limit", "1")
     # Without the PSK: an unauthenticated hint, straight from the mDNS records.
     [hint] = discover(t, client, *mdns_only)
