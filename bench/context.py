@@ -35,7 +35,8 @@ class Settings:
     cli_runs: int = 20
     warm_runs: int = 200
     concurrent: int = 100
-    concurrent_rounds: int = 11  # asyncssh's bursts spread +-12 % on this host: 5 left the median loose
+    # asyncssh's bursts spread +-12 % on this host: 5 rounds left the median loose.
+    concurrent_rounds: int = 11
     idle_sessions: int = 1000
     idle_hold: float = 8.0
     idle_heartbeat: float = 1.0
