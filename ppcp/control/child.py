@@ -14,6 +14,10 @@ the loop, which (on the command's core) delayed the rest of that exit.
 Measured: 42-59 us less per command (A/B, 3 x 500 warm ``exec true``, ~1.4-1.8 ms each).  The output
 still ends where it ends for the client: once the command has exited and
 whatever it left running has closed the pipes too.
+
+A shell on a terminal (:meth:`Child.spawn_on_terminal`) has no pipes here:
+its input and output go through the pty's master, which the shell service
+keeps; only its exit is watched.  It runs the same on any event loop.
 """
 
 from __future__ import annotations
