@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 STDOUT = 1
 STDERR = 2
@@ -73,16 +73,7 @@ class Child:
             for _ in range(3):
                 opened.extend(os.pipe())
             in_r, in_w, out_r, out_w, err_r, err_w = opened
-            proc = subprocess.Popen(
-                list(argv),
-                executable=executable,
-                stdin=in_r,
-                stdout=out_w,
-                stderr=err_w,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-            )
+            proc = _start(argv, (in_r, out_w, err_w), cwd, env, executable)
         except BaseException:
             for fd in opened:
                 os.close(fd)
@@ -118,18 +109,8 @@ class Child:
         def take_controlling_terminal() -> None:  # in the child, between fork and exec
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-        proc = subprocess.Popen(
-            list(argv),
-            executable=executable,
-            stdin=terminal,
-            stdout=terminal,
-            stderr=terminal,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-            preexec_fn=take_controlling_terminal,
-        )
-        return cls(proc, {})
+        stdio = (terminal, terminal, terminal)
+        return cls(_start(argv, stdio, cwd, env, executable, take_controlling_terminal), {})
 
     @property
     def pid(self) -> int:
@@ -265,3 +246,27 @@ class Child:
         if self._watcher is not None:
             # A waitpid thread ends with the process, which the caller killed.
             self._watcher.remove_done_callback(self._on_waited)
+
+
+def _start(
+    argv: Sequence[str],
+    stdio: tuple[int, int, int],
+    cwd: str | None,
+    env: Mapping[str, str] | None,
+    executable: str | None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Every command starts in a session of its own (its own process group), so
+    that ending it (killpg) reaches whatever it started too."""
+    stdin, stdout, stderr = stdio
+    return subprocess.Popen(
+        list(argv),
+        executable=executable,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        preexec_fn=preexec_fn,
+    )
