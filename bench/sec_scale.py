@@ -145,7 +145,7 @@ def run_concurrent(ctx: Context) -> None:
                     break
                 before = _cpu_now(server_pids[name])
                 times.setdefault(name, []).append(burst(name, n, max(deadline.left(), 5)))
-                used = cpu.setdefault(name, [0.0, 0.0, 0.0])
+                used = cpu.setdefault(name, [0.0, 0.0, 0.0, 0.0, 0.0])
                 for i, (start, end) in enumerate(
                     zip(before, _cpu_now(server_pids[name]), strict=True)
                 ):
@@ -173,6 +173,17 @@ def run_concurrent(ctx: Context) -> None:
             + ", ".join(
                 f"{name} {v['client_ms']:.2f} + {v['server_ms']:.2f} (+ {v['commands_ms']:.2f})"
                 for name, v in per_connection.items()
+            ),
+        )
+        packing = _cpu_packing(cpu, times)
+        ctx.report.raw[section]["cpu_packing"] = packing
+        ctx.report.note(
+            section,
+            f"CPU-bound: a burst's client + server + commands CPU spread over all "
+            f"{os.cpu_count()} cores, vs the burst's time (and how busy the cores were): "
+            + ", ".join(
+                f"{name} {v['packed_ms']:.0f} vs {v['burst_ms']:.0f} ms ({v['busy']:.0%})"
+                for name, v in packing.items()
             ),
         )
     ctx.report.add(
@@ -337,10 +348,44 @@ def _uvloop_factory() -> Any:
     return uvloop.new_event_loop
 
 
-def _cpu_now(server_pid: int) -> tuple[float, float, float]:
-    """CPU seconds so far: this client, the server, the commands the server reaped."""
+def _cpu_now(server_pid: int) -> tuple[float, float, float, float, float]:
+    """CPU seconds so far: this client, the server, the commands the server reaped;
+    then the whole machine's busy and total CPU time (all cores)."""
     return (
         time.process_time(),
         proc_cpu_seconds(server_pid) or 0.0,
         proc_cpu_seconds(server_pid, children=True) or 0.0,
+        *_machine_cpu(),
     )
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of all cores since boot (/proc/stat; idle + iowait is idle)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    total = sum(ticks[:8])  # guest time is already counted in user
+    idle = ticks[3] + ticks[4]
+    return (total - idle) / hz, total / hz
+
+
+def _cpu_packing(
+    cpu: dict[str, list[float]], times: dict[str, list[float]]
+) -> dict[str, dict[str, float]]:
+    """Per target: its three processes' CPU per burst spread over every core
+    (the shortest a burst could be if nothing ever waited), its mean burst,
+    and the share of the machine's CPU busy during its bursts."""
+    cores = os.cpu_count() or 1
+    packing = {}
+    for name, used in cpu.items():
+        bursts = times[name]
+        busy, total = used[3], used[4]
+        packing[name] = {
+            "packed_ms": sum(used[:3]) / len(bursts) / cores * 1e3,
+            "burst_ms": sum(bursts) / len(bursts) * 1e3,
+            "busy": busy / total if total else 0.0,
+        }
+    return packing
