@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import machine_cpu
+
 PSK = "ppcp-psk-" + "42" * 32
 CLIENT_STEPS = ("start", "established", "exec done", "closed")
 SERVER_STEPS = ("connected", "command started", "command reaped")
@@ -80,13 +82,6 @@ async def _connection(port: int, stamps: dict[str, list[float]]) -> None:
     stamps["closed"].append(time.perf_counter())
 
 
-def _machine_busy() -> tuple[int, int]:
-    with open("/proc/stat") as f:
-        ticks = [int(x) for x in f.readline().split()[1:]]
-    total = sum(ticks[:8])
-    return total - ticks[3] - ticks[4], total
-
-
 def _spread(stamps: list[float], start: float) -> str:
     ms = sorted((t - start) * 1e3 for t in stamps)
     if not ms:
@@ -106,7 +101,7 @@ def run(bursts: int, connections: int, uvloop: bool) -> dict[str, Any]:
         assert server.stdout is not None
         port = int(server.stdout.readline())
         client: dict[str, list[float]] = {step: [] for step in CLIENT_STEPS}
-        busy = total = 0
+        busy = total = 0.0
         times: list[float] = []
         for _ in range(bursts):
             for values in client.values():
@@ -115,12 +110,12 @@ def run(bursts: int, connections: int, uvloop: bool) -> dict[str, Any]:
             async def burst() -> None:
                 await asyncio.gather(*(_connection(port, client) for _ in range(connections)))
 
-            before = _machine_busy()
+            before = machine_cpu()
             started = time.perf_counter()
             with asyncio.Runner(loop_factory=_loop_factory(uvloop)) as runner:
                 runner.run(asyncio.wait_for(burst(), 60))
             times.append(time.perf_counter() - started)
-            after = _machine_busy()
+            after = machine_cpu()
             busy, total = busy + after[0] - before[0], total + after[1] - before[1]
         server.send_signal(signal.SIGTERM)
         out, _ = server.communicate(timeout=30)

@@ -373,6 +373,19 @@ def proc_cpu_seconds(pid: int, *, children: bool = False) -> float | None:
     return (int(fields[first]) + int(fields[first + 1])) / ticks
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of all cores since boot (/proc/stat; idle + iowait is idle)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    total = sum(ticks[:8])  # guest time is already counted in user
+    idle = ticks[3] + ticks[4]
+    return (total - idle) / hz, total / hz
+
+
 class PeakRSS:
     """Peak RSS of a live process over a window: VmHWM after a reset, else sampling."""
 

@@ -29,6 +29,7 @@ from bench.common import (
     Deadline,
     PeakRSS,
     Row,
+    machine_cpu,
     proc_cpu_seconds,
     proc_status_kib,
     raise_nofile,
@@ -355,21 +356,8 @@ def _cpu_now(server_pid: int) -> tuple[float, float, float, float, float]:
         time.process_time(),
         proc_cpu_seconds(server_pid) or 0.0,
         proc_cpu_seconds(server_pid, children=True) or 0.0,
-        *_machine_cpu(),
+        *machine_cpu(),
     )
-
-
-def _machine_cpu() -> tuple[float, float]:
-    """(busy, total) CPU seconds of all cores since boot (/proc/stat; idle + iowait is idle)."""
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0.0, 0.0
-    hz = os.sysconf("SC_CLK_TCK")
-    total = sum(ticks[:8])  # guest time is already counted in user
-    idle = ticks[3] + ticks[4]
-    return (total - idle) / hz, total / hz
 
 
 def _cpu_packing(

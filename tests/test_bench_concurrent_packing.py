@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from bench.sec_scale import _cpu_packing, _machine_cpu
+from bench.common import machine_cpu
+from bench.sec_scale import _cpu_packing
 
 
 def test_packing_spreads_the_three_processes_cpu_over_the_cores() -> None:
@@ -24,8 +25,8 @@ def test_no_machine_figure_is_no_busy_share() -> None:
 
 
 def test_the_machine_counters_only_grow() -> None:
-    busy, total = _machine_cpu()
+    busy, total = machine_cpu()
     assert 0 < busy <= total
     sum(range(200_000))  # some CPU, so that at least the total moves on
-    again_busy, again_total = _machine_cpu()
+    again_busy, again_total = machine_cpu()
     assert again_busy >= busy and again_total >= total
