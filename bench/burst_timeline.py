@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine_cpu
+from bench.common import UVLOOP_ENV, child_env, machine_cpu, use_uvloop_if_asked, uvloop_factory
 
 PSK = "ppcp-psk-" + "42" * 32
 CLIENT_STEPS = ("start", "established", "exec done", "closed")
@@ -49,7 +48,7 @@ def _hook(cls: Any, name: str, stamps: list[float]) -> None:
     setattr(cls, name, stamped)
 
 
-async def _serve(uvloop: bool) -> None:
+async def _serve() -> None:
     from bench.peers import server_port, start_ppcp
     from ppcp.control.child import Child
     from ppcp.transport.aio_driver import AsyncSession
@@ -92,10 +91,15 @@ def _spread(stamps: list[float], start: float) -> str:
 
 def run(bursts: int, connections: int, uvloop: bool) -> dict[str, Any]:
     """Timeline of the last of ``bursts`` bursts of ``connections`` connections."""
-    cmd = [sys.executable, "-m", "bench.burst_timeline", "--serve"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    loop_factory = uvloop_factory() if uvloop else None
+    if uvloop and loop_factory is None:
+        raise SystemExit("--uvloop: uvloop is not installed (pip install uvloop)")
+    env = child_env(**({UVLOOP_ENV: "1"} if uvloop else {}))
     server = subprocess.Popen(
-        [*cmd, *(["--uvloop"] if uvloop else [])], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-m", "bench.burst_timeline", "--serve"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         assert server.stdout is not None
@@ -112,7 +116,7 @@ def run(bursts: int, connections: int, uvloop: bool) -> dict[str, Any]:
 
             before = machine_cpu()
             started = time.perf_counter()
-            with asyncio.Runner(loop_factory=_loop_factory(uvloop)) as runner:
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
                 runner.run(asyncio.wait_for(burst(), 60))
             times.append(time.perf_counter() - started)
             after = machine_cpu()
@@ -135,14 +139,6 @@ def run(bursts: int, connections: int, uvloop: bool) -> dict[str, Any]:
     }
 
 
-def _loop_factory(uvloop: bool) -> Any:
-    if not uvloop:
-        return None
-    import uvloop as uv
-
-    return uv.new_event_loop
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.burst_timeline", description=__doc__)
     p.add_argument("--bursts", type=int, default=5, help="bursts run; the last is shown")
@@ -151,11 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
-        if args.uvloop:
-            import uvloop
-
-            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        asyncio.run(_serve(args.uvloop))
+        use_uvloop_if_asked()  # run() sets the variable for --uvloop
+        asyncio.run(_serve())
         return
     result = run(max(args.bursts, 1), max(args.connections, 1), args.uvloop)
     bursts = ", ".join(f"{t:.0f}" for t in result["burst_ms"])
@@ -164,10 +157,12 @@ def main(argv: list[str] | None = None) -> None:
         f"{'ms after the last burst began':32s}  {'first':>7s}  {'p10':>7s}  "
         f"{'median':>7s}  {'p90':>7s}  {'last':>7s}"
     )
-    rows = [("client " + s, result["client"][s]) for s in CLIENT_STEPS[1:2]]
-    rows += [("server " + s, result["server"][s]) for s in SERVER_STEPS]
-    rows += [("client " + s, result["client"][s]) for s in CLIENT_STEPS[2:]]
-    for name, stamps in [("client start", result["client"]["start"]), *rows]:
+    client, server = result["client"], result["server"]
+    # In the order they happen to one connection.
+    rows = [("client " + s, client[s]) for s in CLIENT_STEPS[:2]]
+    rows += [("server " + s, server[s]) for s in SERVER_STEPS]
+    rows += [("client " + s, client[s]) for s in CLIENT_STEPS[2:]]
+    for name, stamps in rows:
         print(f"{name:32s}  {_spread(stamps, result['start'])}")
 
 

@@ -475,6 +475,15 @@ def use_uvloop_if_asked() -> bool:
     return True
 
 
+def uvloop_factory() -> Any:
+    """uvloop's loop factory, or None where uvloop is not installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 # -- profiling ------------------------------------------------------------------------
 
 

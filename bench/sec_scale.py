@@ -35,6 +35,7 @@ from bench.common import (
     raise_nofile,
     stop_group,
     summarize,
+    uvloop_factory,
 )
 from bench.context import Context, have_session_api
 from bench.worker import exit_status
@@ -123,15 +124,15 @@ def run_concurrent(ctx: Context) -> None:
         # Each burst runs in a loop of its own: asyncio's, or uvloop's for the
         # PPCP ends on uvloop (as `ppcp serve` runs where uvloop is installed).
         loops: dict[str, Any] = dict.fromkeys(targets)
-        uvloop_factory = _uvloop_factory()
-        if "ppcp" in targets and uvloop_factory is not None and not os.environ.get(UVLOOP_ENV):
+        uvloop_loop = uvloop_factory()
+        if "ppcp" in targets and uvloop_loop is not None and not os.environ.get(UVLOOP_ENV):
             proc, port = ctx.start_server(
                 "ppcp", root, max_unauthenticated=n + 16, extra_env={UVLOOP_ENV: "1"}
             )
             procs.append(proc)
             server_pids["ppcp-uvloop"] = proc.pid
             targets["ppcp-uvloop"] = lambda port=port: _ppcp_one(port, ctx.psk)
-            loops["ppcp-uvloop"] = uvloop_factory
+            loops["ppcp-uvloop"] = uvloop_loop
 
         def burst(name: str, count: int, timeout: float) -> float:
             with asyncio.Runner(loop_factory=loops[name]) as runner:
@@ -338,15 +339,6 @@ def run_idle(ctx: Context) -> None:
             one(peer_r["open_seconds"]) if peer_r else None,
         )
     )
-
-
-def _uvloop_factory() -> Any:
-    """uvloop's loop factory, or None where uvloop is not installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def _cpu_now(server_pid: int) -> tuple[float, float, float, float, float]:
