@@ -91,8 +91,12 @@ class _SessionProtocol(asyncio.BufferedProtocol):
         self.session = session
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.proto != socket.IPPROTO_TCP:
+            # asyncio's transports (and uvloop's) set TCP_NODELAY themselves,
+            # but only on a socket made with proto IPPROTO_TCP (as theirs are).
+            set_nodelay(sock)
         # A cast, not an isinstance check: uvloop's transports are not subclasses.
-        set_nodelay(transport.get_extra_info("socket"))
         self.session._attach(cast(asyncio.Transport, transport))
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -453,15 +457,20 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
 
     def _terminate(self, error: PPCPError, *, transport_gone: bool = False) -> None:
         """Single exit path: remember why, tell the peer, release every waiter."""
+        first = self._error is None
         if self._error is None:
             self._error = error
-            self._failed.set_result(None)
             self._conn.fail(error)
             self.flush()
         if self._heartbeat_timer is not None:
             self._heartbeat_timer.cancel()
         if self._transport is not None and not transport_gone:
             self._transport.close()
+        if first:
+            # After the transport's close, whose connection_lost is then
+            # scheduled ahead of this wake-up: a close() waiting on _failed
+            # finds the session closed instead of waiting one more loop turn.
+            self._failed.set_result(None)
         if not self._established.done():
             self._established.set_exception(self._error)
             # The caller may already have given up (timeout); avoid "never retrieved".
