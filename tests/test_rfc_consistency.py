@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from ppcp.control import exec as exec_service
 from ppcp.core import errors
 from ppcp.core.errors import CloseCode, PPCPError, error_for_code
 from ppcp.core.states import TRANSITIONS, Role, State
@@ -128,6 +129,14 @@ def test_psk_constants(rfc: str) -> None:
     assert f"iterations = {psk.PBKDF2_ITERATIONS}," in rfc
     assert f"shorter than {psk.MIN_PASSPHRASE_CHARS} bytes" in rfc
     assert f"fewer than {psk.MIN_DISTINCT_CHARS} distinct byte values" in rfc
+
+
+def test_exec_timing_constants(rfc: str) -> None:
+    section = rfc[rfc.index("#### 15.10.2. exec") : rfc.index("#### 15.10.3.")]
+    hold_ms = round(exec_service.LATE_ACCEPT_HOLD * 1000)
+    assert f"longer than {hold_ms} ms after the process started" in section
+    assert f"up to {hold_ms} ms later" in section
+    assert f"if the command has not exited {exec_service.KILL_GRACE:g} s later" in section
 
 
 @pytest.mark.parametrize("role", list(Role))

@@ -116,10 +116,15 @@ class AsyncChannel:
     async def wait_accepted(self) -> bytes:
         return await self._accepted
 
-    def accept(self, payload: bytes = b"") -> None:
-        """Accept a channel the peer opened (server side of a service)."""
+    def accept(self, payload: bytes = b"", *, hold: bool = False) -> None:
+        """Accept a channel the peer opened (server side of a service).
+
+        With ``hold`` the ACCEPT stays queued: it leaves with whatever the
+        session writes next (the caller bounds how long that may take).
+        """
         self._mux.accept(self.channel_id, payload)
-        self.session.flush()
+        if not hold:
+            self.session.flush()
         self._on_accepted(b"")
 
     def reject(self, code: int, reason: str) -> None:

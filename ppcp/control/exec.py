@@ -66,6 +66,9 @@ KIND = "exec"
 CAPABILITY = "exec"
 CHUNK = 64 * 1024
 KILL_GRACE = 2.0
+# The longest a server holds a late accept (RFC 15.10.2): also how much
+# later than otherwise a client that gives up can stop the command.
+LATE_ACCEPT_HOLD = 0.5
 MAX_ARGS = 4096
 # With an allow-list, a command string is accepted only if it is plain words
 # (no quoting, expansion, redirection, pipes, globs...): it is then split on
@@ -112,10 +115,17 @@ class ExecSpec(Struct, frozen=True):
     # False: the command's stdin is at end of file from the start (ssh -n), and
     # the client sends neither stdin data nor EOF: one message fewer each way.
     stdin: bool = True
+    # True: the server may hold its CHANNEL_ACCEPT (up to LATE_ACCEPT_HOLD) and
+    # send it with the command's first output or its exit status.
+    late_accept: bool = False
 
     def __post_init__(self) -> None:
         if (self.argv is None) == (self.command is None):
             raise ChannelError("exec: exactly one of argv and command is required")
+        if self.late_accept and self.stdin:
+            # Input waits for the accept (the opener sends nothing before it),
+            # and a command may wait for its input before it writes anything.
+            raise ChannelError('exec: "late_accept" needs "stdin": false')
         if self.argv is not None:
             if not self.argv or len(self.argv) > MAX_ARGS:
                 raise ChannelError(
@@ -147,11 +157,12 @@ class ExecSpec(Struct, frozen=True):
         env: Mapping[str, str] | None,
         timeout: float | None,
         stdin: bool = True,
+        late_accept: bool = False,
     ) -> ExecSpec:
         env_items = tuple(sorted((env or {}).items()))
         if isinstance(command, str):
-            return cls(None, command, cwd, env_items, timeout, stdin)
-        return cls(tuple(command), None, cwd, env_items, timeout, stdin)
+            return cls(None, command, cwd, env_items, timeout, stdin, late_accept)
+        return cls(tuple(command), None, cwd, env_items, timeout, stdin, late_accept)
 
     def encode(self) -> bytes:
         obj: dict[str, Any] = {}
@@ -167,12 +178,14 @@ class ExecSpec(Struct, frozen=True):
             obj["timeout"] = self.timeout
         if not self.stdin:
             obj["stdin"] = False
+        if self.late_accept:
+            obj["late_accept"] = True
         return encode_json(obj)
 
     @classmethod
     def decode(cls, payload: bytes) -> ExecSpec:
         obj = decode_json(payload, "exec request")
-        unknown = set(obj) - {"argv", "command", "cwd", "env", "timeout", "stdin"}
+        unknown = set(obj) - {"argv", "command", "cwd", "env", "timeout", "stdin", "late_accept"}
         if unknown:
             raise ChannelError(f"exec: unknown fields {sorted(unknown)}")
         argv = obj.get("argv")
@@ -199,6 +212,9 @@ class ExecSpec(Struct, frozen=True):
         stdin = obj.get("stdin", True)
         if not isinstance(stdin, bool):
             raise ChannelError("exec: stdin must be a boolean")
+        late_accept = obj.get("late_accept", False)
+        if not isinstance(late_accept, bool):
+            raise ChannelError("exec: late_accept must be a boolean")
         return cls(
             tuple(argv) if argv is not None else None,
             command,
@@ -206,6 +222,7 @@ class ExecSpec(Struct, frozen=True):
             tuple(sorted(env.items())),
             float(timeout) if timeout is not None else None,
             stdin,
+            late_accept,
         )
 
 
@@ -370,6 +387,7 @@ class ExecMixin:
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
         stdin: bool = True,
+        late_accept: bool = False,
     ) -> AsyncProcess:
         """Start ``command`` on the server and return it for streaming I/O.
 
@@ -379,9 +397,15 @@ class ExecMixin:
         be written to it.  Raises :class:`~ppcp.PolicyDenied` if the server's
         policy refuses it and :class:`~ppcp.ChannelError` if the program
         cannot be started.
+
+        ``late_accept=True`` (with ``stdin=False``) lets the server answer
+        with the command's first output or its exit status, up to half a
+        second late: one message and one wake-up fewer per command, for a
+        caller that needs nothing before then (as :meth:`exec`).  Until the
+        answer, the command cannot be stopped from here.
         """
         session = cast("AsyncSession", self)
-        spec = ExecSpec.build(command, cwd, env, timeout, stdin)
+        spec = ExecSpec.build(command, cwd, env, timeout, stdin, late_accept)
         require_capability(session, CAPABILITY)
         payload = spec.encode()
         if len(payload) > MAX_PAYLOAD:
@@ -404,7 +428,9 @@ class ExecMixin:
     ) -> ExecResult:
         """Run ``command`` on the server and collect its output and exit status."""
         session = cast("AsyncSession", self)
-        proc = await self.start_exec(command, cwd=cwd, env=env, timeout=timeout, stdin=bool(stdin))
+        proc = await self.start_exec(
+            command, cwd=cwd, env=env, timeout=timeout, stdin=bool(stdin), late_accept=not stdin
+        )
         async with proc:
             # Input is fed beside the output, which may fill the window first.
             # No input needs no message at all: the command's stdin starts at EOF.
@@ -536,12 +562,15 @@ class SyncExecMixin:
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
         stdin: bool = True,
+        late_accept: bool = False,
     ) -> Process:
         """Start ``command`` for streaming I/O; see :meth:`ExecMixin.start_exec`."""
         from ppcp.transport.blocking import run
 
         session = cast("Session", self)
-        aw = session.aio.start_exec(command, cwd=cwd, env=env, timeout=timeout, stdin=stdin)
+        aw = session.aio.start_exec(
+            command, cwd=cwd, env=env, timeout=timeout, stdin=stdin, late_accept=late_accept
+        )
         return Process(run(aw))
 
 
@@ -710,7 +739,11 @@ async def serve_exec(channel: AsyncChannel, policy: ServerPolicy) -> None:
             channel.reject(CloseCode.CHANNEL_ERROR, _spawn_failure(argv, cwd, env, failure))
             return
     await run_child(
-        channel, proc, effective_timeout(spec.timeout, policy.max_exec_seconds), spec.stdin
+        channel,
+        proc,
+        effective_timeout(spec.timeout, policy.max_exec_seconds),
+        spec.stdin,
+        late_accept=spec.late_accept,
     )
 
 
@@ -804,17 +837,32 @@ def _script_file(program: str, cwd: str, env: Mapping[str, str] | None) -> str |
     return None
 
 
-async def run_child(channel: AsyncChannel, proc: Child, timeout: float | None, stdin: bool) -> None:
+async def run_child(
+    channel: AsyncChannel,
+    proc: Child,
+    timeout: float | None,
+    stdin: bool,
+    *,
+    late_accept: bool = False,
+) -> None:
     """Accept the channel for the started ``proc`` and run it as an exec command:
     its pipes on the channel, then its exit status (also a shell without a terminal)."""
     # Set once the exit status is out.  A flag, not _supervise's result: the
     # session may end (and cancel this task) right after the status was sent,
     # and what the command left running must not depend on that timing.
     reported = asyncio.Event()
+    hold: asyncio.TimerHandle | None = None
     try:
-        channel.accept(encode_json({"pid": proc.pid}))
+        # A late accept leaves with the first output or the exit status (one
+        # write, and one wake-up of the client instead of two), or when the
+        # hold ends, whichever comes first.
+        channel.accept(encode_json({"pid": proc.pid}), hold=late_accept)
+        if late_accept:
+            hold = asyncio.get_running_loop().call_later(LATE_ACCEPT_HOLD, channel.session.flush)
         await _supervise(channel, proc, timeout, stdin, reported)
     finally:
+        if hold is not None:
+            hold.cancel()
         try:
             if not reported.is_set():
                 if proc.returncode is None:

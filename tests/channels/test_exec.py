@@ -94,6 +94,63 @@ async def test_no_stdin_means_eof(session: Session) -> None:
     assert result == ExecResult(b"", b"", 0, None)
 
 
+def _deliveries(session: Session) -> list[list[str]]:
+    """The event types the client's session acts on, one list per received read."""
+    seen: list[list[str]] = []
+    original = session._deliver
+
+    def deliver(events: list[object]) -> None:
+        seen.append([type(event).__name__ for event in events])
+        original(events)  # type: ignore[arg-type]
+
+    session._deliver = deliver  # type: ignore[method-assign]
+    return seen
+
+
+async def test_exec_gets_the_accept_with_the_exit_status(session: Session) -> None:
+    """``exec`` asks for a late accept: the server's ACCEPT leaves with the
+    exit status, one read (one wake-up of the client) instead of two."""
+    seen = _deliveries(session)
+    assert (await session.exec(["true"])).exit_code == 0
+    assert ["ChannelAccepted", "ChannelRequest", "ChannelClosed"] in seen
+    seen.clear()
+    proc = await session.start_exec(["true"], stdin=False)  # no late accept: answered at once
+    async with proc:
+        assert (await proc.wait()).exit_code == 0
+    assert seen[0] == ["ChannelAccepted"]
+
+
+async def test_late_accept_comes_with_the_first_output(session: Session) -> None:
+    seen = _deliveries(session)
+    proc = await session.start_exec(
+        ["sh", "-c", "echo hi; sleep 30"], stdin=False, late_accept=True
+    )
+    async with proc:
+        assert ["ChannelAccepted", "ChannelData"] in seen
+        assert await proc.read() == (0, b"hi\n")
+        assert proc.pid is not None and pid_alive(proc.pid)
+    await wait_pid_gone(proc.pid)  # closing still stops it
+
+
+async def test_late_accept_is_held_at_most_half_a_second(session: Session) -> None:
+    """A silent command is accepted anyway once the hold ends, so a client
+    that asked for a late accept can still stop it."""
+    proc = await asyncio.wait_for(
+        session.start_exec(["sleep", "30"], stdin=False, late_accept=True),
+        20 * exec_module.LATE_ACCEPT_HOLD,
+    )
+    async with proc:
+        assert proc.pid is not None and pid_alive(proc.pid)  # accepted while it runs
+    await wait_pid_gone(proc.pid)  # and the close stopped it
+
+
+async def test_late_accept_needs_stdin_false(session: Session) -> None:
+    with pytest.raises(ChannelError, match="late_accept"):
+        await session.start_exec(["cat"], late_accept=True)
+    result = await session.exec(["cat"], stdin=b"with input: accepted at once")
+    assert result.stdout == b"with input: accepted at once"
+
+
 async def test_no_stdin_sends_no_message_for_it(session: Session) -> None:
     """Without stdin the request says so and the client sends no EOF: the
     command's stdin is at end of file from the start (ssh -n)."""
@@ -487,6 +544,10 @@ async def test_malformed_requests_are_refused(session: Session) -> None:
         b'{"command": "true", "timeout": -1}',
         b'{"command": "true", "bogus": 1}',
         b'{"command": "true", "stdin": 0}',
+        b'{"command": "true", "stdin": false, "late_accept": 1}',
+        # A late accept would leave the client unable to send the input the
+        # command may be waiting for: refused, not silently ignored.
+        b'{"command": "true", "late_accept": true}',
     ):
         with pytest.raises(ChannelError):
             await session.open_channel("exec", payload)

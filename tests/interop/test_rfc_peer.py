@@ -306,6 +306,29 @@ async def test_exec_echo_hi(start_server: StartServer) -> None:
     assert result.close_code == CODE["NORMAL"]
 
 
+async def test_exec_late_accept(start_server: StartServer) -> None:
+    """Section 15.10.2: with "late_accept" the answer may come late, but it
+    carries the pid and the result is the same; with stdin it is refused."""
+    srv = await start_server()
+
+    def body() -> tuple[rfc_peer.ExecResult, ChannelFailure | None]:
+        client = srv.connect()
+        result = client.exec("echo late", late_accept=True)
+        refused: ChannelFailure | None = None
+        try:
+            client.exec("cat", stdin=b"x", late_accept=True)
+        except ChannelFailure as exc:
+            refused = exc
+        closed_orderly(client)
+        return result, refused
+
+    result, refused = await run(body)
+    assert result.stdout == b"late\n" and result.exit_code == 0
+    assert isinstance(result.pid, int) and result.pid > 0
+    assert refused is not None and refused.code == CODE["CHANNEL_ERROR"]
+    assert "late_accept" in str(refused)
+
+
 async def test_exec_nonzero_exit_and_stderr(start_server: StartServer) -> None:
     srv = await start_server()
 
