@@ -107,17 +107,23 @@ def _deliveries(session: Session) -> list[list[str]]:
     return seen
 
 
-async def test_exec_gets_the_accept_with_the_exit_status(session: Session) -> None:
-    """``exec`` asks for a late accept: the server's ACCEPT leaves with the
-    exit status, one read (one wake-up of the client) instead of two."""
+async def test_exec_asks_for_a_late_accept_only_beside_other_commands(session: Session) -> None:
+    """Alone, ``exec`` is answered at once: the ACCEPT is handled while the
+    command runs.  With other commands in flight it asks for a late accept:
+    the ACCEPT leaves with the exit status, one read (one wake-up of the
+    client) instead of two."""
     seen = _deliveries(session)
     assert (await session.exec(["true"])).exit_code == 0
-    assert ["ChannelAccepted", "ChannelRequest", "ChannelClosed"] in seen
-    seen.clear()
-    proc = await session.start_exec(["true"], stdin=False)  # no late accept: answered at once
-    async with proc:
-        assert (await proc.wait()).exit_code == 0
     assert seen[0] == ["ChannelAccepted"]
+    blocker = asyncio.ensure_future(session.exec(["sleep", "30"]))
+    await until(lambda: exec_module._execs_in_flight == 1)
+    seen.clear()
+    assert (await session.exec(["true"])).exit_code == 0
+    assert ["ChannelAccepted", "ChannelRequest", "ChannelClosed"] in seen
+    blocker.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await blocker
+    assert exec_module._execs_in_flight == 0
 
 
 async def test_late_accept_comes_with_the_first_output(session: Session) -> None:
