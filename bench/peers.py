@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import getpass
 import json
 import os
@@ -71,8 +72,13 @@ async def start_ppcp(
     return await ppcp.aio.serve(LOOPBACK, port, psk, **kwargs)
 
 
+@functools.cache
 def ppcp_client_config(*, binary: bool = True, heartbeat: float | None = None) -> Any:
-    """Client settings; ``binary=False`` withholds "binary-data" (forces base64)."""
+    """Client settings; ``binary=False`` withholds "binary-data" (forces base64).
+
+    One instance per set of arguments, as a program opening many sessions
+    would keep one (a config is frozen).
+    """
     from ppcp.core.config import SUPPORTED_CAPABILITIES, SessionConfig
 
     kwargs: dict[str, Any] = {"name": "bench-client"}

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ppcp.core.config import DEFAULT_PORT, SessionConfig
+from ppcp.core.config import DEFAULT_PORT, SessionConfig, default_session_config
 from ppcp.core.errors import ConnectionLost
 from ppcp.core.states import Role
 from ppcp.transport.aio_driver import AsyncSession, open_session
@@ -44,7 +44,7 @@ async def connect(
 
     The TCP connect and the handshake each get ``config.handshake_timeout``.
     """
-    cfg = config or SessionConfig()
+    cfg = config or default_session_config()
     loop = asyncio.get_running_loop()
 
     async def start(factory: Callable[[], asyncio.BaseProtocol]) -> object:
@@ -65,7 +65,7 @@ async def client_connect(
     sock: socket.socket, psk: bytes | str, *, config: SessionConfig | None = None
 ) -> AsyncSession:
     """Client handshake over an already connected socket (asyncio twin of the seed call)."""
-    cfg = config or SessionConfig()
+    cfg = config or default_session_config()
     loop = asyncio.get_running_loop()
     sock.setblocking(False)
     return await open_session(
@@ -77,7 +77,7 @@ async def server_accept(
     sock: socket.socket, psk: bytes | str, *, config: SessionConfig | None = None
 ) -> AsyncSession:
     """Server handshake over an accepted socket (asyncio twin of the seed call)."""
-    cfg = config or SessionConfig()
+    cfg = config or default_session_config()
     loop = asyncio.get_running_loop()
     sock.setblocking(False)
     return await open_session(

@@ -84,3 +84,14 @@ class SessionConfig(Struct, frozen=True, dict=True):
         if self.heartbeat_max_missed is not None:
             return self.heartbeat_max_missed
         return DEFAULT_SERVER_MAX_MISSED if role is Role.SERVER else DEFAULT_MAX_MISSED
+
+
+@functools.cache
+def default_session_config() -> SessionConfig:
+    """The settings of a call given none.
+
+    One instance per process (it is frozen): building one looks up the host
+    name and validates the hello it would send, a few microseconds that a
+    script opening many sessions would otherwise pay for each.
+    """
+    return SessionConfig()

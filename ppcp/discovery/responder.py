@@ -19,7 +19,7 @@ import socket
 import time
 from pathlib import Path
 
-from ppcp.core.config import DEFAULT_PORT, SessionConfig
+from ppcp.core.config import DEFAULT_PORT, SessionConfig, default_session_config
 from ppcp.crypto.psk import derive_psk_key
 from ppcp.discovery import prefilter
 from ppcp.discovery.abuse import ResponderCore, ResponderLimits, Verdict
@@ -278,7 +278,7 @@ def advertise(
     service = run(
         start_server_discovery(
             derive_psk_key(psk),
-            config or SessionConfig(),
+            config or default_session_config(),
             host=host,
             tcp_port=port,
             fixed_port=True,

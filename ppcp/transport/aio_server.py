@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, cast
 import msgspec
 
 from ppcp.control.router import ServerPolicy, route
-from ppcp.core.config import DEFAULT_PORT, SessionConfig
+from ppcp.core.config import DEFAULT_PORT, SessionConfig, default_session_config
 from ppcp.core.errors import (
     AuthenticationError,
     CloseCode,
@@ -342,7 +342,7 @@ async def serve(
     if max_unauthenticated is not None:
         limits = msgspec.structs.replace(limits, max_unauthenticated=max_unauthenticated)
     server = Server(
-        psk, handler, config or SessionConfig(), limits.max_unauthenticated, policy, limits
+        psk, handler, config or default_session_config(), limits.max_unauthenticated, policy, limits
     )
     try:
         await server.start(host, port, sock)
