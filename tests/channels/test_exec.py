@@ -107,23 +107,40 @@ def _deliveries(session: Session) -> list[list[str]]:
     return seen
 
 
-async def test_exec_asks_for_a_late_accept_only_beside_other_commands(session: Session) -> None:
+async def test_exec_asks_for_a_late_accept_only_beside_other_commands(
+    session: Session, tmp_path: Path
+) -> None:
     """Alone, ``exec`` is answered at once: the ACCEPT is handled while the
     command runs.  With other commands in flight it asks for a late accept:
     the ACCEPT leaves with the exit status, one read (one wake-up of the
     client) instead of two."""
     seen = _deliveries(session)
-    assert (await session.exec(["true"])).exit_code == 0
-    assert seen[0] == ["ChannelAccepted"]
+    asked: list[bool] = []
+    open_channel = session.mux.open_channel
+
+    def recording_open(kind: str, payload: bytes = b"") -> int:
+        asked.append(json.loads(payload).get("late_accept", False))
+        return open_channel(kind, payload)
+
+    session.mux.open_channel = recording_open  # type: ignore[method-assign]
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    first = asyncio.ensure_future(session.exec(["sh", "-c", 'read x < "$0"', str(gate)]))
+    await until(lambda: ["ChannelAccepted"] in seen)  # while it waits at the gate
+    seen.clear()
+    assert (await session.exec(["true"])).exit_code == 0  # beside the first one
+    assert ["ChannelAccepted", "ChannelRequest", "ChannelClosed"] in seen
+    with open(gate, "w") as opened:
+        opened.write("go\n")
+    assert (await first).exit_code == 0
+    assert asked == [False, True]
+    assert exec_module._execs_in_flight == 0
     blocker = asyncio.ensure_future(session.exec(["sleep", "30"]))
     await until(lambda: exec_module._execs_in_flight == 1)
-    seen.clear()
-    assert (await session.exec(["true"])).exit_code == 0
-    assert ["ChannelAccepted", "ChannelRequest", "ChannelClosed"] in seen
     blocker.cancel()
     with pytest.raises(asyncio.CancelledError):
         await blocker
-    assert exec_module._execs_in_flight == 0
+    assert exec_module._execs_in_flight == 0  # a cancelled exec leaves the count too
 
 
 async def test_late_accept_comes_with_the_first_output(session: Session) -> None:
