@@ -457,7 +457,6 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
 
     def _terminate(self, error: PPCPError, *, transport_gone: bool = False) -> None:
         """Single exit path: remember why, tell the peer, release every waiter."""
-        first = self._error is None
         if self._error is None:
             self._error = error
             self._conn.fail(error)
@@ -466,7 +465,7 @@ class AsyncSession(ExecMixin, ShellMixin, FilesMixin, MessagesMixin):
             self._heartbeat_timer.cancel()
         if self._transport is not None and not transport_gone:
             self._transport.close()
-        if first:
+        if not self._failed.done():
             # After the transport's close, whose connection_lost is then
             # scheduled ahead of this wake-up: a close() waiting on _failed
             # finds the session closed instead of waiting one more loop turn.
