@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 
 # The most one write() queues before waiting for the transport to drain.
-WRITE_SLICE = 1 << 20  # the default max packet: one record per slice
+WRITE_SLICE = 2 << 20  # the default max packet: one record per slice
 
 
 class AsyncChannel:
@@ -108,6 +108,12 @@ class AsyncChannel:
     @property
     def closed(self) -> bool:
         return self._close is not None
+
+    @property
+    def peer_max_packet(self) -> int:
+        """The most data the peer takes in one record (0 once the channel is gone)."""
+        ch = self._mux.channels.get(self.channel_id)
+        return 0 if ch is None else ch.send_max_packet
 
     @property
     def at_eof(self) -> bool:

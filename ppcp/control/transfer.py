@@ -43,7 +43,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 from msgspec import Struct, field
 
 from ppcp.control.aio_channel import decode_json, encode_json, release
-from ppcp.control.channels import DATA_HEADER, STREAM_STDOUT, ChannelMux
+from ppcp.control.channels import (
+    DATA_HEADER,
+    DEFAULT_MAX_PACKET,
+    DEFAULT_WINDOW,
+    STREAM_STDOUT,
+    ChannelMux,
+)
 from ppcp.control.paths import (
     Target,
     Tree,
@@ -75,7 +81,11 @@ if TYPE_CHECKING:
     from ppcp.transport.connection import Connection
 
 PROTOCOL = 1  # the "v" field of the open payloads
-CHUNK = 1 << 20  # binary path: one channel packet
+# Binary path: the raw size of a compressed block and of a stream's piece (RFC 16.5.1).
+CHUNK = 1 << 20
+# Binary path, file data sent as it is: a piece is one record when the peer takes
+# records this big (max_packet), else two: they cost per record, not per byte.
+BULK_CHUNK = 2 << 20
 B64_CHUNK = 45 * 1024  # base64 path: fits a 64 KiB request once encoded
 B64_WINDOW = 4 << 20  # base64 path: raw bytes the sender may have unacknowledged
 ACK_EVERY = 1 << 20  # base64 path: the receiver acknowledges at least this often
@@ -864,7 +874,7 @@ async def send_data(
     shown: str,
 ) -> None:
     """Send bytes ``[pos, size)``; a worker reads (and hashes) the next piece meanwhile."""
-    chunk = CHUNK if encoding.binary else B64_CHUNK
+    chunk = piece_size(encoding, channel.peer_max_packet)
     # Each piece is read after room for the record's data header, where it is
     # sent from (write_in_place): no copy of the data on its way to the cipher.
     buffers = (bytearray(DATA_HEADER + chunk), bytearray(DATA_HEADER + chunk))
@@ -911,6 +921,15 @@ async def send_data(
             progress.advance(n)
     finally:
         worker.close()
+
+
+def piece_size(encoding: Encoding, peer_max_packet: int) -> int:
+    """How many bytes of a file :func:`send_data` reads and sends at a time."""
+    if not encoding.binary:
+        return B64_CHUNK
+    if encoding.zlib or peer_max_packet < BULK_CHUNK:
+        return CHUNK  # a block's raw size is at most CHUNK; smaller records gain nothing
+    return BULK_CHUNK
 
 
 def chunk_payload(
@@ -1924,7 +1943,8 @@ def file_vectors() -> list[tuple[str, str]]:
 def file_vectors_markdown() -> str:
     """The text between the ``file-vectors`` markers of the RFC."""
     lines = [
-        "Inputs: the client's first channel (id 1), window 4194304, max packet 1048576;",
+        f"Inputs: the client's first channel (id 1), window {DEFAULT_WINDOW}, "
+        f"max packet {DEFAULT_MAX_PACKET};",
         f"file content `{VECTOR_CONTENT.decode().strip()}\\n` ({len(VECTOR_CONTENT)} bytes), "
         f"mode 0o{VECTOR_MODE:o}, mtime_ns {VECTOR_MTIME_NS};",
         'the server accepted the put with the payload `{"path":"docs/hello.txt","v":1}`.',

@@ -24,6 +24,8 @@ from typing import Any
 
 from ppcp.control.channels import (
     CHANNEL_TRANSITIONS,
+    DEFAULT_MAX_PACKET,
+    DEFAULT_WINDOW,
     ChannelAccepted,
     ChannelClosed,
     ChannelData,
@@ -147,8 +149,10 @@ def _wrap(hex_value: str) -> list[str]:
 
 def vectors_markdown() -> str:
     lines = [
-        "Inputs: both sides use the default channel settings (window 4 MiB = 0x00400000,",
-        "max packet 1 MiB = 0x00100000). The client opens channel 1 for exec",
+        "Inputs: both sides use the default channel settings (window "
+        f"{DEFAULT_WINDOW >> 20} MiB = 0x{DEFAULT_WINDOW:08x},",
+        f"max packet {DEFAULT_MAX_PACKET >> 20} MiB = 0x{DEFAULT_MAX_PACKET:08x}). "
+        "The client opens channel 1 for exec",
         '`["uname", "-a"]`, the server accepts it (pid 4242), the client sends EOF, the',
         'server sends `"Linux\\n"` on stdout and `"warning\\n"` on stderr, the client asks',
         "for SIGTERM and returns 2 MiB of window, the server reports exit status 0 and",

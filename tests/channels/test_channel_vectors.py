@@ -40,12 +40,12 @@ def test_vectors_match_the_documented_layouts() -> None:
     ftype, flags, body = by_name["channel_open_exec"]
     assert (ftype, flags) == (FrameType.CHANNEL_OPEN, 0)
     cid, window, packet, klen = struct.unpack_from(">IIIB", body)
-    assert (cid, window, packet) == (1, 4 << 20, 1 << 20)
+    assert (cid, window, packet) == (1, 4 << 20, 2 << 20)
     assert body[13 : 13 + klen] == b"exec"
     assert json.loads(body[13 + klen :]) == {"argv": ["uname", "-a"]}
 
     ftype, _, body = by_name["channel_accept"]
-    assert struct.unpack_from(">III", body) == (1, 4 << 20, 1 << 20)
+    assert struct.unpack_from(">III", body) == (1, 4 << 20, 2 << 20)
     assert json.loads(body[12:]) == {"pid": 4242}
 
     _, _, body = by_name["channel_data_stderr"]

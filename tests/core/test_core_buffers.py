@@ -189,7 +189,7 @@ def test_channel_data_survives_the_reads_that_follow_it() -> None:
     server.conn.receive_data(client.conn.data_to_send())
     server.mux.accept(cid)
     client.conn.receive_data(server.conn.data_to_send())
-    payload = os.urandom(5 * MiB + 12345)
+    payload = os.urandom(10 * MiB + 12345)
     view = memoryview(payload)
     sent = 0
     for _ in range(100):

@@ -134,14 +134,16 @@ async def test_a_complete_part_is_just_verified_and_renamed(lo: Loopback) -> Non
 
 
 def fill_disk_at(monkeypatch: pytest.MonkeyPatch, limit: int) -> Callable[..., None]:
-    """Make writes past ``limit`` bytes fail with ENOSPC; return the real writer (to
-    put back once room is made)."""
+    """Make writes past ``limit`` bytes fail with ENOSPC (after writing what fits); return
+    the real writer (to put back once room is made)."""
     real_write_at = transfer.write_at
 
     def full_disk(fd: int, data: bytes | memoryview, pos: int) -> None:
-        if pos + len(data) > limit:
+        # As a file system does: what fits is written, then the write fails.
+        room = max(0, limit - pos)
+        real_write_at(fd, memoryview(data)[:room], pos)
+        if len(data) > room:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_write_at(fd, data, pos)
 
     monkeypatch.setattr(transfer, "write_at", full_disk)
     return real_write_at

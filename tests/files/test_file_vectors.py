@@ -39,7 +39,7 @@ def test_vectors_decode_as_the_rfc_says() -> None:
     vectors = {name: bytes.fromhex(value) for name, value in transfer.file_vectors()}
     # CHANNEL_OPEN: u32 id, u32 window, u32 max packet, text8 kind, JSON payload
     r = Reader(vectors["file_put_open"])
-    assert (r.u32(), r.u32(), r.u32(), r.vec8()) == (1, 4 << 20, 1 << 20, b"file-put")
+    assert (r.u32(), r.u32(), r.u32(), r.vec8()) == (1, 4 << 20, 2 << 20, b"file-put")
     put = json.loads(r.rest())
     assert put == {
         "v": 1,
@@ -51,7 +51,7 @@ def test_vectors_decode_as_the_rfc_says() -> None:
         "checksum": True,
     }
     r = Reader(vectors["file_get_open"])
-    assert (r.u32(), r.u32(), r.u32(), r.vec8()) == (3, 4 << 20, 1 << 20, b"file-get")
+    assert (r.u32(), r.u32(), r.u32(), r.vec8()) == (3, 4 << 20, 2 << 20, b"file-get")
     assert json.loads(r.rest())["path"] == "docs/hello.txt"
     # CHANNEL_REQUEST: u32 id, text8 name, JSON payload
     requests = {}

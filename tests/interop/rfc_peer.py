@@ -70,7 +70,7 @@ FLAG_MORE = 0x01
 FLAG_REPLY = 0x01
 
 MAX_HANDSHAKE_BODY = 1024
-MAX_RECORD_PLAINTEXT = 1049600
+MAX_RECORD_PLAINTEXT = 2098176
 MAX_RECORD_BODY = MAX_RECORD_PLAINTEXT + 16
 TAG_LEN = 16
 MAX_WINDOW = 2**31 - 1
@@ -1302,7 +1302,7 @@ def compute_channel_vectors() -> dict[str, bytes]:
         return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
 
     def open_(cid: int, kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">III", cid, 0x400000, 0x100000) + text8(kind) + payload
+        return struct.pack(">III", cid, 0x400000, 0x200000) + text8(kind) + payload
 
     def req(cid: int, name: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", cid) + text8(name) + payload
@@ -1310,7 +1310,7 @@ def compute_channel_vectors() -> dict[str, bytes]:
     shell = {"cols": 80, "command": None, "rows": 24, "term": "xterm-256color"}
     return {
         "channel_open_exec": open_(1, b"exec", js({"argv": ["uname", "-a"]})),
-        "channel_accept": struct.pack(">III", 1, 0x400000, 0x100000) + js({"pid": 4242}),
+        "channel_accept": struct.pack(">III", 1, 0x400000, 0x200000) + js({"pid": 4242}),
         "channel_eof": struct.pack(">I", 1),
         "channel_data_stdout": struct.pack(">IB", 1, 0) + b"Linux\n",
         "channel_data_stderr": struct.pack(">IB", 1, 1) + b"warning\n",

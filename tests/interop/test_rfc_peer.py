@@ -717,7 +717,7 @@ POST_AUTH_CASES: dict[str, tuple[Callable[..., bytes], str]] = {
         lambda c: struct.pack(">BBI", 0x10, 0, 5) + bytes(5),
         "PROTOCOL_ERROR",
     ),
-    "record-too-large": (lambda c: struct.pack(">BBI", 0x10, 0, 1049617), "FRAME_TOO_LARGE"),
+    "record-too-large": (lambda c: struct.pack(">BBI", 0x10, 0, 2098193), "FRAME_TOO_LARGE"),
     "alert-after-open": (lambda c: rfc_peer.frame(rfc_peer.ALERT, 0, b"\0\3\0"), "PROTOCOL_ERROR"),
     "close-with-flags": (lambda c: _seal(c, rfc_peer.CLOSE, 1, b"\0\0\0"), "PROTOCOL_ERROR"),
     "key-update-not-empty": (lambda c: _seal(c, rfc_peer.KEY_UPDATE, 0, b"x"), "PROTOCOL_ERROR"),
