@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ppcp.control.channels import STREAM_STDOUT, ChannelMux
+from ppcp.control.channels import DEFAULT_MAX_PACKET, STREAM_STDOUT, ChannelMux
 from ppcp.core.errors import (
     ChannelError,
     CloseCode,
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 
 # The most one write() queues before waiting for the transport to drain.
-WRITE_SLICE = 2 << 20  # the default max packet: one record per slice
+WRITE_SLICE = DEFAULT_MAX_PACKET  # one record per slice
 
 
 class AsyncChannel:

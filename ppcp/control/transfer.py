@@ -83,9 +83,9 @@ if TYPE_CHECKING:
 PROTOCOL = 1  # the "v" field of the open payloads
 # Binary path: the raw size of a compressed block and of a stream's piece (RFC 16.5.1).
 CHUNK = 1 << 20
-# Binary path, file data sent as it is: a piece is one record when the peer takes
-# records this big (max_packet), else two: they cost per record, not per byte.
-BULK_CHUNK = 2 << 20
+# Binary path, file data sent as it is: one record per piece when the peer takes
+# records this big (as our default max_packet): transfers cost per record.
+BULK_CHUNK = DEFAULT_MAX_PACKET
 B64_CHUNK = 45 * 1024  # base64 path: fits a 64 KiB request once encoded
 B64_WINDOW = 4 << 20  # base64 path: raw bytes the sender may have unacknowledged
 ACK_EVERY = 1 << 20  # base64 path: the receiver acknowledges at least this often
@@ -928,7 +928,9 @@ def piece_size(encoding: Encoding, peer_max_packet: int) -> int:
     if not encoding.binary:
         return B64_CHUNK
     if encoding.zlib or peer_max_packet < BULK_CHUNK:
-        return CHUNK  # a block's raw size is at most CHUNK; smaller records gain nothing
+        # A block's raw size is at most CHUNK.  A peer taking smaller records would
+        # get several per piece: smaller pieces then keep reading beside sending.
+        return CHUNK
     return BULK_CHUNK
 
 
