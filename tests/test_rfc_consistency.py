@@ -22,7 +22,7 @@ from ppcp.core import errors
 from ppcp.core.errors import CloseCode, PPCPError, error_for_code
 from ppcp.core.states import TRANSITIONS, Role, State
 from ppcp.crypto import psk, schedule
-from ppcp.transport import frames
+from ppcp.transport import connection, frames
 from ppcp.transport.frames import HANDSHAKE_TYPES, FrameType, body_limit
 from ppcp.utils import vectors
 
@@ -86,6 +86,16 @@ def test_length_limits(rfc: str) -> None:
     for name in ("MAX_HANDSHAKE_BODY", "MAX_RECORD_PLAINTEXT", "MAX_RECORD_BODY"):
         value = getattr(frames, name)
         assert re.search(rf"\| `{name}` \| {value}\b", rfc), name
+
+
+def test_records_other_than_bulk_data_fit_the_earlier_draft(rfc: str) -> None:
+    """RFC 4.4: peers of the draft with 1 MiB records take our MESSAGE fragments."""
+    found = re.search(r"had\s+`MAX_RECORD_PLAINTEXT` = (\d+)", rfc)
+    assert found is not None
+    earlier_plaintext = int(found[1])
+    assert earlier_plaintext == (1 << 20) + 1024
+    assert connection.MESSAGE_CHUNK <= earlier_plaintext < frames.MAX_RECORD_PLAINTEXT
+    assert re.search(rf"at most {earlier_plaintext - 5},\s+which bounds every CHANNEL_DATA", rfc)
 
 
 def expected_class(code: CloseCode) -> str:
