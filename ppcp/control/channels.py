@@ -176,7 +176,10 @@ class MuxConfig(Struct, frozen=True):
         if not 0 < self.window <= MAX_WINDOW:
             raise ValueError(f"window must be in 1..{MAX_WINDOW}")
         if not MIN_MAX_PACKET <= self.max_packet <= MAX_RECORD_PLAINTEXT - DATA_HEADER:
-            raise ValueError("max_packet out of range")
+            # Above, a peer would send records larger than we accept (RFC 15.4).
+            raise ValueError(
+                f"max_packet must be in {MIN_MAX_PACKET}..{MAX_RECORD_PLAINTEXT - DATA_HEADER}"
+            )
         if self.max_channels <= 0:
             raise ValueError("max_channels must be positive")
         if self.max_pending_requests <= 0:

@@ -16,7 +16,7 @@ from ppcp.control.transfer import B64_CHUNK, BULK_CHUNK, CHUNK, Encoding, piece_
 from ppcp.core.config import SessionConfig
 from ppcp.core.events import Event
 from ppcp.transport.aio_driver import AsyncSession
-from ppcp.transport.frames import Frame, FrameType
+from ppcp.transport.frames import MAX_RECORD_PLAINTEXT, Frame, FrameType
 
 EARLIER_REVISION_MAX_PACKET = 1 << 20  # what the reference announced before 2 MiB records
 
@@ -30,6 +30,15 @@ def test_piece_size_follows_encoding_and_the_peers_max_packet() -> None:
     # Compressed blocks stay at most 1 MiB raw, whatever the peer takes.
     assert piece_size(Encoding(binary=True, zlib=True), DEFAULT_MAX_PACKET) == CHUNK
     assert piece_size(Encoding(binary=False, zlib=False), DEFAULT_MAX_PACKET) == B64_CHUNK
+
+
+def test_no_max_packet_above_what_a_record_can_carry_is_announced() -> None:
+    largest = MAX_RECORD_PLAINTEXT - DATA_HEADER  # RFC 15.4: never announce more
+    assert MuxConfig(max_packet=largest).max_packet == largest
+    with pytest.raises(ValueError, match=f"max_packet must be in 1024..{largest}"):
+        MuxConfig(max_packet=largest + 1)
+    with pytest.raises(ValueError, match="max_packet must be in"):
+        MuxConfig(max_packet=1023)
 
 
 @pytest.mark.parametrize(
