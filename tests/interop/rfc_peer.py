@@ -538,7 +538,8 @@ class RFCClient:
         timeout: float = 30.0,
         random: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        if window > MAX_WINDOW or max_packet < 1024:
+        # Section 15.4: never announce a max_packet larger than our records can carry.
+        if window > MAX_WINDOW or not 1024 <= max_packet <= MAX_RECORD_PLAINTEXT - 5:
             raise ValueError("bad channel window or max_packet")
         self.sock = sock
         self.sock.settimeout(timeout)
