@@ -566,6 +566,32 @@ async def test_file_get_small_file(start_server: StartServer, binary: bool) -> N
     assert accept["name"] == "hello.txt"
 
 
+async def test_a_peer_of_the_earlier_draft_with_1_mib_records(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 4.4: a peer whose records stop at 1 MiB + 1 KiB (drafts before 2026-11-23),
+    announcing the largest max_packet it may (1049595), gets a multi-MiB file and a
+    message of several fragments from this server without one record over its limit."""
+    earlier = (1 << 20) + 1024
+    monkeypatch.setattr(rfc_peer, "MAX_RECORD_PLAINTEXT", earlier)
+    monkeypatch.setattr(rfc_peer, "MAX_RECORD_BODY", earlier + 16)
+    srv = await start_server()
+    content = os.urandom(5 * 2**20 + 3)
+    (srv.root / "big.bin").write_bytes(content)
+    caps = ["msg", "channels", "heartbeat", "files", "binary-data"]
+
+    def body() -> bytes:
+        client = srv.connect(capabilities=caps, max_packet=earlier - 5, window=4 * 2**20)
+        _, data = client.file_get("big.bin")
+        closed_orderly(client)
+        return data
+
+    assert await run(body) == content
+    a, b = socket.socketpair()
+    with a, b, pytest.raises(ValueError, match="max_packet"):  # nor may it announce more
+        rfc_peer.RFCClient(a, bytes(32), max_packet=earlier - 4)
+
+
 # ---------------------------------------------------------------------------------------
 # Error paths the RFC specifies, checked against the server
 
