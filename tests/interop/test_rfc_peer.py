@@ -570,8 +570,8 @@ async def test_a_peer_of_the_earlier_draft_with_1_mib_records(
     start_server: StartServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """RFC 4.4: a peer whose records stop at 1 MiB + 1 KiB (drafts before 2026-11-23),
-    announcing the largest max_packet it may (1049595), gets a multi-MiB file and a
-    message of several fragments from this server without one record over its limit."""
+    announcing the largest max_packet it may (1049595), gets a multi-MiB file from this
+    server without one record over its limit (it would fail with FRAME_TOO_LARGE)."""
     earlier = (1 << 20) + 1024
     monkeypatch.setattr(rfc_peer, "MAX_RECORD_PLAINTEXT", earlier)
     monkeypatch.setattr(rfc_peer, "MAX_RECORD_BODY", earlier + 16)
